@@ -91,6 +91,15 @@ pub enum CodecError {
     /// A valid value was followed by bytes that belong to nothing.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
+    /// The bytes decode, but not in the shortest form (an integer written in
+    /// more bytes than it needs), so they are not the value's one encoding.
+    #[error("non-canonical encoding: {len} bytes where the value encodes to {canonical}")]
+    NonCanonical {
+        /// Length of the input.
+        len: usize,
+        /// Length of the value's canonical encoding.
+        canonical: usize,
+    },
     /// The value could not be encoded.
     #[error("cannot encode message: {0}")]
     Encode(#[source] bincode::error::EncodeError),
@@ -113,8 +122,9 @@ pub fn encode<T: Message>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Decodes a message produced by [`encode`].
 ///
 /// Any input gives a value or a [`CodecError`]: the length is checked against
-/// `T::MAX_LEN` before anything is read, the version byte next, and trailing
-/// bytes are refused, so each value has exactly one encoding.
+/// `T::MAX_LEN` before anything is read, the version byte next; trailing
+/// bytes and integers written longer than needed are refused, so a value has
+/// exactly one encoding and one content id.
 pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > T::MAX_LEN {
         return Err(CodecError::TooLarge {
@@ -127,10 +137,20 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, CodecError> {
         return Err(CodecError::UnknownVersion(version));
     }
     let (value, read) = T::decode_body(body).map_err(CodecError::Malformed)?;
-    match body.len() - read {
-        0 => Ok(value),
-        extra => Err(CodecError::TrailingBytes(extra)),
+    if read != body.len() {
+        return Err(CodecError::TrailingBytes(body.len() - read));
     }
+    // Every other field is fixed-size or strictly checked (bools, option and
+    // enum tags, UTF-8), so the input is canonical exactly when it is as short
+    // as the value's own encoding.
+    let canonical = encoded_len(&value)?;
+    if canonical != bytes.len() {
+        return Err(CodecError::NonCanonical {
+            len: bytes.len(),
+            canonical,
+        });
+    }
+    Ok(value)
 }
 
 /// The number of bytes [`encode`] would produce, without allocating them.
@@ -189,6 +209,18 @@ mod tests {
         assert!(matches!(
             decode::<Blob>(&[1, 0, 9]),
             Err(CodecError::TrailingBytes(1))
+        ));
+    }
+
+    #[test]
+    fn refuses_an_integer_written_longer_than_needed() {
+        // Length 3 written as 0xfb + u16 instead of one byte.
+        assert!(matches!(
+            decode::<Blob>(&[1, 0xfb, 3, 0, 1, 2, 3]),
+            Err(CodecError::NonCanonical {
+                len: 7,
+                canonical: 5
+            })
         ));
     }
 

@@ -71,8 +71,13 @@ fn decode_measured<T: Message>(input: &[u8], accepted: &mut usize) -> usize {
     PEAK.store(before, Ordering::Relaxed);
     let result = codec::decode::<T>(input);
     let peak = PEAK.load(Ordering::Relaxed) - before;
-    if result.is_ok() {
+    if let Ok(value) = &result {
         *accepted += 1;
+        assert_eq!(
+            codec::encode(value).unwrap(),
+            input,
+            "a decoded value re-encodes to other bytes"
+        );
     }
     drop(result);
     assert!(

@@ -56,6 +56,11 @@ fn signed_contribution_fixture() {
     let signed = common::signed_contribution(1);
     check_fixture::<Signed<Contribution>>("signed_contribution", &signed);
     assert_eq!(signed.verify().unwrap(), common::contribution(1));
+    // The id `scripts/verify_signature.py` computes with Python's blake3.
+    assert_eq!(
+        signed.id().to_hex(),
+        "0e209f3eb9595aa91d72901aab4b4ed572d9397d966cbe986f9b662f4206c90c"
+    );
 }
 
 #[test]
