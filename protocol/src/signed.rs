@@ -161,9 +161,7 @@ impl<T> Clone for Signed<T> {
 
 impl<T> PartialEq for Signed<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.body == other.body
-            && self.signer == other.signer
-            && self.signature == other.signature
+        self.body == other.body && self.signer == other.signer && self.signature == other.signature
     }
 }
 

@@ -153,7 +153,7 @@ fn a_million_hostile_inputs_never_panic_nor_overallocate() {
         codec::encode(&common::round_record()).unwrap(),
         codec::encode(&common::checkpoint_manifest()).unwrap(),
     ];
-    let mut rng = Rng(0x5eed_0f_9e7);
+    let mut rng = Rng(0x0005_eed0_f9e7);
     let mut accepted = 0;
     let mut largest = 0;
     const INPUTS: usize = 1_000_000;
@@ -174,5 +174,8 @@ fn a_million_hostile_inputs_never_panic_nor_overallocate() {
     assert!(accepted > INPUTS / 100, "only {accepted} inputs decoded");
     assert!(accepted < INPUTS, "{accepted} of {INPUTS} inputs decoded");
     assert!(largest > 0);
-    eprintln!("decoded {accepted} of {} attempts; largest allocation {largest} bytes", 7 * INPUTS);
+    eprintln!(
+        "decoded {accepted} of {} attempts; largest allocation {largest} bytes",
+        7 * INPUTS
+    );
 }

@@ -61,14 +61,31 @@ fn manifest() -> impl Strategy<Value = RunManifest> {
         any::<[u32; 5]>(),
         any::<u32>(),
         any::<[f32; 6]>(),
-        (any::<u32>(), any::<u32>(), any::<f32>(), any::<f32>(), any::<bool>()),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<f32>(),
+            any::<f32>(),
+            any::<bool>(),
+        ),
         settings(),
         any::<[u64; 2]>(),
         proptest::option::of(proptest::collection::vec(any::<[u8; 32]>(), 0..8)),
         digest(),
     )
         .prop_map(
-            |(name, seed, m, inner_steps, f, (warm, batch, olr, mom, nesterov), compression, t, allow, genesis)| {
+            |(
+                name,
+                seed,
+                m,
+                inner_steps,
+                f,
+                (warm, batch, olr, mom, nesterov),
+                compression,
+                t,
+                allow,
+                genesis,
+            )| {
                 RunManifest {
                     name,
                     seed,
@@ -102,7 +119,8 @@ fn manifest() -> impl Strategy<Value = RunManifest> {
                         min_contributors: m[0],
                         max_contributors: m[1],
                     },
-                    allow_list: allow.map(|keys| keys.into_iter().map(PeerKey::from_bytes).collect()),
+                    allow_list: allow
+                        .map(|keys| keys.into_iter().map(PeerKey::from_bytes).collect()),
                     genesis,
                 }
             },

@@ -57,8 +57,11 @@ fn a_signature_cannot_be_moved_to_another_message_type() {
     // Same key, same bytes, other domain: a commit's signature over a body
     // never verifies as a contribution's.
     let signed = common::signed_commit(3);
-    let moved =
-        Signed::<Contribution>::from_parts(signed.body().to_vec(), signed.signer(), *signed.signature());
+    let moved = Signed::<Contribution>::from_parts(
+        signed.body().to_vec(),
+        signed.signer(),
+        *signed.signature(),
+    );
     assert!(matches!(moved.verify(), Err(SignedError::BadSignature(_))));
     assert_ne!(Contribution::DOMAIN, Commit::DOMAIN);
 }

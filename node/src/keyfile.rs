@@ -1,0 +1,160 @@
+//! A node's identity key on disk.
+//!
+//! The file holds the 32-byte ed25519 secret as 64 lowercase hex characters
+//! and a newline. It is created with owner-only permissions and never
+//! overwritten: losing a key means losing the identity that signed a run's
+//! records.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use p2ptrain_protocol::SigningKey;
+
+/// Why a key could not be made, saved or loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The operating system's random source failed.
+    #[error("cannot draw randomness for a new key: {0}")]
+    Random(getrandom::Error),
+    /// A file already exists where a new key would go.
+    #[error("{0} already exists; refusing to overwrite an identity key")]
+    Exists(PathBuf),
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not 64 hex characters.
+    #[error("{0} is not a key file (expected 64 hex characters)")]
+    Malformed(PathBuf),
+}
+
+/// A new key from the operating system's random source.
+pub fn generate() -> Result<SigningKey, KeyFileError> {
+    let mut secret = [0u8; 32];
+    getrandom::getrandom(&mut secret).map_err(KeyFileError::Random)?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+/// Writes `key` to a new file at `path`, readable by its owner only.
+///
+/// Refuses to replace an existing file. The key is written to a temporary
+/// file in the same directory, flushed to disk and then linked into place,
+/// so `path` holds either nothing or the whole key.
+pub fn save(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
+    let io_err = |source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.exists() {
+        return Err(KeyFileError::Exists(path.to_owned()));
+    }
+    let tmp = temporary_path(path);
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(format!("{}\n", hex::encode(key.to_bytes())).as_bytes())?;
+        file.sync_all()
+    });
+    // A hard link fails if `path` appeared meanwhile, unlike a rename.
+    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    let removed = fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(KeyFileError::Exists(path.to_owned()))
+        }
+        other => other.and(removed).map_err(io_err),
+    }
+}
+
+/// Reads a key written by [`save`].
+pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let text = fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .map_err(|_| KeyFileError::Malformed(path.to_owned()))?;
+    Ok(SigningKey::from_bytes(&secret))
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("p2ptrain-keyfile-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn saves_and_loads_the_same_key() {
+        let dir = scratch_dir("roundtrip");
+        let path = dir.join("node.key");
+        let key = SigningKey::from_bytes(&[9; 32]);
+        save(&path, &key).unwrap();
+        assert_eq!(load(&path).unwrap().to_bytes(), key.to_bytes());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn never_overwrites_a_key() {
+        let dir = scratch_dir("overwrite");
+        let path = dir.join("node.key");
+        save(&path, &SigningKey::from_bytes(&[1; 32])).unwrap();
+        let err = save(&path, &SigningKey::from_bytes(&[2; 32])).unwrap_err();
+        assert!(matches!(err, KeyFileError::Exists(_)));
+        assert_eq!(load(&path).unwrap().to_bytes(), [1; 32]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_file_that_is_not_a_key() {
+        let dir = scratch_dir("malformed");
+        let path = dir.join("node.key");
+        fs::write(&path, "not a key\n").unwrap();
+        assert!(matches!(load(&path), Err(KeyFileError::Malformed(_))));
+        assert!(matches!(
+            load(&dir.join("missing.key")),
+            Err(KeyFileError::Io { .. })
+        ));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        assert_ne!(
+            generate().unwrap().to_bytes(),
+            generate().unwrap().to_bytes()
+        );
+    }
+}

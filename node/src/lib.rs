@@ -1,0 +1,27 @@
+//! The p2ptrain peer: what `p2pnode` runs.
+//!
+//! A node holds an ed25519 identity — the same key names it on the network
+//! and signs its contributions — and, as the project grows, the sans-IO round
+//! engine and the event loop that owns the libp2p swarm (see `DESIGN.md`).
+//!
+//! # Layout
+//!
+//! - [`keyfile`] — create, save and load a node's identity key.
+//!
+//! # Example
+//!
+//! ```
+//! use p2ptrain_node::keyfile;
+//!
+//! let dir = std::env::temp_dir().join(format!("p2ptrain-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let path = dir.join("node.key");
+//! # let _ = std::fs::remove_file(&path);
+//! let key = keyfile::generate()?;
+//! keyfile::save(&path, &key)?;
+//! assert_eq!(keyfile::load(&path)?.to_bytes(), key.to_bytes());
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod keyfile;
