@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use p2ptrain_kernels::{aggregate, compress, AggregateInput, KernelError, Payload};
+use p2ptrain_kernels::{aggregate, compress, AggregateInput, KernelError};
 use p2ptrain_protocol::{
     codec::CodecError, CompressionSettings, Contribution, Digest, PayloadRef, PeerKey, RunManifest,
     Signed, SignedError, SigningKey,

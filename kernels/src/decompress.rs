@@ -1,0 +1,189 @@
+//! Decompression: adding a payload's kept values into a dense buffer, and
+//! the weighted mean of several payloads, the same bits in any arrival order.
+
+use p2ptrain_protocol::Digest;
+use rayon::prelude::*;
+
+use crate::layout::Layout;
+use crate::{KernelError, Payload};
+
+/// Fewest chunks a parallel task adds in: a chunk holds only `k` entries.
+const MIN_CHUNKS_PER_TASK: usize = 64;
+
+/// Adds `weight` × the payload's values into `dense`.
+///
+/// For each kept entry `i` of a chunk with scale `s` and code `q`, in
+/// binary32, each operation rounded on its own (no fused multiply-add):
+///
+/// ```text
+/// dense[i] = dense[i] + weight × ((f32(q) − half) × s)
+/// ```
+///
+/// with `half = (2^value_bits − 1) / 2`; other entries are left as they are.
+/// Each entry is touched at most once, so the result does not depend on the
+/// order of the work, and chunks are processed in parallel on the current
+/// rayon pool.
+///
+/// # Errors
+///
+/// [`KernelError::LengthMismatch`] when `dense` is not as long as the
+/// payload's buffer, [`KernelError::InvalidWeight`] for a NaN or infinite
+/// weight. `dense` is untouched on error.
+pub fn decompress_into(
+    payload: &Payload,
+    weight: f32,
+    dense: &mut [f32],
+) -> Result<(), KernelError> {
+    if dense.len() != payload.len() {
+        return Err(KernelError::LengthMismatch {
+            expected: payload.len(),
+            found: dense.len(),
+        });
+    }
+    if !weight.is_finite() {
+        return Err(KernelError::InvalidWeight(weight));
+    }
+    let layout = payload.layout();
+    dense
+        .par_chunks_mut(layout.chunk_len)
+        .enumerate()
+        .with_min_len(MIN_CHUNKS_PER_TASK)
+        .for_each(|(c, dense)| add_chunk(payload, &layout, c, weight, dense));
+    Ok(())
+}
+
+/// Adds `weight` × chunk `c` of `payload` (whose layout is `layout`) into
+/// `dense`, that chunk's part of the dense buffer.
+#[inline]
+fn add_chunk(payload: &Payload, layout: &Layout, c: usize, weight: f32, dense: &mut [f32]) {
+    let chunk = layout.chunk(c);
+    let (quantizer, entries) = payload.chunk_entries(c, &chunk);
+    for (i, code) in entries {
+        if let Some(slot) = dense.get_mut(i as usize) {
+            *slot += weight * quantizer.value(code);
+        }
+    }
+}
+
+/// One contribution to an [`aggregate`] or [`aggregate_into`].
+#[derive(Debug, Clone, Copy)]
+pub struct AggregateInput<'a> {
+    /// The contribution's id. Inputs are summed in ascending key order, so the
+    /// result does not depend on the order they are listed in.
+    pub key: Digest,
+    /// The compressed pseudo-gradient.
+    pub payload: &'a Payload,
+    /// Its weight (tokens trained on, say): finite and positive.
+    pub weight: f32,
+}
+
+/// The weighted mean of the inputs' payloads, as a new dense buffer.
+///
+/// The same as [`aggregate_into`] on a buffer of the payloads' length; see
+/// there for the exact formula and the errors.
+pub fn aggregate(inputs: &[AggregateInput<'_>]) -> Result<Vec<f32>, KernelError> {
+    let mean = Mean::of(inputs)?;
+    let mut dense = vec![0.0f32; mean.len];
+    mean.write(&mut dense);
+    Ok(dense)
+}
+
+/// Overwrites `dense` with the weighted mean of the inputs' payloads.
+///
+/// With the inputs sorted by ascending key, `1..=n`, in binary32 with each
+/// operation rounded on its own (no fused multiply-add):
+///
+/// ```text
+/// total   = (…((0 + w_1) + w_2) + …) + w_n
+/// wn_j    = w_j / total
+/// dense   = +0.0 everywhere, then for j = 1..=n, for each kept entry i of
+///           payload j (code q, chunk scale s, half = (2^value_bits − 1) / 2):
+///           dense[i] = dense[i] + wn_j × ((f32(q) − half) × s)
+/// ```
+///
+/// That is [`decompress_into`] of each payload with weight `wn_j`, in key
+/// order, into a zeroed buffer. Chunks are processed in parallel, each zeroed
+/// and then given the inputs in key order, so the result is the same bits
+/// whatever the listing order and the number of threads. Reusing one buffer
+/// from round to round spares the cost of fresh memory (on a 100 MB buffer,
+/// first-touch page faults cost more than the work).
+///
+/// # Errors
+///
+/// [`KernelError::NoInputs`] for an empty list, [`KernelError::DuplicateKey`]
+/// when two inputs share a key, [`KernelError::InvalidWeight`] for a weight
+/// that is not finite and positive (or weights whose sum overflows),
+/// [`KernelError::MismatchedPayloads`] when the payloads differ in length or
+/// chunk length, and [`KernelError::LengthMismatch`] when `dense` is not as
+/// long as the payloads' buffer. `dense` is untouched on error.
+pub fn aggregate_into(inputs: &[AggregateInput<'_>], dense: &mut [f32]) -> Result<(), KernelError> {
+    let mean = Mean::of(inputs)?;
+    if dense.len() != mean.len {
+        return Err(KernelError::LengthMismatch {
+            expected: mean.len,
+            found: dense.len(),
+        });
+    }
+    mean.write(dense);
+    Ok(())
+}
+
+/// A checked aggregation: the inputs in key order with normalized weights.
+struct Mean<'a> {
+    len: usize,
+    chunk_len: usize,
+    terms: Vec<(&'a Payload, Layout, f32)>,
+}
+
+impl<'a> Mean<'a> {
+    fn of(inputs: &[AggregateInput<'a>]) -> Result<Self, KernelError> {
+        let mut sorted: Vec<&AggregateInput<'a>> = inputs.iter().collect();
+        sorted.sort_unstable_by_key(|input| input.key);
+        let first = sorted.first().ok_or(KernelError::NoInputs)?.payload;
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0].key == pair[1].key) {
+            return Err(KernelError::DuplicateKey(pair[0].key));
+        }
+        let chunk_len = first.settings().chunk_len;
+        for input in &sorted {
+            if !(input.weight.is_finite() && input.weight > 0.0) {
+                return Err(KernelError::InvalidWeight(input.weight));
+            }
+            let payload = input.payload;
+            if payload.len() != first.len() || payload.settings().chunk_len != chunk_len {
+                return Err(KernelError::MismatchedPayloads {
+                    key: input.key,
+                    len: payload.len(),
+                    chunk_len: payload.settings().chunk_len,
+                });
+            }
+        }
+        let total = sorted
+            .iter()
+            .fold(0.0f32, |total, input| total + input.weight);
+        if !total.is_finite() {
+            return Err(KernelError::InvalidWeight(total));
+        }
+        Ok(Self {
+            len: first.len(),
+            chunk_len: chunk_len as usize,
+            terms: sorted
+                .iter()
+                .map(|input| (input.payload, input.payload.layout(), input.weight / total))
+                .collect(),
+        })
+    }
+
+    /// Writes the mean into `dense`, which is `len` long.
+    fn write(&self, dense: &mut [f32]) {
+        dense
+            .par_chunks_mut(self.chunk_len)
+            .enumerate()
+            .with_min_len(MIN_CHUNKS_PER_TASK)
+            .for_each(|(c, dense)| {
+                dense.fill(0.0);
+                for (payload, layout, weight) in &self.terms {
+                    add_chunk(payload, layout, c, *weight, dense);
+                }
+            });
+    }
+}
