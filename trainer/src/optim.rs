@@ -1,0 +1,289 @@
+//! Optimizers on flat `f32` buffers in layout order: the inner AdamW each
+//! peer runs, and the outer Nesterov step every peer applies identically.
+//!
+//! Both run on the CPU, element by element in index order, in binary32 — so
+//! a peer's bits depend on its inputs only, never on its hardware.
+//!
+//! ```
+//! use p2ptrain_trainer::optim::OuterNesterov;
+//!
+//! // θ = [1, 1], mean pseudo-gradient Δ = [0.5, -1], lr 0.7, momentum 0.9.
+//! let mut outer = OuterNesterov::new(0.7, 0.9, 2);
+//! let mut theta = vec![1.0f32, 1.0];
+//! outer.step(&mut theta, &[0.5, -1.0]).unwrap();
+//! // buf = Δ; update = Δ + 0.9 · buf = 1.9 · Δ; θ −= 0.7 · update.
+//! assert_eq!(theta, [1.0 - 0.7 * (0.5 + 0.9 * 0.5), 1.0 - 0.7 * (-1.0 + 0.9 * -1.0)]);
+//! ```
+
+use p2ptrain_protocol::InnerOptimizer;
+
+use crate::{Result, TrainerError};
+
+/// AdamW with linear warm-up, cosine decay to 10% of the peak, and
+/// global-norm gradient clipping (the reference DiLoCo recipe).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamW {
+    settings: InnerOptimizer,
+    total_steps: u64,
+    step: u64,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl AdamW {
+    /// Fresh state for `len` parameters and a schedule of `total_steps`.
+    pub fn new(settings: InnerOptimizer, total_steps: u64, len: usize) -> Self {
+        Self {
+            settings,
+            total_steps,
+            step: 0,
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+        }
+    }
+
+    /// Restores saved state.
+    pub fn from_state(
+        settings: InnerOptimizer,
+        total_steps: u64,
+        step: u64,
+        m: Vec<f32>,
+        v: Vec<f32>,
+    ) -> Result<Self> {
+        if m.len() != v.len() {
+            return Err(TrainerError::Length {
+                expected: m.len(),
+                found: v.len(),
+            });
+        }
+        Ok(Self {
+            settings,
+            total_steps,
+            step,
+            m,
+            v,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// First and second moments, for saving.
+    pub fn moments(&self) -> (&[f32], &[f32]) {
+        (&self.m, &self.v)
+    }
+
+    /// The learning rate of step `step` (from 0).
+    pub fn lr_at(&self, step: u64) -> f32 {
+        let peak = f64::from(self.settings.lr);
+        let warmup = u64::from(self.settings.warmup_steps);
+        if step < warmup {
+            return (peak * (step + 1) as f64 / warmup as f64) as f32;
+        }
+        let span = self.total_steps.saturating_sub(warmup).max(1);
+        let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        (peak * (0.1 + 0.9 * cosine)) as f32
+    }
+
+    /// One update of `params` from `grads`. Returns the gradient norm before
+    /// clipping.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<f32> {
+        for len in [params.len(), grads.len()] {
+            if len != self.m.len() {
+                return Err(TrainerError::Length {
+                    expected: self.m.len(),
+                    found: len,
+                });
+            }
+        }
+        let norm = grads
+            .iter()
+            .map(|&g| f64::from(g) * f64::from(g))
+            .sum::<f64>()
+            .sqrt() as f32;
+        if !norm.is_finite() {
+            return Err(TrainerError::NonFinite("gradient norm"));
+        }
+        let clip = self.settings.grad_clip;
+        let coef = if clip > 0.0 && norm > clip {
+            clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        let lr = self.lr_at(self.step);
+        self.step += 1;
+        let InnerOptimizer {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } = self.settings;
+        let t = self.step as i32;
+        let bias1 = 1.0 - beta1.powi(t);
+        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let step_size = lr / bias1;
+        let decay = 1.0 - lr * weight_decay;
+        for (((p, &g), m), v) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+        {
+            let g = g * coef;
+            *m = beta1 * *m + (1.0 - beta1) * g;
+            *v = beta2 * *v + (1.0 - beta2) * g * g;
+            let denom = v.sqrt() / bias2_sqrt + eps;
+            *p = *p * decay - step_size * *m / denom;
+        }
+        Ok(norm)
+    }
+}
+
+/// The pseudo-gradient of a round: `θ_round − θ_local`, entry by entry.
+pub fn pseudo_gradient(round_start: &[f32], local: &[f32]) -> Result<Vec<f32>> {
+    if round_start.len() != local.len() {
+        return Err(TrainerError::Length {
+            expected: round_start.len(),
+            found: local.len(),
+        });
+    }
+    Ok(round_start.iter().zip(local).map(|(a, b)| a - b).collect())
+}
+
+/// DiLoCo's outer optimizer: SGD with Nesterov momentum, as PyTorch's
+/// `SGD(nesterov=True)` defines it, on the aggregated pseudo-gradient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OuterNesterov {
+    lr: f32,
+    momentum: f32,
+    buffer: Vec<f32>,
+}
+
+impl OuterNesterov {
+    /// Zero momentum for `len` parameters.
+    pub fn new(lr: f32, momentum: f32, len: usize) -> Self {
+        Self::from_state(lr, momentum, vec![0.0; len])
+    }
+
+    /// Restores a saved momentum buffer.
+    pub fn from_state(lr: f32, momentum: f32, buffer: Vec<f32>) -> Self {
+        Self {
+            lr,
+            momentum,
+            buffer,
+        }
+    }
+
+    /// The momentum buffer, for saving.
+    pub fn momentum_buffer(&self) -> &[f32] {
+        &self.buffer
+    }
+
+    /// `buf = μ·buf + Δ; θ −= lr·(Δ + μ·buf)`, for each entry in index order.
+    pub fn step(&mut self, theta: &mut [f32], delta: &[f32]) -> Result<()> {
+        for len in [theta.len(), delta.len()] {
+            if len != self.buffer.len() {
+                return Err(TrainerError::Length {
+                    expected: self.buffer.len(),
+                    found: len,
+                });
+            }
+        }
+        if delta.iter().any(|d| !d.is_finite()) {
+            return Err(TrainerError::NonFinite("outer pseudo-gradient"));
+        }
+        for ((p, &d), b) in theta.iter_mut().zip(delta).zip(&mut self.buffer) {
+            *b = self.momentum * *b + d;
+            *p -= self.lr * (d + self.momentum * *b);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> InnerOptimizer {
+        p2ptrain_protocol::RunManifest::default().inner
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_a_tenth() {
+        let adam = AdamW::new(settings(), 120, 1);
+        assert_eq!(adam.lr_at(0), 1e-3 / 20.0);
+        assert_eq!(adam.lr_at(19), 1e-3);
+        assert_eq!(adam.lr_at(20), 1e-3);
+        assert!((adam.lr_at(70) - 0.55e-3).abs() < 1e-9);
+        assert!((adam.lr_at(120) - 1e-4).abs() < 1e-9);
+        assert!((adam.lr_at(500) - 1e-4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn adamw_first_step_matches_hand_computation() {
+        let mut s = settings();
+        s.warmup_steps = 0;
+        s.grad_clip = 0.0;
+        let mut adam = AdamW::new(s, 10, 2);
+        let mut p = vec![1.0f32, -2.0];
+        adam.step(&mut p, &[0.5, -0.25]).unwrap();
+        // Step 1: m̂ = g, v̂ = g², update = lr · g / (|g| + eps) ≈ lr · sign(g),
+        // after decoupled decay p · (1 − lr · wd).
+        let lr = 1e-3f32;
+        let (one_minus_b1, one_minus_b2) = (1.0 - 0.9f32, 1.0 - 0.95f32);
+        let expect = |p: f32, g: f32| {
+            let m = one_minus_b1 * g;
+            let v = one_minus_b2 * g * g;
+            p * (1.0 - lr * 0.1) - (lr / one_minus_b1) * m / (v.sqrt() / one_minus_b2.sqrt() + 1e-8)
+        };
+        assert_eq!(p, [expect(1.0, 0.5), expect(-2.0, -0.25)]);
+    }
+
+    #[test]
+    fn clipping_scales_large_gradients() {
+        let mut s = settings();
+        s.weight_decay = 0.0;
+        let mut clipped = AdamW::new(s, 10, 1);
+        let mut p = vec![0.0f32];
+        assert_eq!(clipped.step(&mut p, &[10.0]).unwrap(), 10.0);
+        assert_eq!(
+            clipped.moments().0,
+            [(1.0 - 0.9f32) * (10.0 * (1.0 / (10.0 + 1e-6)))]
+        );
+    }
+
+    #[test]
+    fn outer_nesterov_two_steps_by_hand() {
+        let mut outer = OuterNesterov::new(0.7, 0.9, 1);
+        let mut theta = vec![2.0f32];
+        outer.step(&mut theta, &[1.0]).unwrap();
+        // buf = 1; θ = 2 − 0.7 · (1 + 0.9) = 0.67
+        assert_eq!(theta[0], 2.0 - 0.7 * (1.0 + 0.9 * 1.0));
+        let after_first = theta[0];
+        outer.step(&mut theta, &[0.5]).unwrap();
+        // buf = 0.9 · 1 + 0.5 = 1.4; θ −= 0.7 · (0.5 + 0.9 · 1.4)
+        let buf = 0.9f32 * 1.0 + 0.5;
+        assert_eq!(theta[0], after_first - 0.7 * (0.5 + 0.9 * buf));
+        assert_eq!(outer.momentum_buffer(), [buf]);
+    }
+
+    #[test]
+    fn refuses_bad_lengths_and_non_finite_updates() {
+        let mut outer = OuterNesterov::new(0.7, 0.9, 2);
+        assert!(outer.step(&mut [0.0], &[0.0]).is_err());
+        assert!(matches!(
+            outer.step(&mut [0.0, 0.0], &[f32::NAN, 0.0]),
+            Err(TrainerError::NonFinite(_))
+        ));
+        assert_eq!(outer.momentum_buffer(), [0.0, 0.0]);
+        assert!(pseudo_gradient(&[1.0], &[1.0, 2.0]).is_err());
+        assert_eq!(
+            pseudo_gradient(&[1.0, 2.0], &[0.5, 3.0]).unwrap(),
+            [0.5, -1.0]
+        );
+    }
+}
