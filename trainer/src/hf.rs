@@ -41,6 +41,15 @@ struct HfConfig {
     embd_pdrop: f64,
     #[serde(default)]
     attn_pdrop: f64,
+    #[serde(default)]
+    bos_token_id: Option<u32>,
+    #[serde(default)]
+    eos_token_id: Option<u32>,
+}
+
+/// GPT-2's end-of-text token, when the vocabulary is GPT-2's own.
+fn end_of_text(vocab_size: u32) -> Option<u32> {
+    (vocab_size == 50_257).then_some(50_256)
 }
 
 fn gelu_new() -> String {
@@ -78,6 +87,8 @@ pub fn export(dir: &Path, config: &ModelConfig, values: &[f32]) -> Result<()> {
         resid_pdrop: 0.0,
         embd_pdrop: 0.0,
         attn_pdrop: 0.0,
+        bos_token_id: end_of_text(config.vocab_size),
+        eos_token_id: end_of_text(config.vocab_size),
     };
     let json = serde_json::to_vec_pretty(&hf).map_err(|e| bad(dir, e.to_string()))?;
     write_atomically(&dir.join("config.json"), &json)?;

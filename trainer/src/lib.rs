@@ -15,6 +15,7 @@
 //! - [`params`] — [`ParamLayout`]: names, shapes, flat ranges, initialization.
 //! - [`model`] — [`Gpt`]: forward pass and loss, built only from candle
 //!   operations that have a backward pass.
+//! - [`fused`] — fused CPU kernels with their own backward pass.
 //! - [`optim`] — [`AdamW`](optim::AdamW), [`OuterNesterov`](optim::OuterNesterov),
 //!   [`pseudo_gradient`](optim::pseudo_gradient).
 //! - [`train`] — [`LocalTrainer`]: a replica and its inner optimizer.
@@ -54,6 +55,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 mod error;
+pub mod fused;
 pub mod hf;
 pub mod model;
 pub mod optim;

@@ -1,13 +1,15 @@
 //! The GPT-2 decoder in candle.
 //!
-//! Built only from candle operations that have a backward pass: layer norm,
-//! softmax and log-softmax are composed here from primitives, because
-//! candle's fused `LayerNorm`, `layer_norm`, `softmax_last_dim` and
-//! `rms_norm` have none and would silently stop gradients.
+//! Every operation has a backward pass. On the CPU, GELU, layer norm, the
+//! causal softmax and the loss run as the fused kernels of [`crate::fused`];
+//! elsewhere they are composed here from candle primitives — never candle's
+//! own `LayerNorm`, `layer_norm`, `softmax_last_dim` or `rms_norm`, which have
+//! no backward pass and would silently stop gradients.
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use p2ptrain_protocol::ModelConfig;
 
+use crate::fused;
 use crate::params::ParamLayout;
 use crate::{config, Result, TrainerError};
 
@@ -22,6 +24,7 @@ pub struct Gpt {
     vars: Vec<Var>,
     causal_mask: Tensor,
     device: Device,
+    fused: bool,
 }
 
 /// The variables of one transformer block, looked up once.
@@ -72,6 +75,7 @@ impl Gpt {
             vars,
             causal_mask,
             device: device.clone(),
+            fused: true,
         })
     }
 
@@ -147,7 +151,7 @@ impl Gpt {
         for i in 0..self.config.n_layer {
             x = self.block_forward(&self.block(i), &x, &mask)?;
         }
-        let x = layer_norm(&x, self.var("ln_f.weight"), self.var("ln_f.bias"))?;
+        let x = self.layer_norm(&x, self.var("ln_f.weight"), self.var("ln_f.bias"))?;
         let logits = x.reshape((batch * time, d))?.matmul(&wte.t()?)?;
         Ok(logits.reshape((batch, time, self.config.vocab_size as usize))?)
     }
@@ -156,7 +160,7 @@ impl Gpt {
         let (batch, time, d) = x.dims3()?;
         let heads = self.config.n_head as usize;
         let head_dim = d / heads;
-        let h = layer_norm(x, block.ln_1.0, block.ln_1.1)?;
+        let h = self.layer_norm(x, block.ln_1.0, block.ln_1.1)?;
         let qkv = linear(&h, block.c_attn)?;
         let split = |part: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(2, part * d, d)?
@@ -166,12 +170,25 @@ impl Gpt {
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let attention = softmax_last_dim(&scores)?.matmul(&v)?;
+        let scores = q.matmul(&k.t()?)?;
+        let weights = if self.fused() {
+            scores.apply_op1(fused::CausalSoftmax {
+                scale: scale as f32,
+            })?
+        } else {
+            softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?
+        };
+        let attention = weights.matmul(&v)?;
         let attention = attention.transpose(1, 2)?.reshape((batch, time, d))?;
         let x = (x + linear(&attention, block.attn_proj)?)?;
-        let h = layer_norm(&x, block.ln_2.0, block.ln_2.1)?;
-        let h = linear(&linear(&h, block.c_fc)?.gelu()?, block.mlp_proj)?;
+        let h = self.layer_norm(&x, block.ln_2.0, block.ln_2.1)?;
+        let h = linear(&h, block.c_fc)?;
+        let h = if self.fused() {
+            h.apply_op1(fused::Gelu)?
+        } else {
+            h.gelu()?
+        };
+        let h = linear(&h, block.mlp_proj)?;
         Ok((x + h)?)
     }
 
@@ -181,9 +198,39 @@ impl Gpt {
         let logits = self.forward(inputs)?;
         let vocab = self.config.vocab_size as usize;
         let logits = logits.reshape(((), vocab))?;
+        if self.fused() {
+            let targets = targets.flatten_all()?.to_vec1::<u32>()?;
+            return Ok(logits.apply_op1(fused::CrossEntropy { targets })?);
+        }
         let targets = targets.flatten_all()?.unsqueeze(1)?;
         let picked = log_softmax_last_dim(&logits)?.gather(&targets, 1)?;
         Ok(picked.mean_all()?.neg()?)
+    }
+
+    /// Whether the fused CPU kernels of [`crate::fused`] replace the
+    /// composed operations (they do on the CPU, unless turned off).
+    fn fused(&self) -> bool {
+        self.fused && self.device.is_cpu()
+    }
+
+    /// Uses the composed operations even on the CPU: slower, the same
+    /// function; for checking the fused kernels against.
+    pub fn without_fused_kernels(mut self) -> Self {
+        self.fused = false;
+        self
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        if self.fused() {
+            x.contiguous()?.apply_op3(weight, bias, fused::LayerNorm)
+        } else {
+            layer_norm(x, weight, bias)
+        }
     }
 
     /// Token ids as a `[batch, time]` tensor on the model's device.

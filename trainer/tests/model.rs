@@ -187,3 +187,37 @@ fn loss_falls_on_the_bundled_corpus() {
     assert!(before > 5.0, "before {before}");
     assert!(after < 3.3, "after 60 steps: {after} (before {before})");
 }
+
+#[test]
+fn fused_kernels_give_the_gradient_of_the_composed_operations() {
+    use p2ptrain_trainer::optim::AdamW;
+    use p2ptrain_trainer::Gpt;
+    let config = Preset::Tiny.config();
+    let values = ParamLayout::gpt2(&config).initial_values(4);
+    let (inputs, targets) = batch(4, 48);
+    let gradient = |fused: bool| {
+        let mut model = Gpt::new(config, &values, &Device::Cpu).unwrap();
+        if !fused {
+            model = model.without_fused_kernels();
+        }
+        let adam = AdamW::new(inner(4), 10, values.len());
+        let trainer = LocalTrainer::with_optimizer(model, values.clone(), adam, 4).unwrap();
+        trainer.gradient(&inputs, &targets).unwrap()
+    };
+    let ((loss_f, grad_f), (loss_c, grad_c)) = (gradient(true), gradient(false));
+    assert!((loss_f - loss_c).abs() < 1e-5, "loss {loss_f} vs {loss_c}");
+    let layout = ParamLayout::gpt2(&config);
+    for spec in layout.specs() {
+        let (f, c) = (&grad_f[spec.range.clone()], &grad_c[spec.range.clone()]);
+        let scale = c.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let worst = f
+            .iter()
+            .zip(c)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-3 * scale + 1e-7,
+            "{}: differs by {worst} (scale {scale})",
+            spec.name
+        );
+    }
+}

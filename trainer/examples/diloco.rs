@@ -1,0 +1,199 @@
+//! DiLoCo quality on the bundled corpus: W replicas × H inner steps × R
+//! rounds, against one replica trained on the same tokens at W× the batch.
+//!
+//! ```text
+//! cargo run --release -p p2ptrain-trainer --example diloco -- baseline
+//! cargo run --release -p p2ptrain-trainer --example diloco -- diloco [--density 0.01 --bits 8 --chunk 4096]
+//!     [--workers 4] [--inner-steps 50] [--rounds 10] [--outer-lr 0.7] [--batch 32]
+//! ```
+//!
+//! The setup of the PyTorch reference (`chargpt_diloco.py diloco`): tiny
+//! model, each worker on its own contiguous quarter of the training text,
+//! AdamW 1e-3 with 20 warm-up steps and cosine decay to 10%, outer Nesterov
+//! 0.7 / 0.9, validation loss (nats per byte) over 64 fixed batches of 32×64.
+//! With `--density`, each pseudo-gradient goes through the kernels'
+//! compression (chunked top-k, quantized, with error feedback) before
+//! averaging; without it, the exact mean is used.
+//! `scripts/diloco-quality.sh` runs the table.
+
+use p2ptrain_kernels::{aggregate, compress, AggregateInput};
+use p2ptrain_protocol::{CompressionSettings, Digest, RunManifest, ValueBits};
+use p2ptrain_trainer::optim::{pseudo_gradient, OuterNesterov};
+use p2ptrain_trainer::{device, Batch, Corpus, LocalTrainer, ParamLayout, Preset, Sampler};
+
+type Error = Box<dyn std::error::Error>;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Setup {
+    workers: usize,
+    inner_steps: u64,
+    rounds: u64,
+    batch: u32,
+    outer_lr: f32,
+    compression: Option<CompressionSettings>,
+}
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).cloned().unwrap_or_default();
+    let density: f32 = arg(&args, "--density", -1.0);
+    let setup = Setup {
+        workers: arg(&args, "--workers", 4),
+        inner_steps: arg(&args, "--inner-steps", 50),
+        rounds: arg(&args, "--rounds", 10),
+        batch: arg(&args, "--batch", 32),
+        outer_lr: arg(&args, "--outer-lr", 0.7),
+        compression: (density >= 0.0)
+            .then(|| -> Result<_, Error> {
+                Ok(CompressionSettings {
+                    chunk_len: arg(&args, "--chunk", 4096),
+                    density,
+                    value_bits: ValueBits::try_from(arg(&args, "--bits", 8u8))?,
+                })
+            })
+            .transpose()?,
+    };
+    let corpus = Corpus::bundled();
+    let context = Preset::Tiny.config().context_len as usize;
+    let validation = corpus.validation_batches(64, 32, context, 1234)?;
+    let final_loss = match mode.as_str() {
+        "baseline" => baseline(&setup, &corpus, &validation)?,
+        "diloco" => diloco(&setup, &corpus, &validation)?,
+        _ => return Err("usage: diloco (baseline | diloco) [options]; see the file's docs".into()),
+    };
+    println!("RESULT mode={mode} density={density} final_val_loss={final_loss:.4}");
+    Ok(())
+}
+
+fn evaluate(trainer: &LocalTrainer, validation: &[Batch]) -> Result<f32, Error> {
+    let batches = validation
+        .iter()
+        .map(|b| (b.inputs.as_slice(), b.targets.as_slice()));
+    Ok(trainer.evaluate(batches, 32)?)
+}
+
+fn trainer(batch: u32, total_steps: u64) -> Result<LocalTrainer, Error> {
+    let config = Preset::Tiny.config();
+    let mut inner = RunManifest::default().inner;
+    inner.batch_size = batch;
+    let values = ParamLayout::gpt2(&config).initial_values(0);
+    Ok(LocalTrainer::new(
+        config,
+        values,
+        inner,
+        total_steps,
+        &device::parse("cpu")?,
+    )?)
+}
+
+fn baseline(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32, Error> {
+    let total = setup.inner_steps * setup.rounds;
+    let batch = setup.batch * setup.workers as u32;
+    let mut model = trainer(batch, total)?;
+    let context = model.model().config().context_len as usize;
+    // The same tokens as DiLoCo: each step takes one batch from every shard.
+    let mut samplers = shard_samplers(corpus, setup.workers)?;
+    println!(
+        "baseline: {total} steps at batch {batch}; init val {:.4}",
+        evaluate(&model, validation)?
+    );
+    let mut last = 0.0;
+    for step in 0..total {
+        let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+        for sampler in &mut samplers {
+            let b = sampler.next_batch(setup.batch as usize, context)?;
+            inputs.extend(b.inputs);
+            targets.extend(b.targets);
+        }
+        model.step(&inputs, &targets)?;
+        if (step + 1) % setup.inner_steps == 0 {
+            last = evaluate(&model, validation)?;
+            println!("  step {:4} val {last:.4}", step + 1);
+        }
+    }
+    Ok(last)
+}
+
+fn shard_samplers(corpus: &Corpus, workers: usize) -> Result<Vec<Sampler>, Error> {
+    (0..workers)
+        .map(|k| Ok(Sampler::new(corpus.shard(k, workers)?, 100 + k as u64)))
+        .collect()
+}
+
+fn diloco(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32, Error> {
+    let total = setup.inner_steps * setup.rounds;
+    let mut workers = (0..setup.workers)
+        .map(|_| trainer(setup.batch, total))
+        .collect::<Result<Vec<_>, _>>()?;
+    let context = workers[0].model().config().context_len as usize;
+    let mut samplers = shard_samplers(corpus, setup.workers)?;
+    let mut global = workers[0].params().to_vec();
+    let n = global.len();
+    let mut outer = OuterNesterov::new(setup.outer_lr, 0.9, n);
+    let mut residuals = vec![vec![0.0f32; n]; setup.workers];
+    println!(
+        "diloco: {} workers x H={} x {} rounds, batch {}, compression {:?}; init val {:.4}",
+        setup.workers,
+        setup.inner_steps,
+        setup.rounds,
+        setup.batch,
+        setup.compression,
+        evaluate(&workers[0], validation)?
+    );
+    let mut last = 0.0;
+    for round in 0..setup.rounds {
+        let mut deltas = Vec::with_capacity(setup.workers);
+        for (worker, sampler) in workers.iter_mut().zip(&mut samplers) {
+            for _ in 0..setup.inner_steps {
+                let b = sampler.next_batch(setup.batch as usize, context)?;
+                worker.step(&b.inputs, &b.targets)?;
+            }
+            deltas.push(pseudo_gradient(&global, worker.params())?);
+        }
+        let (mean, bits) = match &setup.compression {
+            None => {
+                let mut mean = vec![0.0f32; n];
+                for delta in &deltas {
+                    for (m, d) in mean.iter_mut().zip(delta) {
+                        *m += d / setup.workers as f32;
+                    }
+                }
+                (mean, 32.0)
+            }
+            Some(settings) => {
+                let payloads = deltas
+                    .iter()
+                    .zip(&mut residuals)
+                    .map(|(delta, residual)| compress(delta, residual, settings))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let inputs: Vec<_> = payloads
+                    .iter()
+                    .enumerate()
+                    .map(|(k, payload)| AggregateInput {
+                        key: Digest::of(&k.to_le_bytes()),
+                        payload,
+                        weight: 1.0,
+                    })
+                    .collect();
+                (aggregate(&inputs)?, payloads[0].bits_per_param())
+            }
+        };
+        outer.step(&mut global, &mean)?;
+        for worker in &mut workers {
+            worker.set_params(&global)?;
+        }
+        last = evaluate(&workers[0], validation)?;
+        println!(
+            "  round {:3} val {last:.4}  bits/param {bits:.3}",
+            round + 1
+        );
+    }
+    Ok(last)
+}
