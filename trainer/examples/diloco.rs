@@ -41,6 +41,7 @@ struct Setup {
 }
 
 fn main() -> Result<(), Error> {
+    p2ptrain_trainer::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_default();
     let density: f32 = arg(&args, "--density", -1.0);

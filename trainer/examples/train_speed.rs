@@ -21,6 +21,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    p2ptrain_trainer::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let preset: Preset = arg(&args, "--preset", "tiny".to_string()).parse()?;
     let batch: u32 = arg(&args, "--batch", 32);

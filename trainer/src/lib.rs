@@ -11,6 +11,7 @@
 //!
 //! # Layout
 //!
+//! - [`allocator`] — keep freed tensor memory for reuse (binaries opt in).
 //! - [`config`] — presets (`tiny`, `small`, `gpt2`) and their checks.
 //! - [`params`] — [`ParamLayout`]: names, shapes, flat ranges, initialization.
 //! - [`model`] — [`Gpt`]: forward pass and loss, built only from candle
@@ -50,6 +51,7 @@
 //! # Ok::<(), p2ptrain_trainer::TrainerError>(())
 //! ```
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

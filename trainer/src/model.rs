@@ -105,30 +105,30 @@ impl Gpt {
         &self.device
     }
 
-    fn var(&self, name: &str) -> &Tensor {
+    fn var(&self, name: &str) -> candle_core::Result<&Tensor> {
         let index = self
             .layout
             .specs()
             .binary_search_by(|s| s.name.as_str().cmp(name))
-            .unwrap_or_else(|_| panic!("the layout has every GPT-2 parameter: {name}"));
-        self.vars[index].as_tensor()
+            .map_err(|_| candle_core::Error::Msg(format!("no parameter named {name}")))?;
+        Ok(self.vars[index].as_tensor())
     }
 
-    fn block(&self, i: u32) -> Block<'_> {
-        let pair = |rest: &str| {
-            (
-                self.var(&format!("h.{i}.{rest}.weight")),
-                self.var(&format!("h.{i}.{rest}.bias")),
-            )
+    fn block(&self, i: u32) -> candle_core::Result<Block<'_>> {
+        let pair = |rest: &str| -> candle_core::Result<_> {
+            Ok((
+                self.var(&format!("h.{i}.{rest}.weight"))?,
+                self.var(&format!("h.{i}.{rest}.bias"))?,
+            ))
         };
-        Block {
-            ln_1: pair("ln_1"),
-            c_attn: pair("attn.c_attn"),
-            attn_proj: pair("attn.c_proj"),
-            ln_2: pair("ln_2"),
-            c_fc: pair("mlp.c_fc"),
-            mlp_proj: pair("mlp.c_proj"),
-        }
+        Ok(Block {
+            ln_1: pair("ln_1")?,
+            c_attn: pair("attn.c_attn")?,
+            attn_proj: pair("attn.c_proj")?,
+            ln_2: pair("ln_2")?,
+            c_fc: pair("mlp.c_fc")?,
+            mlp_proj: pair("mlp.c_proj")?,
+        })
     }
 
     /// Logits `[batch, time, vocab]` for token ids `[batch, time]` (u32).
@@ -141,17 +141,17 @@ impl Gpt {
             )));
         }
         let d = self.config.d_model as usize;
-        let wte = self.var("wte.weight");
+        let wte = self.var("wte.weight")?;
         let tokens = wte
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((batch, time, d))?;
-        let positions = self.var("wpe.weight").narrow(0, 0, time)?;
+        let positions = self.var("wpe.weight")?.narrow(0, 0, time)?;
         let mut x = tokens.broadcast_add(&positions)?;
         let mask = self.causal_mask.narrow(0, 0, time)?.narrow(1, 0, time)?;
         for i in 0..self.config.n_layer {
-            x = self.block_forward(&self.block(i), &x, &mask)?;
+            x = self.block_forward(&self.block(i)?, &x, &mask)?;
         }
-        let x = self.layer_norm(&x, self.var("ln_f.weight"), self.var("ln_f.bias"))?;
+        let x = self.layer_norm(&x, self.var("ln_f.weight")?, self.var("ln_f.bias")?)?;
         let logits = x.reshape((batch * time, d))?.matmul(&wte.t()?)?;
         Ok(logits.reshape((batch, time, self.config.vocab_size as usize))?)
     }
