@@ -9,10 +9,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release -q -p p2ptrain-trainer --example diloco
 bin=target/release/examples/diloco
 declare -a names results
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 run() {
   local name=$1; shift
   echo "== $name: $*"
-  local out; out=$("$bin" "$@" | tee /dev/stderr | grep '^RESULT')
+  "$bin" "$@" | tee "$log"
+  local out; out=$(grep '^RESULT' "$log")
   names+=("$name"); results+=("${out##*final_val_loss=}")
 }
 run "baseline (1 replica, 4x batch)" baseline "${@}"
