@@ -157,29 +157,14 @@ impl Gpt {
     }
 
     fn block_forward(&self, block: &Block<'_>, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (batch, time, d) = x.dims3()?;
         let heads = self.config.n_head as usize;
-        let head_dim = d / heads;
         let h = self.layer_norm(x, block.ln_1.0, block.ln_1.1)?;
         let qkv = linear(&h, block.c_attn)?;
-        let split = |part: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(2, part * d, d)?
-                .reshape((batch, time, heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?;
-        let weights = if self.fused() {
-            scores.apply_op1(fused::CausalSoftmax {
-                scale: scale as f32,
-            })?
+        let attention = if self.fused() {
+            qkv.apply_op1(fused::CausalAttention { heads })?
         } else {
-            softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?)?
+            composed_attention(&qkv, heads, mask)?
         };
-        let attention = weights.matmul(&v)?;
-        let attention = attention.transpose(1, 2)?.reshape((batch, time, d))?;
         let x = (x + linear(&attention, block.attn_proj)?)?;
         let h = self.layer_norm(&x, block.ln_2.0, block.ln_2.1)?;
         let h = linear(&h, block.c_fc)?;
@@ -271,6 +256,25 @@ impl Gpt {
         }
         Ok(())
     }
+}
+
+/// Causal multi-head attention from candle primitives: `[batch, time,
+/// 3 × width]` q‖k‖v in, `[batch, time, width]` out.
+fn composed_attention(qkv: &Tensor, heads: usize, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (batch, time, three_width) = qkv.dims3()?;
+    let d = three_width / 3;
+    let head_dim = d / heads;
+    let split = |part: usize| -> candle_core::Result<Tensor> {
+        qkv.narrow(2, part * d, d)?
+            .reshape((batch, time, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+    let attention = softmax_last_dim(&scores)?.matmul(&v)?;
+    attention.transpose(1, 2)?.reshape((batch, time, d))
 }
 
 /// `x · W + b` with GPT-2's `[in, out]` weight layout, for `[batch, time, in]`.

@@ -1,11 +1,15 @@
-//! Fused CPU kernels, each with its own backward pass, for the element-wise
-//! work that dominates a small model's step: GELU, layer norm, the causal
-//! softmax of attention and the cross-entropy loss.
+//! Fused CPU kernels, each with its own backward pass, for the work that
+//! dominates a small model's step besides the matrix products: causal
+//! attention, GELU, layer norm and the cross-entropy loss.
 //!
 //! Candle would build each of these from several operations, every one
 //! allocating a tensor and walking memory again; here each is one loop
 //! forward and one loop backward. On other devices the model uses the
 //! composed versions in [`crate::model`], which compute the same function.
+
+mod attention;
+
+pub use attention::CausalAttention;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -213,75 +217,6 @@ impl CustomOp3 for LayerNormGrad {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
-    }
-}
-
-/// Softmax of `scale · scores` over the last dimension with a causal mask:
-/// row `i` of each `[time, time]` block sees columns `0..=i` only.
-pub struct CausalSoftmax {
-    /// Multiplies the scores before the softmax.
-    pub scale: f32,
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "fused-causal-softmax"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let s = slice(storage, layout, self.name())?;
-        let t = last_dim(layout)?;
-        let mut y = vec![0.0f32; s.len()];
-        for (r, (row, out)) in s.chunks_exact(t).zip(y.chunks_exact_mut(t)).enumerate() {
-            let seen = r % t + 1;
-            let max = row[..seen].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
-            let mut sum = 0.0f32;
-            for (o, &v) in out[..seen].iter_mut().zip(row) {
-                *o = fast_exp(v * self.scale - max);
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            out[..seen].iter_mut().for_each(|o| *o *= inv);
-        }
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = SoftmaxGrad { scale: self.scale };
-        Ok(Some(res.apply_op2_no_bwd(&grad_res.contiguous()?, &grad)?))
-    }
-}
-
-struct SoftmaxGrad {
-    scale: f32,
-}
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "fused-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (y, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let t = last_dim(l1)?;
-        let mut dx = vec![0.0f32; y.len()];
-        for ((y, dy), dx) in y
-            .chunks_exact(t)
-            .zip(dy.chunks_exact(t))
-            .zip(dx.chunks_exact_mut(t))
-        {
-            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = self.scale * y * (dy - dot);
-            }
-        }
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
