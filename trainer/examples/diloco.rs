@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p p2ptrain-trainer --example diloco -- baseline
 //! cargo run --release -p p2ptrain-trainer --example diloco -- diloco [--density 0.01 --bits 8 --chunk 4096]
-//!     [--workers 4] [--inner-steps 50] [--rounds 10] [--outer-lr 0.7] [--batch 32]
+//!     [--workers 4] [--inner-steps 50] [--rounds 10] [--outer-lr 0.7] [--outer-momentum 0.9] [--batch 32]
 //! ```
 //!
 //! The setup of the PyTorch reference (`chargpt_diloco.py diloco`): tiny
@@ -37,6 +37,7 @@ struct Setup {
     rounds: u64,
     batch: u32,
     outer_lr: f32,
+    outer_momentum: f32,
     compression: Option<CompressionSettings>,
 }
 
@@ -51,6 +52,7 @@ fn main() -> Result<(), Error> {
         rounds: arg(&args, "--rounds", 10),
         batch: arg(&args, "--batch", 32),
         outer_lr: arg(&args, "--outer-lr", 0.7),
+        outer_momentum: arg(&args, "--outer-momentum", 0.9),
         compression: (density >= 0.0)
             .then(|| -> Result<_, Error> {
                 Ok(CompressionSettings {
@@ -137,7 +139,7 @@ fn diloco(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32, E
     let mut samplers = shard_samplers(corpus, setup.workers)?;
     let mut global = workers[0].params().to_vec();
     let n = global.len();
-    let mut outer = OuterNesterov::new(setup.outer_lr, 0.9, n);
+    let mut outer = OuterNesterov::new(setup.outer_lr, setup.outer_momentum, n);
     let mut residuals = vec![vec![0.0f32; n]; setup.workers];
     println!(
         "diloco: {} workers x H={} x {} rounds, batch {}, compression {:?}; init val {:.4}",
