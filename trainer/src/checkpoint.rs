@@ -74,18 +74,7 @@ impl Checkpoint {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let layout = ParamLayout::gpt2(&self.config);
         check_len(layout.len(), self.values.len())?;
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = layout
-            .specs()
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    Dtype::F32,
-                    s.shape.clone(),
-                    f32_bytes(&self.values[s.range.clone()]),
-                )
-            })
-            .collect();
+        let mut tensors = model_tensors(&layout, &self.values);
         let c = &self.config;
         let config = [c.vocab_size, c.context_len, c.n_layer, c.n_head, c.d_model];
         let config_bytes = config.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -220,6 +209,21 @@ impl Checkpoint {
     }
 }
 
+/// A tensor ready for [`serialize`]: name, dtype, shape, little-endian bytes.
+pub(crate) type NamedTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// The model's tensors under their GPT-2 names, from a flat buffer.
+pub(crate) fn model_tensors(layout: &ParamLayout, values: &[f32]) -> Vec<NamedTensor> {
+    layout
+        .specs()
+        .iter()
+        .map(|s| {
+            let bytes = f32_bytes(&values[s.range.clone()]);
+            (s.name.clone(), Dtype::F32, s.shape.clone(), bytes)
+        })
+        .collect()
+}
+
 /// Reads the model tensors of `config` from `file`, where `stored_name` maps
 /// a GPT-2 name to the name in the file.
 pub(crate) fn read_model(
@@ -269,7 +273,7 @@ fn tensor<'a>(
 /// Serializes named tensors with the one metadata entry Hugging Face
 /// expects; safetensors orders tensors by dtype and name, so the bytes are
 /// deterministic.
-pub(crate) fn serialize(tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<Vec<u8>> {
+pub(crate) fn serialize(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
     let views = tensors
         .iter()
         .map(|(name, dtype, shape, data)| {

@@ -8,10 +8,10 @@ use std::fs;
 use std::path::Path;
 
 use p2ptrain_protocol::ModelConfig;
-use safetensors::tensor::{Dtype, SafeTensors};
+use safetensors::tensor::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{bad, f32_bytes, io, read_model, serialize, write_atomically};
+use crate::checkpoint::{bad, io, model_tensors, read_model, serialize, write_atomically};
 use crate::model::LAYER_NORM_EPS;
 use crate::params::ParamLayout;
 use crate::{config, Result, TrainerError};
@@ -92,18 +92,7 @@ pub fn export(dir: &Path, config: &ModelConfig, values: &[f32]) -> Result<()> {
     };
     let json = serde_json::to_vec_pretty(&hf).map_err(|e| bad(dir, e.to_string()))?;
     write_atomically(&dir.join("config.json"), &json)?;
-    let tensors: Vec<_> = layout
-        .specs()
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                Dtype::F32,
-                s.shape.clone(),
-                f32_bytes(&values[s.range.clone()]),
-            )
-        })
-        .collect();
+    let tensors = model_tensors(&layout, values);
     write_atomically(&dir.join("model.safetensors"), &serialize(&tensors)?)
 }
 
