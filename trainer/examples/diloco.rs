@@ -5,6 +5,7 @@
 //! cargo run --release -p p2ptrain-trainer --example diloco -- baseline
 //! cargo run --release -p p2ptrain-trainer --example diloco -- diloco [--density 0.01 --bits 8 --chunk 4096]
 //!     [--workers 4] [--inner-steps 50] [--rounds 10] [--outer-lr 0.7] [--outer-momentum 0.9] [--batch 32]
+//!     [--eval-every 1]
 //! ```
 //!
 //! The setup of the PyTorch reference (`chargpt_diloco.py diloco`): tiny
@@ -38,6 +39,8 @@ struct Setup {
     batch: u32,
     outer_lr: f32,
     outer_momentum: f32,
+    /// Evaluate after every this many rounds (and after the last).
+    eval_every: u64,
     compression: Option<CompressionSettings>,
 }
 
@@ -53,6 +56,7 @@ fn main() -> Result<(), Error> {
         batch: arg(&args, "--batch", 32),
         outer_lr: arg(&args, "--outer-lr", 0.7),
         outer_momentum: arg(&args, "--outer-momentum", 0.9),
+        eval_every: arg(&args, "--eval-every", 1u64).max(1),
         compression: (density >= 0.0)
             .then(|| -> Result<_, Error> {
                 Ok(CompressionSettings {
@@ -116,7 +120,7 @@ fn baseline(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32,
             targets.extend(b.targets);
         }
         model.step(&inputs, &targets)?;
-        if (step + 1) % setup.inner_steps == 0 {
+        if (step + 1) % (setup.inner_steps * setup.eval_every) == 0 || step + 1 == total {
             last = evaluate(&model, validation)?;
             println!("  step {:4} val {last:.4}", step + 1);
         }
@@ -192,11 +196,13 @@ fn diloco(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32, E
         for worker in &mut workers {
             worker.set_params(&global)?;
         }
-        last = evaluate(&workers[0], validation)?;
-        println!(
-            "  round {:3} val {last:.4}  bits/param {bits:.3}",
-            round + 1
-        );
+        if (round + 1) % setup.eval_every == 0 || round + 1 == setup.rounds {
+            last = evaluate(&workers[0], validation)?;
+            println!(
+                "  round {:3} val {last:.4}  bits/param {bits:.3}",
+                round + 1
+            );
+        }
     }
     Ok(last)
 }

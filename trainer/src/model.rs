@@ -159,21 +159,21 @@ impl Gpt {
     fn block_forward(&self, block: &Block<'_>, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let heads = self.config.n_head as usize;
         let h = self.layer_norm(x, block.ln_1.0, block.ln_1.1)?;
-        let qkv = linear(&h, block.c_attn)?;
+        let qkv = self.linear(&h, block.c_attn)?;
         let attention = if self.fused() {
             qkv.apply_op1(fused::CausalAttention { heads })?
         } else {
             composed_attention(&qkv, heads, mask)?
         };
-        let x = (x + linear(&attention, block.attn_proj)?)?;
+        let x = (x + self.linear(&attention, block.attn_proj)?)?;
         let h = self.layer_norm(&x, block.ln_2.0, block.ln_2.1)?;
-        let h = linear(&h, block.c_fc)?;
+        let h = self.linear(&h, block.c_fc)?;
         let h = if self.fused() {
             h.apply_op1(fused::Gelu)?
         } else {
             h.gelu()?
         };
-        let h = linear(&h, block.mlp_proj)?;
+        let h = self.linear(&h, block.mlp_proj)?;
         Ok((x + h)?)
     }
 
@@ -203,6 +203,18 @@ impl Gpt {
     pub fn without_fused_kernels(mut self) -> Self {
         self.fused = false;
         self
+    }
+
+    fn linear(
+        &self,
+        x: &Tensor,
+        (weight, bias): (&Tensor, &Tensor),
+    ) -> candle_core::Result<Tensor> {
+        if self.fused() {
+            x.contiguous()?.apply_op3(weight, bias, fused::Linear)
+        } else {
+            linear(x, (weight, bias))
+        }
     }
 
     fn layer_norm(

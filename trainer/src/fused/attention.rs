@@ -5,14 +5,16 @@
 //! Composed from candle operations, attention splits, transposes and copies
 //! q, k and v, runs a small matrix product per head, masks, normalizes, and
 //! copies back — each step a fresh tensor, and twice again backward. Here
-//! each sequence is one task (spread over the rayon pool): for every head,
-//! scores, the causal softmax and the weighted sum of values in one pass,
-//! and in the backward pass the probabilities are recomputed rather than
-//! stored.
+//! each sequence is one task (spread over the rayon pool), and each head's
+//! products read q, k and v where they lie in the `c_attn` output, through
+//! strided views; only the `time × time` scores get a buffer, reused from
+//! head to head. The backward pass recomputes the probabilities rather than
+//! storing them.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::matmul::{matmul, Threads, View, ViewMut};
 use super::{fast_exp, slice};
 
 type Result<T> = candle_core::Result<T>;
@@ -58,43 +60,36 @@ impl Dims {
     }
 }
 
-/// `a · b`, summed in eight interleaved lanes so that it vectorizes (a
-/// plain running sum cannot be reordered by the compiler).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for k in 0..8 {
-            lanes[k] += x[k] * y[k];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// Causal softmax probabilities of query `i` over keys `0..=i` into `p`.
-fn probabilities(seq: &[f32], d: Dims, h: usize, i: usize, p: &mut [f32]) {
+/// Scores `scale · q·kᵀ` of head `h` into `p` (`time × time`), then the
+/// causal softmax of each row: row `i` over keys `0..=i`, zero after.
+fn probabilities(seq: &[f32], d: Dims, h: usize, p: &mut [f32]) -> Result<()> {
     let (qo, ko, _) = d.offsets(h);
     let row = 3 * d.width;
-    let q = &seq[i * row + qo..][..d.head_dim];
-    let mut max = f32::NEG_INFINITY;
-    for (j, p) in p[..=i].iter_mut().enumerate() {
-        *p = d.scale * dot(q, &seq[j * row + ko..][..d.head_dim]);
-        max = max.max(*p);
+    let q = View::rows(seq, qo, row);
+    // kᵀ: element (c, j) is k_j[c].
+    let k_t = View::transposed(seq, ko, row);
+    let scores = ViewMut::rows(p, 0, d.time);
+    matmul(
+        scores,
+        (d.time, d.time, d.head_dim),
+        q,
+        k_t,
+        (d.scale, false),
+        Threads::One,
+    )?;
+    for (i, p) in p.chunks_exact_mut(d.time).enumerate() {
+        let (seen, future) = p.split_at_mut(i + 1);
+        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0.0;
+        for p in seen.iter_mut() {
+            *p = fast_exp(*p - max);
+            sum += *p;
+        }
+        let inv = 1.0 / sum;
+        seen.iter_mut().for_each(|p| *p *= inv);
+        future.fill(0.0);
     }
-    let mut sum = 0.0;
-    for p in &mut p[..=i] {
-        *p = fast_exp(*p - max);
-        sum += *p;
-    }
-    let inv = 1.0 / sum;
-    p[..=i].iter_mut().for_each(|p| *p *= inv);
+    Ok(())
 }
 
 impl CustomOp1 for CausalAttention {
@@ -109,22 +104,22 @@ impl CustomOp1 for CausalAttention {
         let mut out = vec![0.0f32; batch * d.time * d.width];
         out.par_chunks_mut(d.time * d.width)
             .zip(qkv.par_chunks(d.time * row))
-            .for_each_init(
-                || vec![0.0f32; d.time],
-                |p, (out, seq)| {
+            .try_for_each_init(
+                || vec![0.0f32; d.time * d.time],
+                |p, (out, seq)| -> Result<()> {
                     for h in 0..d.heads {
+                        probabilities(seq, d, h, p)?;
                         let (_, _, vo) = d.offsets(h);
-                        for i in 0..d.time {
-                            probabilities(seq, d, h, i, p);
-                            let y = &mut out[i * d.width + h * d.head_dim..][..d.head_dim];
-                            for (j, &pj) in p[..=i].iter().enumerate() {
-                                let v = &seq[j * row + vo..][..d.head_dim];
-                                y.iter_mut().zip(v).for_each(|(y, v)| *y += pj * v);
-                            }
-                        }
+                        // y = P · v, into this head's columns of the output.
+                        let y = ViewMut::rows(out, h * d.head_dim, d.width);
+                        let probs = View::rows(p, 0, d.time);
+                        let v = View::rows(seq, vo, row);
+                        let dims = (d.time, d.head_dim, d.time);
+                        matmul(y, dims, probs, v, (1.0, false), Threads::One)?;
                     }
+                    Ok(())
                 },
-            );
+            )?;
         Ok((CpuStorage::F32(out), Shape::from((batch, d.time, d.width))))
     }
 
@@ -158,41 +153,77 @@ impl CustomOp2 for CausalAttentionGrad {
         dqkv.par_chunks_mut(d.time * row)
             .zip(qkv.par_chunks(d.time * row))
             .zip(dy.par_chunks(d.time * d.width))
-            .for_each_init(
-                || (vec![0.0f32; d.time], vec![0.0f32; d.time]),
-                |(p, ds), ((dseq, seq), dy)| {
+            .try_for_each_init(
+                || (vec![0.0f32; d.time * d.time], vec![0.0f32; d.time * d.time]),
+                |(p, ds), ((dseq, seq), dy)| -> Result<()> {
                     for h in 0..d.heads {
-                        let (qo, ko, vo) = d.offsets(h);
-                        for i in 0..d.time {
-                            probabilities(seq, d, h, i, p);
-                            let dy_i = &dy[i * d.width + h * d.head_dim..][..d.head_dim];
-                            // dP_ij = dy_i · v_j; dS_ij = P_ij (dP_ij − Σ_k P_ik dP_ik).
-                            let mut weighted = 0.0;
-                            for j in 0..=i {
-                                ds[j] = dot(dy_i, &seq[j * row + vo..][..d.head_dim]);
-                                weighted += p[j] * ds[j];
-                            }
-                            for j in 0..=i {
-                                ds[j] = p[j] * (ds[j] - weighted) * d.scale;
-                            }
-                            let q_i = &seq[i * row + qo..][..d.head_dim];
-                            for j in 0..=i {
-                                // dv_j += P_ij dy_i; dk_j += dS_ij q_i.
-                                let dv = &mut dseq[j * row + vo..][..d.head_dim];
-                                dv.iter_mut().zip(dy_i).for_each(|(g, y)| *g += p[j] * y);
-                                let dk = &mut dseq[j * row + ko..][..d.head_dim];
-                                dk.iter_mut().zip(q_i).for_each(|(g, q)| *g += ds[j] * q);
-                            }
-                            // dq_i = Σ_j dS_ij k_j.
-                            let dq_i = &mut dseq[i * row + qo..][..d.head_dim];
-                            for j in 0..=i {
-                                let k = &seq[j * row + ko..][..d.head_dim];
-                                dq_i.iter_mut().zip(k).for_each(|(g, k)| *g += ds[j] * k);
-                            }
-                        }
+                        head_backward(d, h, (seq, dy), (&mut p[..], &mut ds[..]), dseq)?;
                     }
+                    Ok(())
                 },
-            );
+            )?;
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
+}
+
+/// The gradient of head `h` of one sequence into `dseq` (q, k and v parts),
+/// with `p` and `ds` as `time × time` scratch.
+fn head_backward(
+    d: Dims,
+    h: usize,
+    (seq, dy): (&[f32], &[f32]),
+    (p, ds): (&mut [f32], &mut [f32]),
+    dseq: &mut [f32],
+) -> Result<()> {
+    probabilities(seq, d, h, p)?;
+    let (qo, ko, vo) = d.offsets(h);
+    let row = 3 * d.width;
+    let (t, hd) = (d.time, d.head_dim);
+    let dy_h = View::rows(dy, h * hd, d.width);
+    // dP = dy · vᵀ.
+    let dp = ViewMut::rows(ds, 0, t);
+    matmul(
+        dp,
+        (t, t, hd),
+        dy_h,
+        View::transposed(seq, vo, row),
+        (1.0, false),
+        Threads::One,
+    )?;
+    // dS_ij = P_ij (dP_ij − Σ_k P_ik dP_ik), times the score scale.
+    for (p, ds) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
+        let weighted: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
+        for (g, &p) in ds.iter_mut().zip(p) {
+            *g = p * (*g - weighted) * d.scale;
+        }
+    }
+    let (p, ds) = (&*p, &*ds);
+    let once = (1.0, false);
+    // dq = dS · k; dk = dSᵀ · q; dv = Pᵀ · dy.
+    let (ds_rows, ds_t) = (View::rows(ds, 0, t), View::transposed(ds, 0, t));
+    matmul(
+        ViewMut::rows(dseq, qo, row),
+        (t, hd, t),
+        ds_rows,
+        View::rows(seq, ko, row),
+        once,
+        Threads::One,
+    )?;
+    matmul(
+        ViewMut::rows(dseq, ko, row),
+        (t, hd, t),
+        ds_t,
+        View::rows(seq, qo, row),
+        once,
+        Threads::One,
+    )?;
+    matmul(
+        ViewMut::rows(dseq, vo, row),
+        (t, hd, t),
+        View::transposed(p, 0, t),
+        dy_h,
+        once,
+        Threads::One,
+    )?;
+    Ok(())
 }

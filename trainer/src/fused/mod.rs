@@ -1,6 +1,7 @@
 //! Fused CPU kernels, each with its own backward pass, for the work that
 //! dominates a small model's step besides the matrix products: causal
-//! attention, GELU, layer norm and the cross-entropy loss.
+//! attention, GELU, layer norm, the cross-entropy loss, and the bias and
+//! reshapes around each linear layer.
 //!
 //! Candle would build each of these from several operations, every one
 //! allocating a tensor and walking memory again; here each is one loop
@@ -8,8 +9,11 @@
 //! composed versions in [`crate::model`], which compute the same function.
 
 mod attention;
+mod linear;
+mod matmul;
 
 pub use attention::CausalAttention;
+pub use linear::Linear;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
@@ -40,10 +44,14 @@ fn last_dim(layout: &Layout) -> Result<usize> {
 /// never 0 or infinite (except for NaN, which stays NaN).
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
+    // Adding 1.5 · 2²³ rounds to an integer (to nearest, ties to even) and
+    // leaves it in the low mantissa bits: the sum's bits are 0x4B40_0000 + n.
+    // No float-to-int conversion, which would stop the loop vectorizing on
+    // the baseline x86-64 target.
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    // floor by truncating a positive number: `f32::floor` is a libm call on
-    // the baseline x86-64 target and would stop the loop vectorizing.
-    let n = ((x * std::f32::consts::LOG2_E + 0.5 + 128.0) as i32 - 128) as f32;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     // ln 2 split in two so that n·ln 2 is exact to f32 precision.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
@@ -51,7 +59,9 @@ pub fn fast_exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n: n + 127 in the exponent bits; the shift drops the sum's
+    // 0x4B40_0000 along with everything above the exponent (n ∈ [−126, 127]).
+    p * f32::from_bits(shifted.to_bits().wrapping_add(127) << 23)
 }
 
 /// `tanh(u) = 1 − 2 / (e^{2u} + 1)`, through [`fast_exp`].

@@ -1,0 +1,207 @@
+//! `x · W + b` as one fused CPU op with its own backward pass, for GPT-2's
+//! `[in, out]` weight layout and an input of any rank.
+//!
+//! Composed from candle operations, a linear layer is a reshape, a matrix
+//! product, a broadcast bias add and a reshape back — four graph nodes, each
+//! of which costs a zero-filled gradient buffer and an add in the backward
+//! pass, and the bias gradient is a strided reduction. Here the forward pass
+//! writes the bias into the output and lets the matrix product accumulate
+//! onto it, and the backward pass is two matrix products and one row sum.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+use super::matmul::{matmul, Threads, View, ViewMut};
+use super::slice;
+
+type Result<T> = candle_core::Result<T>;
+
+/// `y = x · W + b` over the last dimension of `x`; `W` is `[in, out]`.
+pub struct Linear;
+
+/// The sizes of one call: rows of `x`, input and output width.
+#[derive(Clone, Copy)]
+struct Dims {
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+}
+
+impl Dims {
+    fn of(x: &Layout, w: &Layout) -> Result<Self> {
+        let (d_in, d_out) = w.shape().dims2()?;
+        let x_dims = x.dims();
+        match x_dims.last() {
+            Some(&last) if last == d_in => Ok(Self {
+                rows: x.shape().elem_count() / d_in.max(1),
+                d_in,
+                d_out,
+            }),
+            _ => candle_core::bail!(
+                "fused linear: input {:?} does not end in the weight's {d_in} rows",
+                x_dims
+            ),
+        }
+    }
+
+    fn output_shape(&self, x: &Layout) -> Shape {
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.d_out;
+        }
+        Shape::from(dims)
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1, l2)?;
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let b = slice(s3, l3, self.name())?;
+        if b.len() != d.d_out {
+            candle_core::bail!("fused linear: bias of {} for {} outputs", b.len(), d.d_out);
+        }
+        let mut y = Vec::with_capacity(d.rows * d.d_out);
+        for _ in 0..d.rows {
+            y.extend_from_slice(b);
+        }
+        let x = View {
+            data: x,
+            row: d.d_in,
+            col: 1,
+        };
+        let w = View {
+            data: w,
+            row: d.d_out,
+            col: 1,
+        };
+        let y_rows = ViewMut {
+            data: &mut y,
+            row: d.d_out,
+            col: 1,
+        };
+        matmul(
+            y_rows,
+            (d.rows, d.d_out, d.d_in),
+            x,
+            w,
+            (1.0, true),
+            Threads::Pool,
+        )?;
+        Ok((CpuStorage::F32(y), d.output_shape(l1)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, nw, nb) = (x.elem_count(), w.elem_count(), b.elem_count());
+        // One call gives dx, dW and db, laid end to end.
+        let all = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &LinearGrad)?;
+        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = all.narrow(0, n, nw)?.reshape(w.shape())?;
+        let db = all.narrow(0, n + nw, nb)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `(x, W, dy) → dx ‖ dW ‖ db` with `dx = dy · Wᵀ`, `dW = xᵀ · dy` and
+/// `db` the sum of the rows of `dy`.
+struct LinearGrad;
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1, l2)?;
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let dy = slice(s3, l3, self.name())?;
+        if dy.len() != d.rows * d.d_out {
+            candle_core::bail!(
+                "fused linear grad: {} gradients for {} outputs",
+                dy.len(),
+                d.rows * d.d_out
+            );
+        }
+        let (n, nw) = (d.rows * d.d_in, d.d_in * d.d_out);
+        let mut out = vec![0.0f32; n + nw + d.d_out];
+        let (dx, rest) = out.split_at_mut(n);
+        let (dw, db) = rest.split_at_mut(nw);
+        let dy_rows = View {
+            data: dy,
+            row: d.d_out,
+            col: 1,
+        };
+        // Wᵀ: element (o, i) is W[i][o].
+        let w_t = View {
+            data: w,
+            row: 1,
+            col: d.d_out,
+        };
+        let dx = ViewMut {
+            data: dx,
+            row: d.d_in,
+            col: 1,
+        };
+        matmul(
+            dx,
+            (d.rows, d.d_in, d.d_out),
+            dy_rows,
+            w_t,
+            (1.0, false),
+            Threads::Pool,
+        )?;
+        // xᵀ: element (i, r) is x[r][i].
+        let x_t = View {
+            data: x,
+            row: 1,
+            col: d.d_in,
+        };
+        let dw = ViewMut {
+            data: dw,
+            row: d.d_out,
+            col: 1,
+        };
+        // A long inner dimension (every row) and a small result: gemm splits
+        // it over threads worse than it runs on one (measured).
+        matmul(
+            dw,
+            (d.d_in, d.d_out, d.rows),
+            x_t,
+            dy_rows,
+            (1.0, false),
+            Threads::One,
+        )?;
+        for row in dy.chunks_exact(d.d_out) {
+            db.iter_mut().zip(row).for_each(|(g, &dy)| *g += dy);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + nw + d.d_out)))
+    }
+}
