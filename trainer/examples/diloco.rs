@@ -5,7 +5,7 @@
 //! cargo run --release -p p2ptrain-trainer --example diloco -- baseline
 //! cargo run --release -p p2ptrain-trainer --example diloco -- diloco [--density 0.01 --bits 8 --chunk 4096]
 //!     [--workers 4] [--inner-steps 50] [--rounds 10] [--outer-lr 0.7] [--outer-momentum 0.9] [--batch 32]
-//!     [--eval-every 1]
+//!     [--eval-every 1] [--ef-decay 1.0]
 //! ```
 //!
 //! The setup of the PyTorch reference (`chargpt_diloco.py diloco`): tiny
@@ -41,6 +41,9 @@ struct Setup {
     outer_momentum: f32,
     /// Evaluate after every this many rounds (and after the last).
     eval_every: u64,
+    /// Multiplies each worker's error-feedback residual after every round
+    /// (1 keeps all of it; SparseLoCo-style runs use less).
+    ef_decay: f32,
     compression: Option<CompressionSettings>,
 }
 
@@ -57,6 +60,7 @@ fn main() -> Result<(), Error> {
         outer_lr: arg(&args, "--outer-lr", 0.7),
         outer_momentum: arg(&args, "--outer-momentum", 0.9),
         eval_every: arg(&args, "--eval-every", 1u64).max(1),
+        ef_decay: arg(&args, "--ef-decay", 1.0),
         compression: (density >= 0.0)
             .then(|| -> Result<_, Error> {
                 Ok(CompressionSettings {
@@ -180,6 +184,11 @@ fn diloco(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32, E
                     .zip(&mut residuals)
                     .map(|(delta, residual)| compress(delta, residual, settings))
                     .collect::<Result<Vec<_>, _>>()?;
+                if setup.ef_decay != 1.0 {
+                    for residual in &mut residuals {
+                        residual.iter_mut().for_each(|r| *r *= setup.ef_decay);
+                    }
+                }
                 let inputs: Vec<_> = payloads
                     .iter()
                     .enumerate()

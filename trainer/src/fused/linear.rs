@@ -205,3 +205,45 @@ impl CustomOp3 for LinearGrad {
         Ok((CpuStorage::F32(out), Shape::from(n + nw + d.d_out)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::Linear;
+
+    #[test]
+    fn forward_and_gradients_match_a_hand_computation() {
+        let dev = Device::Cpu;
+        let x = Var::from_slice(&[1.0f32, 2.0, 3.0, 4.0], (1, 2, 2), &dev).unwrap();
+        let w = Var::from_slice(&[1.0f32, 0.0, -1.0, 2.0, 1.0, 0.0], (2, 3), &dev).unwrap();
+        let b = Var::from_slice(&[0.5f32, -0.5, 1.0], 3, &dev).unwrap();
+        let y = x.apply_op3(&w, &b, Linear).unwrap();
+        assert_eq!(y.dims(), [1, 2, 3]);
+        // x·w + b = [[5, 2, −1], [11, 4, −3]] + b.
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [5.5, 1.5, 0.0, 11.5, 3.5, -2.0]
+        );
+        // loss = Σ y ⊙ g, so dy = g.
+        let g = Tensor::from_slice(&[1.0f32, 0.0, 2.0, 0.0, 1.0, -1.0], (1, 2, 3), &dev).unwrap();
+        let grads = (y * g).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |v: &Var| {
+            let grad = grads.get(v.as_tensor()).unwrap();
+            grad.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        // dx = g·wᵀ, dw = xᵀ·g, db = Σ_rows g.
+        assert_eq!(flat(&x), [-1.0, 2.0, 1.0, 1.0]);
+        assert_eq!(flat(&w), [1.0, 3.0, -1.0, 2.0, 4.0, 0.0]);
+        assert_eq!(flat(&b), [1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn an_input_that_does_not_match_the_weight_is_refused() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(4, candle_core::DType::F32, &dev).unwrap();
+        assert!(x.apply_op3(&w, &b, Linear).is_err());
+    }
+}
