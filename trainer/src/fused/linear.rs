@@ -77,21 +77,9 @@ impl CustomOp3 for Linear {
         for _ in 0..d.rows {
             y.extend_from_slice(b);
         }
-        let x = View {
-            data: x,
-            row: d.d_in,
-            col: 1,
-        };
-        let w = View {
-            data: w,
-            row: d.d_out,
-            col: 1,
-        };
-        let y_rows = ViewMut {
-            data: &mut y,
-            row: d.d_out,
-            col: 1,
-        };
+        let x = View::rows(x, 0, d.d_in);
+        let w = View::rows(w, 0, d.d_out);
+        let y_rows = ViewMut::rows(&mut y, 0, d.d_out);
         matmul(
             y_rows,
             (d.rows, d.d_out, d.d_in),
@@ -154,22 +142,10 @@ impl CustomOp3 for LinearGrad {
         let mut out = vec![0.0f32; n + nw + d.d_out];
         let (dx, rest) = out.split_at_mut(n);
         let (dw, db) = rest.split_at_mut(nw);
-        let dy_rows = View {
-            data: dy,
-            row: d.d_out,
-            col: 1,
-        };
+        let dy_rows = View::rows(dy, 0, d.d_out);
         // Wᵀ: element (o, i) is W[i][o].
-        let w_t = View {
-            data: w,
-            row: 1,
-            col: d.d_out,
-        };
-        let dx = ViewMut {
-            data: dx,
-            row: d.d_in,
-            col: 1,
-        };
+        let w_t = View::transposed(w, 0, d.d_out);
+        let dx = ViewMut::rows(dx, 0, d.d_in);
         matmul(
             dx,
             (d.rows, d.d_in, d.d_out),
@@ -179,16 +155,8 @@ impl CustomOp3 for LinearGrad {
             Threads::Pool,
         )?;
         // xᵀ: element (i, r) is x[r][i].
-        let x_t = View {
-            data: x,
-            row: 1,
-            col: d.d_in,
-        };
-        let dw = ViewMut {
-            data: dw,
-            row: d.d_out,
-            col: 1,
-        };
+        let x_t = View::transposed(x, 0, d.d_in);
+        let dw = ViewMut::rows(dw, 0, d.d_out);
         // A long inner dimension (every row) and a small result: gemm splits
         // it over threads worse than it runs on one (measured).
         matmul(
