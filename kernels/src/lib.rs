@@ -85,3 +85,4 @@ pub use compress::compress;
 pub use decompress::{aggregate, aggregate_into, decompress_into, AggregateInput};
 pub use error::KernelError;
 pub use payload::Payload;
+pub use wire::NON_FINITE_SCALE;

@@ -108,14 +108,33 @@ impl Payload {
     /// The length of [`encode`](Self::encode)'s output, computed without
     /// encoding.
     pub fn encoded_len(&self) -> usize {
+        Self::encoded_len_for(self.len, &self.settings)
+    }
+
+    /// The encoded length of any payload of a `len`-entry buffer compressed
+    /// with `settings` (it depends on nothing else): what a simulator charges
+    /// a link for a model it does not materialize.
+    ///
+    /// ```
+    /// use p2ptrain_kernels::{compress, Payload};
+    /// use p2ptrain_protocol::CompressionSettings;
+    ///
+    /// let settings = CompressionSettings::default();
+    /// let delta = vec![0.5f32; 10_000];
+    /// let payload = compress(&delta, &mut vec![0.0; 10_000], &settings)?;
+    /// assert_eq!(Payload::encoded_len_for(10_000, &settings), payload.encode()?.len());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn encoded_len_for(len: usize, settings: &CompressionSettings) -> usize {
+        let layout = Layout::new(len, settings);
         let vec_len = |n: usize| varint_len(n as u64) + n;
-        let settings = varint_len(u64::from(self.settings.chunk_len)) + 4 + 1;
-        1 + varint_len(self.len as u64)
-            + settings
-            + varint_len(self.scales.len() as u64)
-            + 4 * self.scales.len()
-            + vec_len(self.indices.len())
-            + vec_len(self.values.len())
+        let settings_len = varint_len(u64::from(settings.chunk_len)) + 4 + 1;
+        1 + varint_len(len as u64)
+            + settings_len
+            + varint_len(layout.chunks as u64)
+            + 4 * layout.chunks
+            + vec_len(layout.index_bytes())
+            + vec_len(layout.value_bytes())
     }
 
     /// Bits on the wire per entry of the flat buffer: `8 × encoded_len / len`

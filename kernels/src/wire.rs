@@ -124,13 +124,19 @@ fn decode_bytes<D: Decoder>(
     Ok(bytes)
 }
 
+/// The rule a payload breaks when a chunk's scale is NaN, infinite or
+/// negative: decoding refuses it with [`DecodeError::Other`] carrying this
+/// text, so a validator can tell a non-finite update from other malformed
+/// bytes.
+pub const NON_FINITE_SCALE: &str = "a scale is not finite and non-negative (+0.0 for zero)";
+
 /// Checks every content rule of the format.
 fn check(payload: &Payload, layout: &Layout) -> Result<(), DecodeError> {
     let refuse = |rule: &'static str| Err(DecodeError::Other(rule));
     for (c, chunk) in layout.iter().enumerate() {
         let scale = payload.scales[c];
         if !scale.is_finite() || scale.is_sign_negative() {
-            return refuse("a scale is not finite and non-negative (+0.0 for zero)");
+            return refuse(NON_FINITE_SCALE);
         }
         if chunk.k == 0 && scale != 0.0 {
             return refuse("a chunk that keeps nothing has a nonzero scale");

@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //!
+//! - [`engine`] — the sans-IO round engine: a round's protocol as a
+//!   deterministic state machine, driven by `p2pnode` and `netsim` alike.
 //! - [`keyfile`] — create, save and load a node's identity key.
 //!
 //! # Example
@@ -24,4 +26,5 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod engine;
 pub mod keyfile;

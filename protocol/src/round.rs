@@ -128,6 +128,9 @@ pub struct Commit {
     pub contributions: IdSet,
     /// The checkpoint after the outer step.
     pub result: Digest,
+    /// Tokens contributed since genesis along this chain, this round's
+    /// included: the weight fork choice compares.
+    pub chain_tokens: u64,
 }
 
 crate::impl_message!(Commit, max_len = 1 << 20);

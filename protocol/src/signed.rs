@@ -68,6 +68,7 @@ pub enum SignedError {
 ///     committer: PeerKey::from(&key),
 ///     contributions: IdSet::new(vec![Digest::of(b"a")]),
 ///     result: Digest::of(b"next"),
+///     chain_tokens: 4096,
 /// };
 /// let signed = Signed::sign(&commit, &key).unwrap();
 /// assert_eq!(signed.verify().unwrap(), commit);

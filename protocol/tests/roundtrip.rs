@@ -162,7 +162,7 @@ proptest! {
     fn commits_keep_ids_sorted_and_round_trip(
         seed in any::<[u8; 32]>(),
         ids in proptest::collection::vec(digest(), 0..50),
-        round in any::<u64>(),
+        (round, chain_tokens) in (any::<u64>(), any::<u64>()),
         (run, base, result) in (digest(), digest(), digest()),
     ) {
         let key = p2ptrain_protocol::SigningKey::from_bytes(&seed);
@@ -173,6 +173,7 @@ proptest! {
             committer: PeerKey::from(&key),
             contributions: IdSet::new(ids.clone()),
             result,
+            chain_tokens,
         };
         prop_assert!(commit.contributions.as_slice().windows(2).all(|w| w[0] < w[1]));
         prop_assert!(ids.iter().all(|id| commit.contributions.contains(id)));

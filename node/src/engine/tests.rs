@@ -1,0 +1,433 @@
+//! Engines talking through an in-memory network that delivers everything at
+//! once, in order: the round rule with no timing noise.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use p2ptrain_kernels::compress;
+use p2ptrain_protocol::{
+    Commit, Contribution, Digest, PayloadRef, PeerKey, RunManifest, Signed, SigningKey,
+};
+
+use super::*;
+
+const PARAMS: usize = 4096;
+
+fn manifest() -> RunManifest {
+    let mut manifest = RunManifest::default();
+    manifest.rounds.deadline_ms = 1_000;
+    manifest.rounds.commit_window_ms = 100;
+    manifest
+}
+
+fn key(i: usize) -> SigningKey {
+    SigningKey::from_bytes(&[u8::try_from(i + 1).unwrap(); 32])
+}
+
+fn update(seed: usize, scale: f32) -> LocalUpdate {
+    let delta: Vec<f32> = (0..PARAMS)
+        .map(|j| scale * (((j * 7 + seed * 13) % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    let payload = compress(&delta, &mut vec![0.0; PARAMS], &manifest().compression).unwrap();
+    LocalUpdate {
+        payload: Arc::from(payload.encode().unwrap()),
+        tokens: 1_000,
+    }
+}
+
+/// The checkpoint an outer step would produce: any deterministic function of
+/// the base and the applied ids does for the engine.
+fn result_of(base: &Digest, contributions: &[Accepted]) -> Digest {
+    let mut bytes = base.as_bytes().to_vec();
+    for c in contributions {
+        bytes.extend_from_slice(c.id.as_bytes());
+    }
+    Digest::of(&bytes)
+}
+
+struct Swarm {
+    engines: Vec<Engine>,
+    now: Millis,
+    queue: VecDeque<(usize, Input)>,
+    /// Peers that never serve their payloads.
+    withholders: BTreeSet<usize>,
+    /// Links that deliver nothing (from, to).
+    cut: BTreeSet<(usize, usize)>,
+    finalized: Vec<Vec<(u64, Digest, Vec<Digest>)>>,
+    returned: Vec<usize>,
+    rejected: Vec<(usize, RejectReason)>,
+}
+
+impl Swarm {
+    fn new(n: usize, manifest: RunManifest) -> Self {
+        let engines: Vec<Engine> = (0..n)
+            .map(|i| {
+                let config = EngineConfig::new(manifest.clone(), key(i), PARAMS);
+                Engine::new(config).unwrap()
+            })
+            .collect();
+        let mut swarm = Self {
+            engines,
+            now: 0,
+            queue: VecDeque::new(),
+            withholders: BTreeSet::new(),
+            cut: BTreeSet::new(),
+            finalized: vec![Vec::new(); n],
+            returned: vec![0; n],
+            rejected: Vec::new(),
+        };
+        for i in 0..n {
+            for j in 0..n {
+                if i != j {
+                    let peer = swarm.engines[j].me();
+                    swarm.queue.push_back((i, Input::PeerSeen(peer)));
+                }
+            }
+        }
+        swarm.run();
+        swarm
+    }
+
+    fn index_of(&self, peer: &PeerKey) -> usize {
+        self.engines.iter().position(|e| e.me() == *peer).unwrap()
+    }
+
+    fn start(&mut self) -> Vec<usize> {
+        let mut training = Vec::new();
+        for i in 0..self.engines.len() {
+            let outputs = self.engines[i].start(self.now);
+            training.extend(self.apply(i, outputs));
+        }
+        training
+    }
+
+    fn broadcast(&mut self, from: usize, input: &Input) {
+        for to in 0..self.engines.len() {
+            if to != from && !self.cut.contains(&(from, to)) {
+                self.queue.push_back((to, input.clone()));
+            }
+        }
+    }
+
+    /// Carries out outputs; returns the peers asked to train.
+    fn apply(&mut self, i: usize, outputs: Vec<Output>) -> Vec<usize> {
+        let mut training = Vec::new();
+        for output in outputs {
+            match output {
+                Output::StartTraining { .. } => training.push(i),
+                Output::Announce(signed) => self.broadcast(i, &Input::Announced(signed)),
+                Output::PublishCommit(signed) => self.broadcast(i, &Input::CommitReceived(signed)),
+                Output::Fetch { id, from } => {
+                    let from = self.index_of(&from);
+                    if self.withholders.contains(&from) || self.cut.contains(&(from, i)) {
+                        continue;
+                    }
+                    if let Some((contribution, bytes)) = self.engines[from].payload(&id) {
+                        self.queue.push_back((
+                            i,
+                            Input::PayloadArrived {
+                                contribution,
+                                bytes,
+                            },
+                        ));
+                    }
+                }
+                Output::ApplyOuterStep {
+                    round,
+                    base,
+                    contributions,
+                } => {
+                    let result = result_of(&base, &contributions);
+                    self.queue.push_back((i, Input::Applied { round, result }));
+                }
+                Output::Finalized { record, head } => {
+                    let ids = record.contributions.iter().map(Signed::id).collect();
+                    self.finalized[i].push((head.round - 1, head.base, ids));
+                }
+                Output::ReturnToResidual { .. } => self.returned[i] += 1,
+                Output::RequestCheckpoint { head, .. } => {
+                    self.queue.push_back((i, Input::CheckpointAdopted(head)));
+                }
+                Output::Rejected { reason, .. } => self.rejected.push((i, reason)),
+            }
+        }
+        training
+    }
+
+    /// Delivers until quiet; returns the peers asked to train.
+    fn run(&mut self) -> Vec<usize> {
+        let mut training = Vec::new();
+        while let Some((i, input)) = self.queue.pop_front() {
+            let outputs = self.engines[i].handle(self.now, input);
+            training.extend(self.apply(i, outputs));
+        }
+        training
+    }
+
+    fn train(&mut self, peers: &[usize], scale: impl Fn(usize) -> f32) -> Vec<usize> {
+        for &i in peers {
+            let round = self.engines[i].head().round as usize;
+            self.queue
+                .push_back((i, Input::Trained(update(i * 31 + round, scale(i)))));
+        }
+        self.run()
+    }
+
+    fn advance(&mut self, ms: Millis) -> Vec<usize> {
+        self.now += ms;
+        for i in 0..self.engines.len() {
+            self.queue.push_back((i, Input::Tick));
+        }
+        self.run()
+    }
+
+    /// Trains `peers`, then lets the windows pass, `rounds` times.
+    fn rounds(&mut self, rounds: usize, peers: &[usize]) {
+        for _ in 0..rounds {
+            self.train(peers, |_| 1.0);
+            self.advance(100);
+            self.advance(1);
+        }
+    }
+
+    fn heads(&self) -> Vec<Head> {
+        self.engines.iter().map(Engine::head).collect()
+    }
+
+    fn all_agree(&self) -> bool {
+        self.finalized.windows(2).all(|w| w[0] == w[1])
+            && self.heads().windows(2).all(|w| w[0] == w[1])
+    }
+}
+
+#[test]
+fn honest_peers_end_every_round_on_the_same_checkpoint() {
+    let mut swarm = Swarm::new(4, manifest());
+    assert_eq!(swarm.start(), vec![0, 1, 2, 3]);
+    swarm.rounds(3, &[0, 1, 2, 3]);
+    assert_eq!(swarm.heads()[0].round, 3);
+    assert!(swarm.all_agree(), "{:?}", swarm.finalized);
+    assert!(swarm.finalized[0].iter().all(|(_, _, ids)| ids.len() == 4));
+    assert_eq!(swarm.heads()[0].chain_tokens, 3 * 4 * 1_000);
+    assert!(swarm.rejected.is_empty());
+}
+
+#[test]
+fn a_straggler_past_the_deadline_is_left_out_and_contributes_next_round() {
+    let mut swarm = Swarm::new(3, manifest());
+    swarm.start();
+    swarm.train(&[0, 1], |_| 1.0);
+    assert_eq!(swarm.heads()[0].round, 0, "waits for the third member");
+    swarm.advance(1_000);
+    swarm.advance(100);
+    swarm.advance(1_000);
+    assert_eq!(swarm.heads()[0].round, 1);
+    assert_eq!(swarm.finalized[0][0].2.len(), 2);
+    // The straggler closed the round with the others and holds the result.
+    assert!(swarm.all_agree());
+    // Its late update is announced for round 1.
+    swarm.train(&[2], |_| 1.0);
+    swarm.train(&[0, 1], |_| 1.0);
+    swarm.advance(100);
+    swarm.advance(1);
+    assert!(swarm.all_agree());
+    assert_eq!(swarm.finalized[0][1].2.len(), 3);
+}
+
+#[test]
+fn a_contribution_one_peer_missed_reaches_it_through_the_commits() {
+    let mut swarm = Swarm::new(4, manifest());
+    swarm.start();
+    // Peer 3's announcement never reaches peer 0; its payload can still be
+    // fetched from whoever committed it.
+    swarm.cut.insert((3, 0));
+    swarm.train(&[0, 1, 2, 3], |_| 1.0);
+    swarm.advance(1_000);
+    swarm.cut.clear();
+    swarm.advance(100);
+    swarm.advance(1_000);
+    assert!(swarm.all_agree(), "{:?}", swarm.finalized);
+    assert_eq!(swarm.finalized[0][0].2.len(), 4);
+}
+
+fn forged(swarm: &Swarm, author: usize, edit: impl Fn(&mut Contribution)) -> Signed<Contribution> {
+    let engine = &swarm.engines[author];
+    let head = engine.head();
+    let payload = update(99, 1.0).payload;
+    let mut contribution = Contribution {
+        run: engine.run(),
+        round: head.round,
+        base: head.base,
+        author: engine.me(),
+        tokens: 1_000,
+        payload: PayloadRef {
+            hash: Digest::of(&payload),
+            len: payload.len() as u64,
+        },
+        compression: manifest().compression,
+    };
+    edit(&mut contribution);
+    Signed::sign(&contribution, &key(author)).unwrap()
+}
+
+#[test]
+fn bad_contributions_are_dropped_and_counted_by_reason() {
+    let mut swarm = Swarm::new(6, manifest());
+    swarm.start();
+    swarm.rounds(1, &[0, 1, 2, 3, 4, 5]);
+    let old = swarm.engines[0]
+        .previous
+        .as_ref()
+        .unwrap()
+        .entries
+        .values()
+        .next()
+        .unwrap()
+        .signed
+        .clone();
+
+    // Honest 0..=2; 3 sends a wrong base, 4 a scaled update, 5 withholds.
+    let wrong_base = forged(&swarm, 3, |c| c.base = Digest::of(b"elsewhere"));
+    let tokens = forged(&swarm, 3, |c| c.tokens = u64::MAX);
+    let mut bad_signature = forged(&swarm, 3, |_| {});
+    bad_signature = Signed::from_parts(
+        bad_signature.body().to_vec(),
+        bad_signature.signer(),
+        [7; 64],
+    );
+    for input in [wrong_base, tokens, bad_signature, old] {
+        swarm.broadcast(3, &Input::Announced(input));
+    }
+    swarm.withholders.insert(5);
+    swarm.train(&[0, 1, 2], |_| 1.0);
+    swarm.train(&[4], |_| 50.0);
+    swarm.train(&[5], |_| 1.0);
+    swarm.advance(1_000);
+    swarm.advance(100);
+    swarm.advance(1_000);
+
+    let honest = [0, 1, 2];
+    for &i in &honest {
+        let (round, _, ids) = &swarm.finalized[i][1];
+        assert_eq!(*round, 1);
+        assert_eq!(ids.len(), 3, "only the honest three are applied");
+        assert_eq!(swarm.finalized[i], swarm.finalized[0]);
+        let counts = swarm.engines[i].rejected();
+        for reason in [
+            RejectReason::WrongBase,
+            RejectReason::TokensOutOfRange,
+            RejectReason::BadSignature,
+            RejectReason::Replay,
+            RejectReason::NormOutlier,
+            RejectReason::WithheldPayload,
+        ] {
+            assert_eq!(counts.get(&reason), Some(&1), "peer {i}: {reason}");
+        }
+    }
+}
+
+#[test]
+fn a_peer_on_a_lighter_chain_adopts_the_heavier_one() {
+    let mut swarm = Swarm::new(5, manifest());
+    swarm.start();
+    swarm.rounds(1, &[0, 1, 2, 3, 4]);
+    // Cut {3, 4} off from {0, 1, 2} for a round.
+    for a in 0..5 {
+        for b in 0..5 {
+            if (a < 3) != (b < 3) {
+                swarm.cut.insert((a, b));
+            }
+        }
+    }
+    swarm.train(&[0, 1, 2, 3, 4], |_| 1.0);
+    for _ in 0..3 {
+        swarm.advance(1_000);
+    }
+    // The majority went on; the two could not reach a quorum of the last
+    // round's five.
+    assert_eq!(swarm.heads()[0].round, 2);
+    assert_eq!(swarm.heads()[3].round, 1);
+    swarm.cut.clear();
+    swarm.train(&[0, 1, 2], |_| 1.0);
+    swarm.advance(1_000);
+    swarm.advance(100);
+    swarm.advance(1);
+    // The cut-off peers adopted the majority's chain when its commits
+    // arrived.
+    let heads = swarm.heads();
+    assert_eq!(heads[0].round, 3);
+    assert_eq!(heads[3].base, heads[0].base, "{heads:?}");
+    assert_eq!(heads[4].base, heads[0].base);
+}
+
+#[test]
+fn above_the_limit_a_subset_chosen_by_the_base_contributes() {
+    let mut manifest = manifest();
+    manifest.rounds.max_contributors = 2;
+    let mut swarm = Swarm::new(7, manifest);
+    swarm.start();
+    swarm.rounds(2, &[0, 1, 2, 3, 4, 5, 6]);
+    assert!(swarm.all_agree(), "{:?}", swarm.finalized);
+    for (_, _, ids) in &swarm.finalized[0] {
+        assert_eq!(ids.len(), 2);
+    }
+    // The others kept their updates.
+    assert!(swarm.returned.iter().sum::<usize>() >= 2 * 5);
+}
+
+#[test]
+fn two_results_for_one_set_from_one_key_get_the_key_ignored() {
+    let mut swarm = Swarm::new(2, manifest());
+    swarm.start();
+    let engine = &swarm.engines[0];
+    let commit = |result: &[u8]| {
+        let c = Commit {
+            run: engine.run(),
+            round: 0,
+            base: engine.head().base,
+            committer: PeerKey::from(&key(1)),
+            contributions: IdSet::default(),
+            result: Digest::of(result),
+            chain_tokens: 0,
+        };
+        Signed::sign(&c, &key(1)).unwrap()
+    };
+    let (a, b) = (commit(b"a"), commit(b"b"));
+    swarm.queue.push_back((0, Input::CommitReceived(a)));
+    swarm.queue.push_back((0, Input::CommitReceived(b)));
+    swarm.run();
+    assert!(swarm.engines[0].banned.contains(&PeerKey::from(&key(1))));
+    assert!(!swarm.engines[0].members().contains(&PeerKey::from(&key(1))));
+}
+
+#[test]
+fn overlapping_peers_train_the_next_round_while_this_one_closes() {
+    let mut manifest = manifest();
+    manifest.rounds.min_contributors = 2;
+    let engines = (0..2)
+        .map(|i| {
+            let mut config = EngineConfig::new(manifest.clone(), key(i), PARAMS);
+            config.overlap = true;
+            Engine::new(config).unwrap()
+        })
+        .collect();
+    let mut swarm = Swarm::new(0, manifest);
+    swarm.engines = engines;
+    swarm.finalized = vec![Vec::new(); 2];
+    swarm.returned = vec![0; 2];
+    for (i, j) in [(0, 1), (1, 0)] {
+        let peer = swarm.engines[j].me();
+        swarm.queue.push_back((i, Input::PeerSeen(peer)));
+    }
+    swarm.run();
+    assert_eq!(swarm.start(), vec![0, 1]);
+    // Announcing round 0 starts the session for round 1 at once.
+    let training = swarm.train(&[0], |_| 1.0);
+    assert_eq!(training, vec![0]);
+    // Round 1's update is held until round 0 is final, then announced.
+    swarm.train(&[0], |_| 1.0);
+    swarm.train(&[1], |_| 1.0);
+    swarm.advance(100);
+    assert_eq!(swarm.heads()[0].round, 1);
+    assert!(swarm.engines[0].round.mine.is_some());
+}
