@@ -2,15 +2,23 @@
 //!
 //! `netsim` reproduces what a swarm computes, deterministically, on one
 //! machine: the same configuration and seed give the same trace hash on every
-//! run. Today it simulates the exchange of a round — peers compress their
-//! pseudo-gradients with error feedback, sign contributions, verify and
-//! aggregate each other's — without links or a clock; scenarios with virtual
-//! time, latency, churn and adversaries drive the round engine once it exists
-//! (see `DESIGN.md`).
+//! run. A scenario file ([`scenario`]) names the peers, their links and
+//! speeds, churn, partitions and adversaries; [`sim::run`] drives one real
+//! round engine per peer ([`p2ptrain_node::engine`]) on a virtual clock over
+//! simulated links, training the `tiny` model for real or a synthetic model
+//! for scale, and [`report`] writes what happened.
 //!
 //! # Layout
 //!
-//! - [`exchange`] — rounds of compressed, signed exchange among in-process peers.
+//! - [`scenario`] — scenario files (TOML).
+//! - [`sim`] — the simulation: events, peers, engines.
+//! - [`network`] — links with latency, bandwidth, loss; partitions.
+//! - [`model`] — replicas, the outer step and checkpoints.
+//! - [`adversary`] — malicious contributions.
+//! - [`checker`] — signature and payload checks shared by all engines.
+//! - [`report`] — `summary.json`, `rounds.jsonl`, plots.
+//! - [`exchange`] — rounds of compressed, signed exchange without links or
+//!   clock (the compression's error over rounds).
 //! - [`rng`] — the seeded generator every random draw comes from.
 //!
 //! # Example
@@ -33,5 +41,12 @@
 //! # Ok::<(), p2ptrain_netsim::exchange::ExchangeError>(())
 //! ```
 
+pub mod adversary;
+pub mod checker;
 pub mod exchange;
+pub mod model;
+pub mod network;
+pub mod report;
 pub mod rng;
+pub mod scenario;
+pub mod sim;

@@ -1,8 +1,14 @@
 //! `netsim`: reproduce what a p2ptrain swarm computes, deterministically.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use p2ptrain_netsim::exchange::{self, ExchangeConfig};
+use p2ptrain_netsim::report;
+use p2ptrain_netsim::scenario::Scenario;
+use p2ptrain_netsim::sim;
 use p2ptrain_protocol::{CompressionSettings, ValueBits};
 
 /// Deterministic simulations of a p2ptrain swarm on one machine: the same
@@ -16,12 +22,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a scenario: one real round engine per peer on a virtual clock,
+    /// over simulated links with latency, bandwidth and loss; churn,
+    /// partitions, stragglers and adversaries as the file says. Writes
+    /// summary.json, rounds.jsonl and SVG plots to --out and prints a table.
+    /// The same file and seed give the same trace hash.
+    Run(RunArgs),
     /// Rounds of compressed, signed pseudo-gradient exchange among in-process
     /// peers: each compresses its update with error feedback (chunked top-k,
     /// quantized), signs a contribution, and all are verified and aggregated.
     /// Prints, per round, the bytes on the wire and how far the aggregate is
     /// from the exact mean of the uncompressed updates.
     Exchange(ExchangeArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The scenario file (TOML), e.g. netsim/scenarios/quickstart.toml.
+    scenario: PathBuf,
+    /// Seed of every random draw; the file's `run.seed` when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where to write the results; `netsim-out/<scenario name>` when absent.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Leave the malicious peers out (the comparison run for an
+    /// `[adversary]` scenario).
+    #[arg(long)]
+    without_adversaries: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
@@ -79,8 +110,102 @@ impl ExchangeArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => run_scenario(args),
         Command::Exchange(args) => run_exchange(args.into_config()?),
     }
+}
+
+fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
+    let scenario = Scenario::load(&args.scenario)?;
+    let name = args.scenario.file_stem().map_or_else(
+        || "scenario".to_owned(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let seed = args.seed.unwrap_or(scenario.run.seed);
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from("netsim-out").join(&name));
+    let rounds = scenario.run.rounds;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(rounds)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] round {pos}/{len} {msg} ({elapsed})")
+            .context("progress template")?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.clone());
+    let mut outcome = sim::run(&scenario, seed, args.without_adversaries, |p| {
+        bar.set_position(p.round);
+        bar.set_message(format!("virtual {:.0} s", p.virtual_ms as f64 / 1000.0));
+    })
+    .with_context(|| format!("simulating {}", args.scenario.display()))?;
+    bar.finish_and_clear();
+    outcome.summary.scenario = name.clone();
+    report::write(&out, &outcome.summary, &outcome.rounds)
+        .with_context(|| format!("writing results to {}", out.display()))?;
+    print_table(&outcome);
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+fn print_table(outcome: &sim::Outcome) {
+    let s = &outcome.summary;
+    let loss = |l: Option<f32>| l.map_or_else(|| "-".to_owned(), |l| format!("{l:.4}"));
+    println!(
+        "{:>6} {:>12} {:>6} {:>9} {:>12}",
+        "round", "virtual s", "peers", "val loss", "MB sent"
+    );
+    for r in &outcome.rounds {
+        println!(
+            "{:>6} {:>12.1} {:>6} {:>9} {:>12.1}",
+            r.round,
+            r.finished_ms as f64 / 1000.0,
+            r.contributors,
+            loss(r.val_loss),
+            r.bytes_sent_total as f64 / 1e6
+        );
+    }
+    let rejected: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!();
+    println!("scenario               {} (seed {})", s.scenario, s.seed);
+    println!(
+        "rounds completed       {} with {} peers",
+        s.rounds_completed, s.peers
+    );
+    println!("honest replicas agree  {}", s.honest_replicas_agree);
+    println!(
+        "final val loss         {} (baseline {})",
+        loss(s.final_val_loss),
+        loss(s.baseline_val_loss)
+    );
+    println!(
+        "sent per peer per round {:.3} MB, {:.3} bits/param",
+        s.bytes_sent_per_peer_per_round / 1e6,
+        s.bits_per_param
+    );
+    println!("compute utilization    {:.3}", s.compute_utilization);
+    println!(
+        "rejected               {}",
+        if rejected.is_empty() {
+            "none".to_owned()
+        } else {
+            rejected.join(", ")
+        }
+    );
+    println!("honest rejected        {}", s.honest_rejected);
+    println!(
+        "adversarial            sent {}, rejected {}, applied {}",
+        s.adversarial.sent, s.adversarial.rejected, s.adversarial.applied
+    );
+    println!("forks resolved         {}", s.forks_resolved);
+    println!(
+        "virtual / wall         {:.1} s / {:.1} s",
+        s.virtual_seconds, s.wall_seconds
+    );
+    println!("trace hash             {}", s.trace_hash);
 }
 
 fn run_exchange(config: ExchangeConfig) -> anyhow::Result<()> {
