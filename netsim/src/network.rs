@@ -120,18 +120,22 @@ impl Network {
 
     /// When a bulk transfer requested at `now` would start and arrive,
     /// without booking it.
+    ///
+    /// The sender's upload and the receiver's download are two queues, each
+    /// serving one transfer at a time at the slower link's rate; the last
+    /// byte arrives when both have carried it. (A download waiting on a busy
+    /// sender does not hold the receiver's link idle for others.)
     pub fn plan(&self, now: Millis, from: usize, to: usize, bytes: u64) -> Transfer {
         let request = now + self.latency(from, to).ceil() as Millis;
-        let start = request
-            .max(self.ports[from].up_free)
-            .max(self.ports[to].down_free);
+        let wire = self.wire_ms(from, to, bytes).ceil() as Millis;
+        let start = request.max(self.ports[from].up_free);
+        let down_start = request.max(self.ports[to].down_free);
         let arrival =
-            start + (self.wire_ms(from, to, bytes) + self.latency(from, to)).ceil() as Millis;
+            (start + wire).max(down_start + wire) + self.latency(from, to).ceil() as Millis;
         Transfer { start, arrival }
     }
 
-    /// Books a bulk transfer: both ends are busy until its last byte is
-    /// sent; losses add round trips.
+    /// Books a bulk transfer on both queues; losses add round trips.
     pub fn book(
         &mut self,
         now: Millis,
@@ -141,14 +145,33 @@ impl Network {
         rng: &mut Rng,
     ) -> Transfer {
         let plan = self.plan(now, from, to, bytes);
+        let request = now + self.latency(from, to).ceil() as Millis;
+        let wire = self.wire_ms(from, to, bytes).ceil() as Millis;
         let lost = self.loss_delay(from, to, rng).ceil() as Millis;
-        let busy_until = plan.arrival + lost - self.latency(from, to).ceil() as Millis;
-        self.ports[from].up_free = busy_until;
-        self.ports[to].down_free = busy_until;
+        self.ports[from].up_free = plan.start + wire + lost;
+        self.ports[to].down_free = request.max(self.ports[to].down_free) + wire + lost;
         Transfer {
             start: plan.start,
             arrival: plan.arrival + lost,
         }
+    }
+
+    /// When a checkpoint download requested at `now` arrives. Checkpoints
+    /// travel on their own stream at the path's full rate and neither wait
+    /// for nor hold up payload transfers: a joiner's download is not allowed
+    /// to starve the round it is joining (real peers rate-limit it).
+    pub fn side_transfer(
+        &self,
+        now: Millis,
+        from: usize,
+        to: usize,
+        bytes: u64,
+        rng: &mut Rng,
+    ) -> Millis {
+        let ms = 2.0 * self.latency(from, to)
+            + self.wire_ms(from, to, bytes)
+            + self.loss_delay(from, to, rng);
+        now + ms.ceil() as Millis
     }
 
     /// The duration of a bulk transfer on an idle path, ms.

@@ -121,6 +121,9 @@ enum Event {
         epoch: u32,
         head: Head,
         joining: bool,
+        /// The serving peer's chain up to the checkpoint: the records an
+        /// adopter checks and keeps.
+        history: BTreeMap<u64, Digest>,
     },
     Attack {
         peer: usize,
@@ -182,6 +185,8 @@ pub struct Simulation {
     holders: HashMap<Digest, Vec<usize>>,
     waiting: HashMap<Digest, VecDeque<usize>>,
     in_flight: BTreeSet<(usize, Digest)>,
+    /// Transfers of each payload under way.
+    transfers: HashMap<Digest, usize>,
     swarm_round: u64,
     round_lines: Vec<RoundLine>,
     rejected: BTreeMap<RejectReason, BTreeSet<Digest>>,
@@ -191,6 +196,8 @@ pub struct Simulation {
     applied_ids: BTreeSet<Digest>,
     forks_resolved: u64,
     round_payload_ms: Vec<Millis>,
+    /// A head moved since the round-driven checks last ran.
+    progressed: bool,
 }
 
 /// Runs `scenario` with `seed`, calling `progress` as rounds complete.
@@ -217,6 +224,9 @@ pub fn run(
         sim.now = time;
         sim.trace_event(seq, &event);
         sim.dispatch(event)?;
+        if !std::mem::take(&mut sim.progressed) {
+            continue;
+        }
         sim.after_event()?;
         if sim.swarm_round != reported {
             reported = sim.swarm_round;
@@ -351,6 +361,7 @@ impl Simulation {
             holders: HashMap::new(),
             waiting: HashMap::new(),
             in_flight: BTreeSet::new(),
+            transfers: HashMap::new(),
             swarm_round: 0,
             round_lines: Vec::new(),
             rejected: BTreeMap::new(),
@@ -360,6 +371,7 @@ impl Simulation {
             applied_ids: BTreeSet::new(),
             forks_resolved: 0,
             round_payload_ms: Vec::new(),
+            progressed: false,
             scenario,
             seed,
         };
@@ -533,13 +545,13 @@ impl Simulation {
         let head = donor
             .and_then(|q| self.peers[q].engine.as_ref().map(Engine::head))
             .unwrap_or_else(|| Head::genesis(&self.manifest));
-        let at = match donor {
-            Some(q) => {
+        let (at, history) = match donor {
+            Some(q) => (
                 self.net
-                    .book(self.now, q, p, self.params_charged * 8, &mut self.rng)
-                    .arrival
-            }
-            None => self.now,
+                    .side_transfer(self.now, q, p, self.params_charged * 8, &mut self.rng),
+                self.history_of(q, &head),
+            ),
+            None => (self.now, BTreeMap::new()),
         };
         let epoch = self.peers[p].epoch;
         self.push(
@@ -549,6 +561,7 @@ impl Simulation {
                 epoch,
                 head,
                 joining: true,
+                history,
             },
         );
     }
@@ -579,6 +592,17 @@ impl Simulation {
                 );
             }
         }
+    }
+
+    /// Peer `q`'s chain up to (not including) the round that produced
+    /// `head`'s checkpoint.
+    fn history_of(&self, q: usize, head: &Head) -> BTreeMap<u64, Digest> {
+        let upto = head.round.saturating_sub(1);
+        self.peers[q]
+            .chain
+            .range(..upto)
+            .map(|(r, h)| (*r, *h))
+            .collect()
     }
 
     fn is_live_honest(&self, p: usize) -> bool {
@@ -612,6 +636,9 @@ impl Simulation {
                 id,
             } => {
                 self.in_flight.remove(&(to, id));
+                if let Some(n) = self.transfers.get_mut(&id) {
+                    *n = n.saturating_sub(1);
+                }
                 if self.current(to, epoch) {
                     if self.peers[to].role == Role::Honest {
                         self.holders.entry(id).or_default().push(to);
@@ -639,18 +666,21 @@ impl Simulation {
                 epoch,
                 head,
                 joining,
+                history,
             } => {
-                if self.current(to, epoch) {
-                    if joining {
-                        self.join_with(to, head)?;
-                    } else {
+                let peer = &self.peers[to];
+                if joining && peer.live && peer.epoch == epoch && peer.engine.is_none() {
+                    self.peers[to].chain = history;
+                    self.join_with(to, head)?;
+                } else if !joining && self.current(to, epoch) {
+                    {
                         let peer = &mut self.peers[to];
-                        let from_round = head.round.saturating_sub(1);
-                        peer.chain.retain(|&r, _| r < from_round);
-                        peer.chain.insert(from_round, head.base);
+                        peer.chain = history;
+                        peer.chain.insert(head.round.saturating_sub(1), head.base);
                         if peer.role == Role::Honest {
                             self.forks_resolved += 1;
                         }
+                        self.progressed = true;
                         self.feed(to, Input::CheckpointAdopted(head))?;
                         if matches!(self.peers[to].role, Role::Adversary { .. }) {
                             self.schedule_attack(to);
@@ -855,9 +885,11 @@ impl Simulation {
         let bytes = self.wire_len(&id);
         let plan = self.net.plan(self.now, best, to, bytes);
         let idle = self.net.idle_duration(best, to, bytes);
-        if plan.start > self.now + idle + 2 * self.net.latency(best, to).ceil() as Millis {
-            // Every holder is busy for longer than a transfer: wait for the
-            // next peer to finish downloading it and fetch from that one.
+        let busy = plan.start > self.now + idle + 2 * self.net.latency(best, to).ceil() as Millis;
+        if busy && self.transfers.get(&id).is_some_and(|&n| n > 0) {
+            // Every holder is busy for longer than a transfer and a copy is
+            // on its way somewhere: fetch from the next peer to finish
+            // downloading it.
             self.waiting.entry(id).or_default().push_back(to);
             return;
         }
@@ -867,6 +899,7 @@ impl Simulation {
     fn start_transfer(&mut self, from: usize, to: usize, id: Digest) {
         let bytes = self.wire_len(&id);
         let transfer = self.net.book(self.now, from, to, bytes, &mut self.rng);
+        *self.transfers.entry(id).or_default() += 1;
         self.peers[from].bytes_sent += bytes;
         let epoch = self.peers[to].epoch;
         self.push(
@@ -880,13 +913,28 @@ impl Simulation {
         );
     }
 
+    /// Lets `server`, which just finished a transfer of `id`, serve the
+    /// first waiting peer it can reach; waiters it cannot reach stay queued
+    /// for another server.
     fn serve_waiting(&mut self, server: usize, id: Digest) {
-        while let Some(to) = self.waiting.get_mut(&id).and_then(VecDeque::pop_front) {
-            if self.peers[to].live && self.net.reachable(server, to) {
-                self.start_transfer(server, to, id);
-                return;
+        let Some(queue) = self.waiting.get_mut(&id) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        queue.retain(|&to| {
+            let alive = self.peers[to].live;
+            if !alive {
+                dropped.push(to);
             }
-            self.in_flight.remove(&(to, id));
+            alive
+        });
+        let pick = queue.iter().position(|&to| self.net.reachable(server, to));
+        let to = pick.and_then(|i| queue.remove(i));
+        for gone in dropped {
+            self.in_flight.remove(&(gone, id));
+        }
+        if let Some(to) = to {
+            self.start_transfer(server, to, id);
         }
     }
 
@@ -908,17 +956,22 @@ impl Simulation {
             );
             return;
         }
-        let source = (0..self.peers.len()).find(|&q| {
-            q != p
-                && self.is_live_honest(q)
-                && self.net.reachable(p, q)
-                && self.peers[q].chain.values().any(|h| *h == head.base)
-        });
+        // Any live honest peer holding it serves it; spread the load by
+        // taking the one that has sent least.
+        let source = (0..self.peers.len())
+            .filter(|&q| {
+                q != p
+                    && self.is_live_honest(q)
+                    && self.net.reachable(p, q)
+                    && self.peers[q].chain.values().any(|h| *h == head.base)
+            })
+            .min_by_key(|&q| (self.peers[q].bytes_sent, q));
         match source {
             Some(q) => {
                 let bytes = self.params_charged * 8;
-                let at = self.net.book(self.now, q, p, bytes, &mut self.rng).arrival;
+                let at = self.net.side_transfer(self.now, q, p, bytes, &mut self.rng);
                 self.peers[q].bytes_sent += bytes;
+                let history = self.history_of(q, &head);
                 self.push(
                     at,
                     Event::CheckpointArrived {
@@ -926,6 +979,7 @@ impl Simulation {
                         epoch,
                         head,
                         joining: false,
+                        history,
                     },
                 );
             }
@@ -1061,6 +1115,7 @@ impl Simulation {
 
     fn finalized(&mut self, p: usize, record: RoundRecord, head: Head) -> Result<(), SimError> {
         let round = head.round - 1;
+        self.progressed = true;
         self.peers[p].chain.insert(round, head.base);
         if self.peers[p].role != Role::Honest {
             self.peers[p].last_record = Some(record);
@@ -1110,13 +1165,47 @@ impl Simulation {
         Ok(())
     }
 
+    /// After a cut (`seen == false`) tells every live peer of the peers it
+    /// can no longer reach; after a heal, of those it reaches again.
+    fn tell_reachability(&mut self, seen: bool) {
+        for p in 0..self.peers.len() {
+            if !self.peers[p].live {
+                continue;
+            }
+            for q in 0..self.peers.len() {
+                if q == p || !self.peers[q].live || self.net.reachable(p, q) != seen {
+                    continue;
+                }
+                let key = self.peers[q].public;
+                let input = if seen {
+                    Input::PeerSeen(key)
+                } else {
+                    Input::PeerGone(key)
+                };
+                let epoch = self.peers[p].epoch;
+                let at = self.now + 1;
+                self.push(
+                    at,
+                    Event::Deliver {
+                        to: p,
+                        epoch,
+                        input,
+                    },
+                );
+            }
+        }
+    }
+
     fn round_reached(&mut self, round: u64) -> Result<(), SimError> {
         for cut in self.scenario.partitions.clone() {
             if cut.round == round {
                 self.net.cut(cut.groups.clone());
+                // Connections across the cut drop: each side sees the other go.
+                self.tell_reachability(false);
             }
             if cut.heal_round == round {
                 self.net.heal(&cut.groups);
+                self.tell_reachability(true);
             }
         }
         for p in 0..self.peers.len() {
@@ -1157,13 +1246,18 @@ impl Simulation {
         let live: Vec<usize> = (0..self.peers.len())
             .filter(|&p| self.is_live_honest(p))
             .collect();
-        !live.is_empty()
-            && live.iter().all(|&p| {
-                self.peers[p]
-                    .engine
-                    .as_ref()
-                    .is_some_and(|e| e.head().round >= rounds)
-            })
+        let reached = live.iter().all(|&p| {
+            self.peers[p]
+                .engine
+                .as_ref()
+                .is_some_and(|e| e.head().round >= rounds)
+        });
+        // Run on while a fork is still being settled.
+        let last: BTreeSet<Option<&Digest>> = live
+            .iter()
+            .map(|&p| self.peers[p].chain.get(&(rounds - 1)))
+            .collect();
+        !live.is_empty() && reached && last.len() == 1
     }
 
     fn finish(mut self, wall_seconds: f64) -> Result<Outcome, SimError> {
@@ -1191,6 +1285,15 @@ impl Simulation {
                 .filter_map(|&p| self.peers[p].chain.get(&r).copied())
                 .collect();
             agree &= hashes.len() <= 1;
+            if hashes.len() > 1 && std::env::var_os("NETSIM_DEBUG").is_some() {
+                for &p in &live {
+                    eprintln!(
+                        "round {r}: peer {p} {:?} head {:?}",
+                        self.peers[p].chain.get(&r),
+                        self.peers[p].engine.as_ref().map(|e| e.head().round)
+                    );
+                }
+            }
         }
         let final_base = live
             .first()

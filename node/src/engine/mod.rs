@@ -294,6 +294,16 @@ pub struct Engine<C: Checker = Verify> {
     /// equivocation.
     commit_results: BTreeMap<(PeerKey, u64, Digest, Digest), Digest>,
     adopting: Option<Digest>,
+    /// This round's contributors (see `eligible_set`); `None` when the round
+    /// or the membership changed.
+    eligible: Option<BTreeSet<PeerKey>>,
+    /// Commits that arrived while a checkpoint was being adopted: looked at
+    /// again in the adopted round.
+    deferred: Vec<Signed<Commit>>,
+    /// Checkpoints some valid commit names (as base or result) or this peer
+    /// held: a contribution trained from one of them belongs to another
+    /// chain, not to a forger.
+    known_checkpoints: HashSet<Digest>,
     counts: RejectCounts,
 }
 
@@ -340,6 +350,9 @@ impl<C: Checker> Engine<C> {
             last_applied_mine: None,
             commit_results: BTreeMap::new(),
             adopting: None,
+            eligible: None,
+            deferred: Vec::new(),
+            known_checkpoints: HashSet::from([head.base]),
             counts: RejectCounts::new(),
         })
     }
@@ -412,12 +425,15 @@ impl<C: Checker> Engine<C> {
         match input {
             Input::Tick => {}
             Input::PeerSeen(peer) => {
-                if peer != self.me && self.config.manifest.allows(&peer) {
-                    self.members.insert(peer);
+                let allowed = self.config.manifest.allows(&peer) && !self.banned.contains(&peer);
+                if peer != self.me && allowed && self.members.insert(peer) {
+                    self.eligible = None;
                 }
             }
             Input::PeerGone(peer) => {
-                self.members.remove(&peer);
+                if self.members.remove(&peer) {
+                    self.eligible = None;
+                }
                 self.on_peer_gone(&peer);
             }
             Input::Trained(update) => {
@@ -439,6 +455,7 @@ impl<C: Checker> Engine<C> {
                 }
                 self.banned.insert(from);
                 self.members.remove(&from);
+                self.eligible = None;
             }
         }
         self.progress(now, &mut out);
@@ -463,7 +480,8 @@ impl<C: Checker> Engine<C> {
     }
 
     fn contribute(&mut self, now: Millis, update: LocalUpdate, out: &mut Vec<Output>) {
-        if !self.eligible(&self.me) {
+        let me = self.me;
+        if !self.eligible(&me) {
             self.round.sat_out = true;
             out.push(Output::ReturnToResidual {
                 payload: update.payload,
@@ -524,6 +542,10 @@ impl<C: Checker> Engine<C> {
             return;
         }
         if contribution.base != self.round.base {
+            if self.known_checkpoints.contains(&contribution.base) {
+                // Trained on another chain; fork choice settles chains.
+                return;
+            }
             return self.reject(id, Some(author), RejectReason::WrongBase, out);
         }
         self.round.wanted.remove(&id);
@@ -637,11 +659,14 @@ impl<C: Checker> Engine<C> {
             commit.base,
             set_digest(&commit.contributions),
         );
+        self.known_checkpoints.insert(commit.base);
+        self.known_checkpoints.insert(commit.result);
         match self.commit_results.get(&key) {
             Some(result) if *result != commit.result => {
                 // Two results for one set from one key: equivocation.
                 self.banned.insert(committer);
                 self.members.remove(&committer);
+                self.eligible = None;
                 self.round.commits.remove(&committer);
                 return;
             }
@@ -662,6 +687,12 @@ impl<C: Checker> Engine<C> {
             }
             self.round.open(now);
             self.round.commits.insert(committer, (signed, commit));
+            return;
+        }
+        if self.adopting.is_some() {
+            if self.deferred.len() < MAX_FUTURE {
+                self.deferred.push(signed);
+            }
             return;
         }
         self.consider_fork(&commit, out);
@@ -750,10 +781,28 @@ impl<C: Checker> Engine<C> {
         loop {
             match self.round.phase.clone() {
                 Phase::Collecting => {
-                    if self.adopting.is_some() || !self.should_close(now) {
+                    if self.adopting.is_some() {
                         return;
                     }
-                    self.close(out);
+                    if let Some(union) = self.followed_union() {
+                        // A quorum already committed this round: take their
+                        // set once its payloads are here, rather than extend
+                        // a round the others have closed.
+                        let deadline = self
+                            .round
+                            .opened_at
+                            .map(|t| t + self.config.manifest.rounds.deadline_ms);
+                        let late = deadline.is_some_and(|d| now >= d);
+                        if !self.round.settled_all(&union) && !late {
+                            return;
+                        }
+                        let (set, _) = self.final_set(Some(&union));
+                        self.ask_outer_step(set, false, out);
+                    } else if self.should_close(now) {
+                        self.close(out);
+                    } else {
+                        return;
+                    }
                 }
                 Phase::Applying { .. } => return,
                 Phase::Window { until, set, result } => {
@@ -791,12 +840,25 @@ impl<C: Checker> Engine<C> {
         }
     }
 
+    /// A majority of the last round's contributors (at least
+    /// `min_contributors`): fewer cannot close a round.
+    fn quorum(&self) -> usize {
+        let rules = &self.config.manifest.rounds;
+        (self.head.last_contributors / 2 + 1).max(rules.min_contributors.max(1)) as usize
+    }
+
+    /// The union of other peers' commits for this round, once a quorum of
+    /// peers has committed it.
+    fn followed_union(&self) -> Option<IdSet> {
+        let others = self.round.commits.keys().filter(|k| **k != self.me).count();
+        (others >= self.quorum()).then(|| self.round.commit_union())
+    }
+
     /// The close rule: a quorum held, and either every expected contributor
     /// settled or the deadline passed.
-    fn should_close(&self, now: Millis) -> bool {
+    fn should_close(&mut self, now: Millis) -> bool {
         let rules = &self.config.manifest.rounds;
-        let quorum = (self.head.last_contributors / 2 + 1).max(rules.min_contributors.max(1));
-        if self.round.held_count() < quorum as usize {
+        if self.round.held_count() < self.quorum() {
             return false;
         }
         let Some(opened) = self.round.opened_at else {
@@ -805,14 +867,16 @@ impl<C: Checker> Engine<C> {
         if now >= opened + rules.deadline_ms {
             return true;
         }
-        let me_settled =
-            self.round.mine.is_some() || self.round.sat_out || !self.eligible(&self.me);
+        let me = self.me;
+        let me_expected = self.eligible(&me);
+        let me_settled = self.round.mine.is_some() || self.round.sat_out || !me_expected;
+        let (round, members) = (&self.round, &self.members);
         me_settled
-            && self
-                .members
-                .iter()
-                .filter(|peer| self.eligible(peer))
-                .all(|peer| self.round.settled_for(peer))
+            && self.eligible.as_ref().is_some_and(|set| {
+                set.iter()
+                    .filter(|peer| **peer != me && members.contains(peer))
+                    .all(|peer| round.settled_for(peer))
+            })
     }
 
     fn close(&mut self, out: &mut Vec<Output>) {
@@ -974,6 +1038,8 @@ impl<C: Checker> Engine<C> {
         let finished = std::mem::replace(&mut self.round, RoundState::new(head.round, head.base));
         self.previous = Some(finished);
         self.head = head;
+        self.eligible = None;
+        self.known_checkpoints.insert(head.base);
         let future = std::mem::take(&mut self.future);
         for signed in future {
             let round = self.checker.contribution(&signed).map(|c| c.round);
@@ -990,6 +1056,9 @@ impl<C: Checker> Engine<C> {
         }
         if let Some(update) = self.pending.take() {
             self.contribute(now, update, out);
+        }
+        for signed in std::mem::take(&mut self.deferred) {
+            self.on_commit(now, signed, out);
         }
         self.maybe_start_training(out);
     }
@@ -1016,28 +1085,33 @@ impl<C: Checker> Engine<C> {
 
     // ----- helpers -----
 
-    /// Whether `peer` is among the peers that contribute this round: all of
-    /// them when the round's members fit `max_contributors` with room to
-    /// spare, else those whose score for this base ranks in the first
-    /// `1.5 × max_contributors` (the final cut keeps `max_contributors`).
-    fn eligible(&self, peer: &PeerKey) -> bool {
+    /// The peers that contribute this round: all members and this peer when
+    /// they fit `max_contributors` with room to spare, else the
+    /// `1.5 × max_contributors` whose scores for this base are lowest (the
+    /// final cut keeps `max_contributors`). Computed once per round and
+    /// membership.
+    fn eligible_set(&mut self) -> &BTreeSet<PeerKey> {
         let max = self.config.manifest.rounds.max_contributors as usize;
-        if max == 0 {
-            return true;
-        }
-        let room = max + max / 2;
-        let population = self.members.len() + usize::from(!self.members.contains(&self.me));
-        if population <= room {
-            return true;
-        }
-        let mine = score(&self.round.base, peer);
-        let ahead = self
-            .members
-            .iter()
-            .chain(std::iter::once(&self.me))
-            .filter(|p| *p != peer && score(&self.round.base, p) < mine)
-            .count();
-        ahead < room
+        let room = if max == 0 { usize::MAX } else { max + max / 2 };
+        let (members, me, base) = (&self.members, self.me, self.round.base);
+        self.eligible.get_or_insert_with(|| {
+            let everyone = members.iter().copied().chain(std::iter::once(me));
+            if members.len() < room {
+                return everyone.collect();
+            }
+            let mut ranked: Vec<(Digest, PeerKey)> =
+                everyone.map(|peer| (score(&base, &peer), peer)).collect();
+            ranked.sort_unstable();
+            ranked
+                .into_iter()
+                .take(room)
+                .map(|(_, peer)| peer)
+                .collect()
+        })
+    }
+
+    fn eligible(&mut self, peer: &PeerKey) -> bool {
+        self.eligible_set().contains(peer)
     }
 
     fn reject(
