@@ -193,6 +193,8 @@ pub struct Simulation {
     honest_ids: BTreeSet<Digest>,
     adversary_ids: BTreeSet<Digest>,
     honest_rejected: BTreeSet<Digest>,
+    /// Honest contributions an adversary sent again in a later round.
+    replayed: BTreeSet<Digest>,
     applied_ids: BTreeSet<Digest>,
     forks_resolved: u64,
     round_payload_ms: Vec<Millis>,
@@ -264,10 +266,12 @@ impl Simulation {
             run.outer_lr,
             run.outer_momentum,
         );
-        let mut manifest = RunManifest::default();
-        manifest.name = "netsim".into();
-        manifest.seed = seed;
-        manifest.inner_steps = run.inner_steps;
+        let mut manifest = RunManifest {
+            name: "netsim".into(),
+            seed,
+            inner_steps: run.inner_steps,
+            ..RunManifest::default()
+        };
         manifest.inner.lr = run.inner_lr;
         manifest.inner.batch_size = run.batch_size;
         manifest.outer.lr = run.outer_lr;
@@ -368,6 +372,7 @@ impl Simulation {
             honest_ids: BTreeSet::new(),
             adversary_ids: BTreeSet::new(),
             honest_rejected: BTreeSet::new(),
+            replayed: BTreeSet::new(),
             applied_ids: BTreeSet::new(),
             forks_resolved: 0,
             round_payload_ms: Vec::new(),
@@ -512,7 +517,7 @@ impl Simulation {
                     &self.genesis,
                     self.manifest.inner,
                     total.max(1),
-                    self.seed ^ (p as u64 + 1) * 0x9e37_79b9,
+                    self.seed ^ ((p as u64 + 1) * 0x9e37_79b9),
                 )?)
             }
             None => Ok(Replica::Synthetic {
@@ -804,7 +809,8 @@ impl Simulation {
                     let author_honest = author
                         .and_then(|a| self.peers.iter().find(|q| q.public == a))
                         .is_some_and(|q| q.role == Role::Honest);
-                    if author_honest && self.honest_ids.contains(&id) {
+                    let replay = reason == RejectReason::Replay && self.replayed.contains(&id);
+                    if author_honest && self.honest_ids.contains(&id) && !replay {
                         self.honest_rejected.insert(id);
                     }
                 }
@@ -1095,7 +1101,10 @@ impl Simulation {
             return Ok(());
         };
         let id = attack.contribution.id();
-        if !self.honest_ids.contains(&id) {
+        if self.honest_ids.contains(&id) {
+            // A replay re-sends an honest peer's old contribution.
+            self.replayed.insert(id);
+        } else {
             self.adversary_ids.insert(id);
         }
         if let Some(payload) = attack.payload {
@@ -1285,15 +1294,6 @@ impl Simulation {
                 .filter_map(|&p| self.peers[p].chain.get(&r).copied())
                 .collect();
             agree &= hashes.len() <= 1;
-            if hashes.len() > 1 && std::env::var_os("NETSIM_DEBUG").is_some() {
-                for &p in &live {
-                    eprintln!(
-                        "round {r}: peer {p} {:?} head {:?}",
-                        self.peers[p].chain.get(&r),
-                        self.peers[p].engine.as_ref().map(|e| e.head().round)
-                    );
-                }
-            }
         }
         let final_base = live
             .first()
@@ -1348,13 +1348,18 @@ impl Simulation {
             .iter()
             .map(|(reason, ids)| (reason.as_str().to_owned(), ids.len() as u64))
             .collect();
+        let replays_rejected = self
+            .rejected
+            .get(&RejectReason::Replay)
+            .map_or(0, |ids| self.replayed.intersection(ids).count());
         let adversarial = Adversarial {
-            sent: self.adversary_ids.len() as u64,
-            rejected: self
+            sent: (self.adversary_ids.len() + self.replayed.len()) as u64,
+            rejected: (self
                 .adversary_ids
                 .iter()
                 .filter(|id| self.rejected.values().any(|ids| ids.contains(id)))
-                .count() as u64,
+                .count()
+                + replays_rejected) as u64,
             applied: self.adversary_ids.intersection(&self.applied_ids).count() as u64,
         };
         for (p, peer) in self.peers.iter().enumerate() {

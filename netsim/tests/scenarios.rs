@@ -1,0 +1,156 @@
+//! Small versions of the shipped scenarios: each runs in seconds and checks
+//! what its full version must show (`scripts/netsim-all.sh` runs the full
+//! ones).
+
+use std::path::Path;
+
+use p2ptrain_netsim::scenario::{ModelKind, Scenario};
+use p2ptrain_netsim::sim::{self, Outcome};
+
+fn shipped(name: &str) -> Scenario {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"));
+    Scenario::load(&path).unwrap()
+}
+
+fn run(scenario: &Scenario) -> Outcome {
+    sim::run(scenario, scenario.run.seed, false, |_| {}).unwrap()
+}
+
+fn assert_honest(outcome: &Outcome, rounds: u64) {
+    let s = &outcome.summary;
+    assert_eq!(s.rounds_completed, rounds, "{s:#?}");
+    assert!(s.honest_replicas_agree, "{s:#?}");
+    assert_eq!(s.honest_rejected, 0, "{s:#?}");
+}
+
+#[test]
+fn the_same_scenario_and_seed_give_the_same_trace() {
+    let mut scenario = shipped("churn");
+    scenario.run.rounds = 4;
+    scenario.run.params = 1_000_000;
+    let first = run(&scenario);
+    let second = run(&scenario);
+    assert_eq!(first.summary.trace_hash, second.summary.trace_hash);
+    assert_eq!(first.rounds.len(), second.rounds.len());
+    let other = sim::run(&scenario, scenario.run.seed + 1, false, |_| {}).unwrap();
+    assert_ne!(first.summary.trace_hash, other.summary.trace_hash);
+}
+
+#[test]
+fn quickstart_trains_for_real_and_the_loss_falls() {
+    let mut scenario = shipped("quickstart");
+    scenario.run.rounds = 3;
+    scenario.run.baseline = false;
+    let outcome = run(&scenario);
+    assert_honest(&outcome, 3);
+    let losses: Vec<f32> = outcome.rounds.iter().filter_map(|r| r.val_loss).collect();
+    assert_eq!(losses.len(), 3);
+    assert!(losses[2] < losses[0], "{losses:?}");
+    assert_eq!(outcome.summary.final_val_loss, losses.last().copied());
+    // Same scenario, same trace, with real training too.
+    assert_eq!(
+        run(&scenario).summary.trace_hash,
+        outcome.summary.trace_hash
+    );
+}
+
+#[test]
+fn wan_overlaps_communication_with_compute() {
+    let mut scenario = shipped("wan");
+    let outcome = run(&scenario);
+    assert_honest(&outcome, 10);
+    assert!(
+        outcome.summary.compute_utilization >= 0.95,
+        "{:#?}",
+        outcome.summary
+    );
+    scenario.run.overlap = false;
+    let serial = run(&scenario);
+    assert!(serial.summary.compute_utilization < outcome.summary.compute_utilization);
+}
+
+#[test]
+fn stragglers_are_waited_for() {
+    let mut scenario = shipped("stragglers");
+    scenario.run.rounds = 2;
+    scenario.run.model = ModelKind::Synthetic;
+    let outcome = run(&scenario);
+    assert_honest(&outcome, 2);
+    assert!(outcome.rounds.iter().all(|r| r.contributors == 8));
+}
+
+#[test]
+fn churn_keeps_the_replicas_together() {
+    let mut scenario = shipped("churn");
+    scenario.run.rounds = 6;
+    let outcome = run(&scenario);
+    assert_honest(&outcome, 6);
+    assert!(
+        outcome.rounds.iter().any(|r| r.live_peers < 20),
+        "someone left"
+    );
+}
+
+#[test]
+fn after_a_partition_heals_there_is_one_chain() {
+    let scenario = shipped("partition-heal");
+    let outcome = run(&scenario);
+    assert_honest(&outcome, 10);
+    // The four cut off caught up by adopting the majority's chain.
+    assert!(
+        outcome.summary.forks_resolved >= 4,
+        "{:#?}",
+        outcome.summary
+    );
+    let during: Vec<usize> = outcome.rounds[3..6]
+        .iter()
+        .map(|r| r.contributors)
+        .collect();
+    assert!(during.iter().all(|&c| c <= 8), "{during:?}");
+    assert_eq!(outcome.rounds.last().unwrap().contributors, 12);
+}
+
+#[test]
+fn byzantine_peers_are_rejected_or_bounded() {
+    let mut scenario = shipped("byzantine");
+    scenario.run.rounds = 7;
+    scenario.run.model = ModelKind::Synthetic;
+    scenario.run.params = 100_000;
+    let outcome = run(&scenario);
+    assert_honest(&outcome, 7);
+    let s = &outcome.summary;
+    assert!(s.adversarial.sent >= 10, "{s:#?}");
+    assert_eq!(
+        s.adversarial.rejected + s.adversarial.applied,
+        s.adversarial.sent,
+        "{s:#?}"
+    );
+    for reason in [
+        "bad_signature",
+        "non_finite",
+        "norm_outlier",
+        "wrong_base",
+        "withheld_payload",
+    ] {
+        assert!(
+            s.rejected.get(reason).is_some_and(|&n| n > 0),
+            "{reason}: {s:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_thousand_peers_take_a_bounded_subset_per_round() {
+    let mut scenario = shipped("scale-1000");
+    scenario.run.rounds = 2;
+    scenario.groups[0].count = 120;
+    let outcome = run(&scenario);
+    assert_honest(&outcome, 2);
+    assert!(
+        outcome.rounds.iter().all(|r| r.contributors == 32),
+        "{:?}",
+        outcome.rounds
+    );
+}
