@@ -5,6 +5,10 @@
 //! elsewhere they are composed here from candle primitives — never candle's
 //! own `LayerNorm`, `layer_norm`, `softmax_last_dim` or `rms_norm`, which have
 //! no backward pass and would silently stop gradients.
+//!
+//! With the fused kernels on, a training pass on the CPU skips the graph
+//! altogether: `Gpt::fused_loss_and_gradient` runs the same model forward
+//! and backward on flat buffers (see [`crate::fused`]).
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use p2ptrain_protocol::ModelConfig;
@@ -25,6 +29,8 @@ pub struct Gpt {
     causal_mask: Tensor,
     device: Device,
     fused: bool,
+    /// Buffers the fused training pass reuses from one call to the next.
+    scratch: fused::Scratch,
 }
 
 /// The variables of one transformer block, looked up once.
@@ -76,6 +82,7 @@ impl Gpt {
             causal_mask,
             device: device.clone(),
             fused: true,
+            scratch: fused::Scratch::default(),
         })
     }
 
@@ -196,6 +203,25 @@ impl Gpt {
     /// composed operations (they do on the CPU, unless turned off).
     fn fused(&self) -> bool {
         self.fused && self.device.is_cpu()
+    }
+
+    /// The loss on one batch and its flat gradient (in layout order) from
+    /// the fused whole-model pass of [`crate::fused`], or `None` where the
+    /// fused kernels are off (the caller then runs candle's autograd).
+    pub(crate) fn fused_loss_and_gradient(
+        &self,
+        inputs: &[u32],
+        targets: &[u32],
+        batch: usize,
+    ) -> Result<Option<(f32, Vec<f32>)>> {
+        if !self.fused() {
+            return Ok(None);
+        }
+        let params = self.flat_values()?;
+        let model = (&self.config, &self.layout);
+        let ids = (inputs, targets);
+        let out = fused::loss_and_gradient(model, &params, ids, batch, &self.scratch)?;
+        Ok(Some(out))
     }
 
     /// Uses the composed operations even on the CPU: slower, the same

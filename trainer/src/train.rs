@@ -93,6 +93,15 @@ impl LocalTrainer {
 
     /// The flat gradient of the loss on one batch, and the loss.
     pub fn gradient(&self, inputs: &[u32], targets: &[u32]) -> Result<(f32, Vec<f32>)> {
+        let fused = self
+            .model
+            .fused_loss_and_gradient(inputs, targets, self.batch_size)?;
+        if let Some((loss, grads)) = fused {
+            if !loss.is_finite() {
+                return Err(TrainerError::NonFinite("loss"));
+            }
+            return Ok((loss, grads));
+        }
         let x = self.model.tokens(inputs, self.batch_size)?;
         let y = self.model.tokens(targets, self.batch_size)?;
         let loss = self.model.loss(&x, &y)?;

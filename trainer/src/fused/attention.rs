@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Threads, View, ViewMut};
-use super::{fast_exp, slice};
+use super::{fast_exp, lane_max, lane_sum, slice};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -27,7 +27,7 @@ pub struct CausalAttention {
 
 /// The sizes of one call.
 #[derive(Clone, Copy)]
-struct Dims {
+pub(super) struct Dims {
     time: usize,
     width: usize,
     head_dim: usize,
@@ -38,19 +38,52 @@ struct Dims {
 impl Dims {
     fn of(layout: &Layout, heads: usize) -> Result<(usize, Self)> {
         let (batch, time, three_width) = layout.shape().dims3()?;
+        Ok((batch, Self::new(time, three_width, heads)?))
+    }
+
+    /// The sizes for sequences of `time` rows of `three_width` (q‖k‖v).
+    pub(super) fn new(time: usize, three_width: usize, heads: usize) -> Result<Self> {
         let width = three_width / 3;
         if three_width % 3 != 0 || heads == 0 || width % heads != 0 {
             candle_core::bail!("fused attention: width {three_width} is not 3 × heads × head size");
         }
         let head_dim = width / heads;
-        let dims = Self {
+        Ok(Self {
             time,
             width,
             head_dim,
             heads,
             scale: 1.0 / (head_dim as f32).sqrt(),
-        };
-        Ok((batch, dims))
+        })
+    }
+
+    /// Checks that `qkv` holds whole sequences and `other` (the output or
+    /// its gradient) matches it.
+    fn check(&self, qkv: &[f32], other: &[f32]) -> Result<()> {
+        let seq = self.time * 3 * self.width;
+        if seq == 0 || qkv.len() % seq != 0 || other.len() * 3 != qkv.len() {
+            candle_core::bail!(
+                "fused attention: {} q‖k‖v for {} outputs",
+                qkv.len(),
+                other.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks that `len` probabilities cover every head of every sequence
+    /// of `qkv`.
+    fn check_probs(&self, qkv: &[f32], len: usize) -> Result<()> {
+        let seqs = qkv.len() / (self.time * 3 * self.width).max(1);
+        if len != seqs * self.heads * self.time * self.time {
+            candle_core::bail!("fused attention: {len} probabilities for {seqs} sequences");
+        }
+        Ok(())
+    }
+
+    /// Probabilities for every head of every sequence of `qkv`.
+    fn probs_len(&self, qkv: &[f32]) -> usize {
+        qkv.len() / (self.time * 3 * self.width).max(1) * self.heads * self.time * self.time
     }
 
     /// Offsets of head `h`'s q, k and v within a row of `qkv`.
@@ -79,17 +112,78 @@ fn probabilities(seq: &[f32], d: Dims, h: usize, p: &mut [f32]) -> Result<()> {
     )?;
     for (i, p) in p.chunks_exact_mut(d.time).enumerate() {
         let (seen, future) = p.split_at_mut(i + 1);
-        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0.0;
+        let max = lane_max(seen);
         for p in seen.iter_mut() {
             *p = fast_exp(*p - max);
-            sum += *p;
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / lane_sum(seen, seen, seen, |p, _, _| p);
         seen.iter_mut().for_each(|p| *p *= inv);
         future.fill(0.0);
     }
     Ok(())
+}
+
+/// Causal attention of every sequence of `qkv` (`[seq, time, 3 × width]`)
+/// into `out` (`[seq, time, width]`), keeping the probabilities of every
+/// sequence and head in `probs` (`[seq, heads, time, time]`) for the
+/// backward pass.
+pub(super) fn attention_forward(
+    qkv: &[f32],
+    d: Dims,
+    out: &mut [f32],
+    probs: &mut [f32],
+) -> Result<()> {
+    d.check(qkv, out)?;
+    d.check_probs(qkv, probs.len())?;
+    let row = 3 * d.width;
+    let tt = d.time * d.time;
+    out.par_chunks_mut(d.time * d.width)
+        .zip(qkv.par_chunks(d.time * row))
+        .zip(probs.par_chunks_mut(d.heads * tt))
+        .try_for_each(|((out, seq), probs)| -> Result<()> {
+            for (h, p) in probs.chunks_exact_mut(tt).enumerate() {
+                probabilities(seq, d, h, p)?;
+                let (_, _, vo) = d.offsets(h);
+                // y = P · v, into this head's columns of the output.
+                let y = ViewMut::rows(out, h * d.head_dim, d.width);
+                let p = View::rows(p, 0, d.time);
+                let v = View::rows(seq, vo, row);
+                let dims = (d.time, d.head_dim, d.time);
+                matmul(y, dims, p, v, (1.0, false), Threads::One)?;
+            }
+            Ok(())
+        })
+}
+
+/// The gradient with respect to `qkv` of [`attention_forward`], from the
+/// probabilities it kept and the output gradient `dy`, into `dqkv`
+/// (overwritten).
+pub(super) fn attention_backward(
+    (qkv, probs): (&[f32], &[f32]),
+    dy: &[f32],
+    d: Dims,
+    dqkv: &mut [f32],
+) -> Result<()> {
+    d.check(qkv, dy)?;
+    d.check_probs(qkv, probs.len())?;
+    let row = 3 * d.width;
+    let tt = d.time * d.time;
+    if dqkv.len() != qkv.len() {
+        candle_core::bail!("fused attention grad: {} for {}", dqkv.len(), qkv.len());
+    }
+    dqkv.par_chunks_mut(d.time * row)
+        .zip(qkv.par_chunks(d.time * row))
+        .zip(dy.par_chunks(d.time * d.width))
+        .zip(probs.par_chunks(d.heads * tt))
+        .try_for_each_init(
+            || vec![0.0f32; tt],
+            |ds, (((dseq, seq), dy), probs)| -> Result<()> {
+                for (h, p) in probs.chunks_exact(tt).enumerate() {
+                    head_backward(d, h, (seq, dy, p), ds, dseq)?;
+                }
+                Ok(())
+            },
+        )
 }
 
 impl CustomOp1 for CausalAttention {
@@ -100,26 +194,9 @@ impl CustomOp1 for CausalAttention {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = slice(storage, layout, self.name())?;
         let (batch, d) = Dims::of(layout, self.heads)?;
-        let row = 3 * d.width;
         let mut out = vec![0.0f32; batch * d.time * d.width];
-        out.par_chunks_mut(d.time * d.width)
-            .zip(qkv.par_chunks(d.time * row))
-            .try_for_each_init(
-                || vec![0.0f32; d.time * d.time],
-                |p, (out, seq)| -> Result<()> {
-                    for h in 0..d.heads {
-                        probabilities(seq, d, h, p)?;
-                        let (_, _, vo) = d.offsets(h);
-                        // y = P · v, into this head's columns of the output.
-                        let y = ViewMut::rows(out, h * d.head_dim, d.width);
-                        let probs = View::rows(p, 0, d.time);
-                        let v = View::rows(seq, vo, row);
-                        let dims = (d.time, d.head_dim, d.time);
-                        matmul(y, dims, probs, v, (1.0, false), Threads::One)?;
-                    }
-                    Ok(())
-                },
-            )?;
+        let mut probs = vec![0.0f32; d.probs_len(qkv)];
+        attention_forward(qkv, d, &mut out, &mut probs)?;
         Ok((CpuStorage::F32(out), Shape::from((batch, d.time, d.width))))
     }
 
@@ -148,34 +225,26 @@ impl CustomOp2 for CausalAttentionGrad {
         let qkv = slice(s1, l1, self.name())?;
         let dy = slice(s2, l2, self.name())?;
         let (_, d) = Dims::of(l1, self.heads)?;
-        let row = 3 * d.width;
+        // The candle op keeps nothing between passes: recompute the
+        // probabilities.
+        let mut probs = vec![0.0f32; d.probs_len(qkv)];
+        let mut unused = vec![0.0f32; dy.len()];
+        attention_forward(qkv, d, &mut unused, &mut probs)?;
         let mut dqkv = vec![0.0f32; qkv.len()];
-        dqkv.par_chunks_mut(d.time * row)
-            .zip(qkv.par_chunks(d.time * row))
-            .zip(dy.par_chunks(d.time * d.width))
-            .try_for_each_init(
-                || (vec![0.0f32; d.time * d.time], vec![0.0f32; d.time * d.time]),
-                |(p, ds), ((dseq, seq), dy)| -> Result<()> {
-                    for h in 0..d.heads {
-                        head_backward(d, h, (seq, dy), (&mut p[..], &mut ds[..]), dseq)?;
-                    }
-                    Ok(())
-                },
-            )?;
+        attention_backward((qkv, &probs), dy, d, &mut dqkv)?;
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }
 
 /// The gradient of head `h` of one sequence into `dseq` (q, k and v parts),
-/// with `p` and `ds` as `time × time` scratch.
+/// from its probabilities `p`, with `ds` as `time × time` scratch.
 fn head_backward(
     d: Dims,
     h: usize,
-    (seq, dy): (&[f32], &[f32]),
-    (p, ds): (&mut [f32], &mut [f32]),
+    (seq, dy, p): (&[f32], &[f32], &[f32]),
+    ds: &mut [f32],
     dseq: &mut [f32],
 ) -> Result<()> {
-    probabilities(seq, d, h, p)?;
     let (qo, ko, vo) = d.offsets(h);
     let row = 3 * d.width;
     let (t, hd) = (d.time, d.head_dim);
@@ -192,12 +261,12 @@ fn head_backward(
     )?;
     // dS_ij = P_ij (dP_ij − Σ_k P_ik dP_ik), times the score scale.
     for (p, ds) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
-        let weighted: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
+        let weighted = lane_sum(p, ds, ds, |p, g, _| p * g);
         for (g, &p) in ds.iter_mut().zip(p) {
             *g = p * (*g - weighted) * d.scale;
         }
     }
-    let (p, ds) = (&*p, &*ds);
+    let ds = &*ds;
     let once = (1.0, false);
     // dq = dS · k; dk = dSᵀ · q; dv = Pᵀ · dy.
     let (ds_rows, ds_t) = (View::rows(ds, 0, t), View::transposed(ds, 0, t));

@@ -20,11 +20,94 @@ pub struct Linear;
 
 /// The sizes of one call: rows of `x`, input and output width.
 #[derive(Clone, Copy)]
-struct Dims {
-    rows: usize,
-    d_in: usize,
-    d_out: usize,
+pub(super) struct Dims {
+    pub rows: usize,
+    pub d_in: usize,
+    pub d_out: usize,
 }
+
+/// `y = x · W + b` for `x` `[rows, in]` and `W` `[in, out]`; with `residual`,
+/// `y` already holds a `[rows, out]` residual that the result is added to.
+pub(super) fn linear_forward(
+    x: &[f32],
+    (w, b): (&[f32], &[f32]),
+    y: &mut [f32],
+    d: Dims,
+    residual: bool,
+) -> Result<()> {
+    if b.len() != d.d_out || y.len() != d.rows * d.d_out {
+        candle_core::bail!(
+            "fused linear: bias of {} and {} outputs for {}×{}",
+            b.len(),
+            y.len(),
+            d.rows,
+            d.d_out
+        );
+    }
+    for row in y.chunks_exact_mut(d.d_out) {
+        if residual {
+            row.iter_mut().zip(b).for_each(|(y, &b)| *y += b);
+        } else {
+            row.copy_from_slice(b);
+        }
+    }
+    matmul(
+        ViewMut::rows(y, 0, d.d_out),
+        (d.rows, d.d_out, d.d_in),
+        View::rows(x, 0, d.d_in),
+        View::rows(w, 0, d.d_out),
+        (1.0, true),
+        Threads::Pool,
+    )
+}
+
+/// The backward pass of [`linear_forward`] from the output gradient `dy`:
+/// `dx = dy · Wᵀ` (when wanted), `dW = xᵀ · dy` and `db` the sum of the rows
+/// of `dy`. `dx` and `dW` are overwritten; `db` is added to.
+pub(super) fn linear_backward(
+    (x, w): (&[f32], &[f32]),
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    (dw, db): (&mut [f32], &mut [f32]),
+    d: Dims,
+) -> Result<()> {
+    if dy.len() != d.rows * d.d_out || db.len() != d.d_out {
+        candle_core::bail!(
+            "fused linear grad: {} gradients for {} outputs",
+            dy.len(),
+            d.rows * d.d_out
+        );
+    }
+    let dy_rows = View::rows(dy, 0, d.d_out);
+    if let Some(dx) = dx {
+        // Wᵀ: element (o, i) is W[i][o].
+        matmul(
+            ViewMut::rows(dx, 0, d.d_in),
+            (d.rows, d.d_in, d.d_out),
+            dy_rows,
+            View::transposed(w, 0, d.d_out),
+            (1.0, false),
+            Threads::Pool,
+        )?;
+    }
+    // xᵀ: element (i, r) is x[r][i].
+    matmul(
+        ViewMut::rows(dw, 0, d.d_out),
+        (d.d_in, d.d_out, d.rows),
+        View::transposed(x, 0, d.d_in),
+        dy_rows,
+        (1.0, false),
+        DW_THREADS,
+    )?;
+    for row in dy.chunks_exact(d.d_out) {
+        db.iter_mut().zip(row).for_each(|(g, &dy)| *g += dy);
+    }
+    Ok(())
+}
+
+/// How the weight-gradient product `xᵀ · dy` runs: a long inner dimension
+/// (every row) and a small result.
+const DW_THREADS: Threads = Threads::Pool;
 
 impl Dims {
     fn of(x: &Layout, w: &Layout) -> Result<Self> {
@@ -70,24 +153,8 @@ impl CustomOp3 for Linear {
         let x = slice(s1, l1, self.name())?;
         let w = slice(s2, l2, self.name())?;
         let b = slice(s3, l3, self.name())?;
-        if b.len() != d.d_out {
-            candle_core::bail!("fused linear: bias of {} for {} outputs", b.len(), d.d_out);
-        }
-        let mut y = Vec::with_capacity(d.rows * d.d_out);
-        for _ in 0..d.rows {
-            y.extend_from_slice(b);
-        }
-        let x = View::rows(x, 0, d.d_in);
-        let w = View::rows(w, 0, d.d_out);
-        let y_rows = ViewMut::rows(&mut y, 0, d.d_out);
-        matmul(
-            y_rows,
-            (d.rows, d.d_out, d.d_in),
-            x,
-            w,
-            (1.0, true),
-            Threads::Pool,
-        )?;
+        let mut y = vec![0.0f32; d.rows * d.d_out];
+        linear_forward(x, (w, b), &mut y, d, false)?;
         Ok((CpuStorage::F32(y), d.output_shape(l1)))
     }
 
@@ -131,45 +198,11 @@ impl CustomOp3 for LinearGrad {
         let x = slice(s1, l1, self.name())?;
         let w = slice(s2, l2, self.name())?;
         let dy = slice(s3, l3, self.name())?;
-        if dy.len() != d.rows * d.d_out {
-            candle_core::bail!(
-                "fused linear grad: {} gradients for {} outputs",
-                dy.len(),
-                d.rows * d.d_out
-            );
-        }
         let (n, nw) = (d.rows * d.d_in, d.d_in * d.d_out);
         let mut out = vec![0.0f32; n + nw + d.d_out];
         let (dx, rest) = out.split_at_mut(n);
         let (dw, db) = rest.split_at_mut(nw);
-        let dy_rows = View::rows(dy, 0, d.d_out);
-        // Wᵀ: element (o, i) is W[i][o].
-        let w_t = View::transposed(w, 0, d.d_out);
-        let dx = ViewMut::rows(dx, 0, d.d_in);
-        matmul(
-            dx,
-            (d.rows, d.d_in, d.d_out),
-            dy_rows,
-            w_t,
-            (1.0, false),
-            Threads::Pool,
-        )?;
-        // xᵀ: element (i, r) is x[r][i].
-        let x_t = View::transposed(x, 0, d.d_in);
-        let dw = ViewMut::rows(dw, 0, d.d_out);
-        // A long inner dimension (every row) and a small result: gemm splits
-        // it over threads worse than it runs on one (measured).
-        matmul(
-            dw,
-            (d.d_in, d.d_out, d.rows),
-            x_t,
-            dy_rows,
-            (1.0, false),
-            Threads::One,
-        )?;
-        for row in dy.chunks_exact(d.d_out) {
-            db.iter_mut().zip(row).for_each(|(g, &dy)| *g += dy);
-        }
+        linear_backward((x, w), dy, Some(dx), (dw, db), d)?;
         Ok((CpuStorage::F32(out), Shape::from(n + nw + d.d_out)))
     }
 }

@@ -83,9 +83,11 @@ pub(super) fn matmul(
     {
         candle_core::bail!("fused matmul: a {m}×{k} by {k}×{n} product does not fit its buffers");
     }
+    // The pool's size is a cached read (candle's own count re-reads the
+    // environment and the CPU list on every call).
     let parallelism = match threads {
-        Threads::Pool if candle_core::utils::get_num_threads() > 1 => {
-            gemm::Parallelism::Rayon(candle_core::utils::get_num_threads())
+        Threads::Pool if rayon::current_num_threads() > 1 => {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
         }
         _ => gemm::Parallelism::None,
     };

@@ -7,17 +7,31 @@
 //! allocating a tensor and walking memory again; here each is one loop
 //! forward and one loop backward. On other devices the model uses the
 //! composed versions in [`crate::model`], which compute the same function.
+//!
+//! A training pass on the CPU goes further: the same kernels, called on
+//! plain slices, run the whole model forward and backward without candle's
+//! graph (`step`), which is where [`crate::LocalTrainer::gradient`] gets its
+//! gradient. The candle ops serve the forward-only uses (evaluation,
+//! logits).
 
 mod attention;
+mod gelu;
+mod layer_norm;
 mod linear;
+mod loss;
 mod matmul;
+mod scratch;
+mod step;
 
 pub use attention::CausalAttention;
+pub use gelu::Gelu;
+pub use layer_norm::LayerNorm;
 pub use linear::Linear;
+pub use loss::CrossEntropy;
+pub(crate) use scratch::Scratch;
+pub(crate) use step::loss_and_gradient;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-
-use crate::model::LAYER_NORM_EPS;
+use candle_core::{CpuStorage, Layout};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -35,6 +49,60 @@ fn last_dim(layout: &Layout) -> Result<usize> {
         .last()
         .copied()
         .ok_or_else(|| candle_core::Error::Msg("scalar input".into()))
+}
+
+/// Partial sums kept by [`lane_sum`] and [`lane_max`]: one per element of a
+/// vector register, so the loops vectorize.
+const LANES: usize = 8;
+
+/// `Σ f(a_i, b_i, c_i)` over the three slices' common length, summed in
+/// [`LANES`] interleaved partial sums that are then added in a fixed order.
+/// Unlike a plain left-to-right sum this vectorizes; the order is still
+/// fixed, so the same inputs always give the same bits.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let (ra, rb, rc) = (ca.remainder(), cb.remainder(), cc.remainder());
+    for ((a, b), c) in ca.zip(cb).zip(cc) {
+        for l in 0..LANES {
+            acc[l] += f(a[l], b[l], c[l]);
+        }
+    }
+    for ((acc, &a), (&b, &c)) in acc.iter_mut().zip(ra).zip(rb.iter().zip(rc)) {
+        *acc += f(a, b, c);
+    }
+    let half = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    (half[0] + half[2]) + (half[1] + half[3])
+}
+
+/// The largest element of `xs` (−∞ when empty), vectorized as
+/// [`lane_sum`].
+#[inline(always)]
+fn lane_max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    for (acc, &x) in acc.iter_mut().zip(rest) {
+        *acc = acc.max(x);
+    }
+    acc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
 
 /// `e^x` in binary32 without a libm call, so loops over it vectorize:
@@ -70,245 +138,6 @@ fn fast_tanh(u: f32) -> f32 {
     1.0 - 2.0 / (fast_exp(2.0 * u) + 1.0)
 }
 
-const GELU_C: f32 = 0.797_884_6; // sqrt(2 / π)
-const GELU_A: f32 = 0.044_715;
-
-/// GELU, tanh approximation (GPT-2's `gelu_new`).
-pub struct Gelu;
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "fused-gelu"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(storage, layout, self.name())?;
-        let y = x
-            .iter()
-            .map(|&x| 0.5 * x * (1.0 + fast_tanh(GELU_C * (x + GELU_A * x * x * x))))
-            .collect();
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            arg.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluGrad)?,
-        ))
-    }
-}
-
-struct GeluGrad;
-
-impl CustomOp2 for GeluGrad {
-    fn name(&self) -> &'static str {
-        "fused-gelu-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, dy) = (slice(s1, l1, self.name())?, slice(s2, l2, self.name())?);
-        let dx = x
-            .iter()
-            .zip(dy)
-            .map(|(&x, &dy)| {
-                let t = fast_tanh(GELU_C * (x + GELU_A * x * x * x));
-                let du = GELU_C * (1.0 + 3.0 * GELU_A * x * x);
-                dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
-            })
-            .collect();
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
-}
-
-/// Layer norm over the last dimension: `(x − mean) / sqrt(var + eps) · w + b`.
-pub struct LayerNorm;
-
-impl CustomOp3 for LayerNorm {
-    fn name(&self) -> &'static str {
-        "fused-layer-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let (w, b) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
-        let d = last_dim(l1)?;
-        let mut y = vec![0.0f32; x.len()];
-        for (row, out) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let (mean, rstd) = moments(row);
-            for (((o, &x), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
-                *o = (x - mean) * rstd * w + b;
-            }
-        }
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = w.elem_count();
-        let n = x.elem_count();
-        // One pass gives dx, dw and db, laid end to end.
-        let all = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &LayerNormGrad)?;
-        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = all.narrow(0, n, d)?.reshape(w.shape())?;
-        let db = all.narrow(0, n + d, d)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
-    }
-}
-
-fn moments(row: &[f32]) -> (f32, f32) {
-    let d = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / d;
-    let var = row.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>() / d;
-    (mean, 1.0 / (var + LAYER_NORM_EPS as f32).sqrt())
-}
-
-struct LayerNormGrad;
-
-impl CustomOp3 for LayerNormGrad {
-    fn name(&self) -> &'static str {
-        "fused-layer-norm-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let w = slice(s2, l2, self.name())?;
-        let dy = slice(s3, l3, self.name())?;
-        let d = last_dim(l1)?;
-        let n = x.len();
-        let mut out = vec![0.0f32; n + 2 * d];
-        let (dx, rest) = out.split_at_mut(n);
-        let (dw, db) = rest.split_at_mut(d);
-        let mut xhat = vec![0.0f32; d];
-        for ((row, dy), dx) in x
-            .chunks_exact(d)
-            .zip(dy.chunks_exact(d))
-            .zip(dx.chunks_exact_mut(d))
-        {
-            let (mean, rstd) = moments(row);
-            let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-            for i in 0..d {
-                xhat[i] = (row[i] - mean) * rstd;
-                let g = dy[i] * w[i];
-                sum_g += g;
-                sum_gx += g * xhat[i];
-                dw[i] += dy[i] * xhat[i];
-                db[i] += dy[i];
-            }
-            let (mean_g, mean_gx) = (sum_g / d as f32, sum_gx / d as f32);
-            for i in 0..d {
-                dx[i] = rstd * (dy[i] * w[i] - mean_g - xhat[i] * mean_gx);
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
-    }
-}
-
-/// Mean cross-entropy of logits `[n, vocab]` against the targets it holds.
-pub struct CrossEntropy {
-    /// One target class per row.
-    pub targets: Vec<u32>,
-}
-
-impl CrossEntropy {
-    fn check(&self, rows: usize, vocab: usize) -> Result<()> {
-        if self.targets.len() != rows || self.targets.iter().any(|&t| t as usize >= vocab) {
-            candle_core::bail!(
-                "cross-entropy: {} targets for {rows} rows of {vocab} classes",
-                self.targets.len()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl CustomOp1 for CrossEntropy {
-    fn name(&self) -> &'static str {
-        "fused-cross-entropy"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let logits = slice(storage, layout, self.name())?;
-        let v = last_dim(layout)?;
-        self.check(logits.len() / v, v)?;
-        let mut total = 0.0f64;
-        for (row, &target) in logits.chunks_exact(v).zip(&self.targets) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let log_sum = row.iter().map(|&x| fast_exp(x - max)).sum::<f32>().ln();
-            total += f64::from(log_sum - (row[target as usize] - max));
-        }
-        let mean = (total / self.targets.len().max(1) as f64) as f32;
-        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = CrossEntropyGrad {
-            targets: &self.targets,
-            scale: grad_res.to_scalar::<f32>()? / self.targets.len().max(1) as f32,
-        };
-        Ok(Some(arg.apply_op1_no_bwd(&grad)?))
-    }
-}
-
-struct CrossEntropyGrad<'a> {
-    targets: &'a [u32],
-    scale: f32,
-}
-
-impl CustomOp1 for CrossEntropyGrad<'_> {
-    fn name(&self) -> &'static str {
-        "fused-cross-entropy-grad"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let logits = slice(storage, layout, self.name())?;
-        let v = last_dim(layout)?;
-        let mut grad = vec![0.0f32; logits.len()];
-        for ((row, out), &target) in logits
-            .chunks_exact(v)
-            .zip(grad.chunks_exact_mut(v))
-            .zip(self.targets)
-        {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0f32;
-            for (o, &x) in out.iter_mut().zip(row) {
-                *o = fast_exp(x - max);
-                sum += *o;
-            }
-            let inv = self.scale / sum;
-            out.iter_mut().for_each(|o| *o *= inv);
-            out[target as usize] -= self.scale;
-        }
-        Ok((CpuStorage::F32(grad), layout.shape().clone()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +153,22 @@ mod tests {
         }
         assert!(fast_exp(-200.0) < 1e-37 && fast_exp(200.0).is_finite());
         assert!(fast_exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn lane_sum_and_max_match_plain_loops() {
+        for n in [0usize, 1, 7, 8, 9, 63, 130] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.3).cos()).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x * y)).sum();
+            let fused = lane_sum(&a, &b, &a, |x, y, _| x * y);
+            assert!(
+                (f64::from(fused) - plain).abs() < 1e-5,
+                "{n}: {fused} vs {plain}"
+            );
+            let max = a.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            assert_eq!(lane_max(&a), max);
+        }
     }
 
     #[test]
