@@ -1,0 +1,149 @@
+//! Commits: collecting them, fork choice between branches, the outer
+//! step's answer, and adopting a heavier branch's checkpoint.
+
+use p2ptrain_protocol::{Commit, Digest, Signed};
+
+use super::round::{Entry, EntryState, Phase};
+use super::validate::Checker;
+use super::{set_digest, Engine, Head, Millis, Output, MAX_FUTURE};
+
+impl<C: Checker> Engine<C> {
+    pub(super) fn on_commit(&mut self, now: Millis, signed: Signed<Commit>, out: &mut Vec<Output>) {
+        let Ok(commit) = self.checker.commit(&signed) else {
+            return;
+        };
+        let committer = commit.committer;
+        if commit.run != self.run
+            || !self.config.manifest.allows(&committer)
+            || self.banned.contains(&committer)
+        {
+            return;
+        }
+        let key = (
+            committer,
+            commit.round,
+            commit.base,
+            set_digest(&commit.contributions),
+        );
+        self.known_checkpoints.insert(commit.base);
+        self.known_checkpoints.insert(commit.result);
+        match self.commit_results.get(&key) {
+            Some(result) if *result != commit.result => {
+                // Two results for one set from one key: equivocation.
+                self.banned.insert(committer);
+                self.members.remove(&committer);
+                self.eligible = None;
+                self.round.commits.remove(&committer);
+                return;
+            }
+            Some(_) => {}
+            None => {
+                self.commit_results.insert(key, commit.result);
+            }
+        }
+        if commit.round == self.round.number && commit.base == self.round.base {
+            for id in commit.contributions.as_slice() {
+                if !self.round.entries.contains_key(id) && !self.round.wanted.contains_key(id) {
+                    self.round.wanted.insert(*id, committer);
+                    out.push(Output::Fetch {
+                        id: *id,
+                        from: committer,
+                    });
+                }
+            }
+            self.round.open(now);
+            self.round.commits.insert(committer, (signed, commit));
+            return;
+        }
+        if self.adopting.is_some() {
+            if self.deferred.len() < MAX_FUTURE {
+                self.deferred.push(signed);
+            }
+            return;
+        }
+        self.consider_fork(&commit, out);
+    }
+
+    /// Fork choice: a commit off this peer's chain whose chain carries more
+    /// tokens (ties: the lower checkpoint hash) is adopted.
+    pub(super) fn consider_fork(&mut self, commit: &Commit, out: &mut Vec<Output>) {
+        if commit.result == self.head.base || self.adopting.is_some() {
+            return;
+        }
+        let heavier = (commit.chain_tokens, std::cmp::Reverse(commit.result))
+            > (self.head.chain_tokens, std::cmp::Reverse(self.head.base));
+        if !heavier {
+            return;
+        }
+        self.adopting = Some(commit.result);
+        out.push(Output::RequestCheckpoint {
+            head: Head {
+                round: commit.round + 1,
+                base: commit.result,
+                chain_tokens: commit.chain_tokens,
+                last_contributors: u32::try_from(commit.contributions.len()).unwrap_or(u32::MAX),
+            },
+            from: commit.committer,
+        });
+    }
+
+    pub(super) fn on_applied(
+        &mut self,
+        now: Millis,
+        round: u64,
+        result: Digest,
+        out: &mut Vec<Output>,
+    ) {
+        let Phase::Applying { set, revision } = &self.round.phase else {
+            return;
+        };
+        if round != self.round.number {
+            return;
+        }
+        let (set, revision) = (set.clone(), *revision);
+        let Some(signed) = self.sign_commit(&set, result) else {
+            return;
+        };
+        if !revision {
+            if self.round.mine.is_some() {
+                out.push(Output::PublishCommit(signed.clone()));
+            }
+            if let Ok(commit) = self.checker.commit(&signed) {
+                self.round.commits.insert(self.me, (signed, commit));
+            }
+            self.round.phase = Phase::Window {
+                until: now + self.config.manifest.rounds.commit_window_ms,
+                set,
+                result,
+            };
+        } else {
+            // A recomputation: say so if no one else has.
+            if self.round.mine.is_some() || !self.round.has_commit_for(&set, &result) {
+                out.push(Output::PublishCommit(signed.clone()));
+            }
+            self.finalize(now, set, result, signed, out);
+        }
+    }
+
+    pub(super) fn on_adopted(&mut self, now: Millis, head: Head, out: &mut Vec<Output>) {
+        self.adopting = None;
+        if let Some(id) = self.round.mine {
+            if let Some(Entry {
+                state: EntryState::Held { payload, .. },
+                ..
+            }) = self.round.entries.get(&id)
+            {
+                out.push(Output::ReturnToResidual {
+                    payload: payload.clone(),
+                });
+            }
+        }
+        if let Some((round, _, payload)) = self.last_applied_mine.take() {
+            // The round that applied it is replaced by the adopted chain.
+            if round + 1 >= head.round.min(self.head.round) && head.round <= self.head.round {
+                out.push(Output::ReturnToResidual { payload });
+            }
+        }
+        self.enter(now, head, out);
+    }
+}

@@ -1,0 +1,190 @@
+//! What the engine does with contributions and payloads as they arrive:
+//! its own update, announcements, payloads, peers leaving.
+
+use std::sync::Arc;
+
+use p2ptrain_protocol::{Contribution, Digest, PayloadRef, PeerKey, Signed};
+
+use super::round::{Entry, EntryState, Phase};
+use super::validate::{Checker, RejectReason};
+use super::{Engine, LocalUpdate, Millis, Output, MAX_FUTURE};
+
+impl<C: Checker> Engine<C> {
+    pub(super) fn on_trained(&mut self, now: Millis, update: LocalUpdate, out: &mut Vec<Output>) {
+        let collecting = self.round.phase == Phase::Collecting;
+        if collecting && self.round.mine.is_none() && !self.round.sat_out && self.adopting.is_none()
+        {
+            self.contribute(now, update, out);
+        } else if let Some(older) = self.pending.replace(update) {
+            // Two sessions ended before a round took either: keep the newer,
+            // hand the older back.
+            out.push(Output::ReturnToResidual {
+                payload: older.payload,
+            });
+        }
+        self.maybe_start_training(out);
+    }
+
+    pub(super) fn contribute(&mut self, now: Millis, update: LocalUpdate, out: &mut Vec<Output>) {
+        let me = self.me;
+        if !self.eligible(&me) {
+            self.round.sat_out = true;
+            out.push(Output::ReturnToResidual {
+                payload: update.payload,
+            });
+            return;
+        }
+        let contribution = Contribution {
+            run: self.run,
+            round: self.round.number,
+            base: self.round.base,
+            author: self.me,
+            tokens: update.tokens,
+            payload: PayloadRef {
+                hash: Digest::of(&update.payload),
+                len: update.payload.len() as u64,
+            },
+            compression: self.config.manifest.compression,
+        };
+        let Ok(signed) = Signed::sign(&contribution, &self.config.key) else {
+            // A contribution always encodes; should it not, keep the update.
+            out.push(Output::ReturnToResidual {
+                payload: update.payload,
+            });
+            return;
+        };
+        let id = signed.id();
+        self.round.mine = Some(id);
+        out.push(Output::Announce(signed.clone()));
+        self.on_announced(now, signed, Some(update.payload), out);
+    }
+
+    pub(super) fn on_announced(
+        &mut self,
+        now: Millis,
+        signed: Signed<Contribution>,
+        bytes: Option<Arc<[u8]>>,
+        out: &mut Vec<Output>,
+    ) {
+        let id = signed.id();
+        let contribution = match self.checker.contribution(&signed) {
+            Ok(c) => c,
+            Err(_) => return self.reject(id, None, RejectReason::BadSignature, out),
+        };
+        let author = contribution.author;
+        if let Some(reason) = self.header_fault(&contribution) {
+            return self.reject(id, Some(author), reason, out);
+        }
+        if contribution.round < self.round.number {
+            if self.applied.contains(&id) {
+                self.reject(id, Some(author), RejectReason::Replay, out);
+            }
+            return;
+        }
+        if contribution.round > self.round.number {
+            if self.future.len() < MAX_FUTURE && self.future.iter().all(|s| s.id() != id) {
+                self.future.push(signed);
+            }
+            return;
+        }
+        if contribution.base != self.round.base {
+            if self.known_checkpoints.contains(&contribution.base) {
+                // Trained on another chain; fork choice settles chains.
+                return;
+            }
+            return self.reject(id, Some(author), RejectReason::WrongBase, out);
+        }
+        self.round.wanted.remove(&id);
+        let known = self.round.entries.get(&id).map(|e| e.state.clone());
+        match (known, bytes) {
+            (None, bytes) => {
+                if let Some(first) = self.round.by_author.get(&author) {
+                    if *first != id {
+                        return self.reject(id, Some(author), RejectReason::Duplicate, out);
+                    }
+                }
+                self.round.open(now);
+                self.round.by_author.insert(author, id);
+                let state = EntryState::Fetching { from: author };
+                self.round.entries.insert(
+                    id,
+                    Entry {
+                        signed,
+                        contribution,
+                        state,
+                    },
+                );
+                match bytes {
+                    Some(bytes) => self.on_payload(id, bytes, out),
+                    None => out.push(Output::Fetch { id, from: author }),
+                }
+            }
+            (Some(EntryState::Fetching { .. }), Some(bytes)) => self.on_payload(id, bytes, out),
+            // Already known: a repeated announcement or delivery.
+            _ => {}
+        }
+    }
+
+    /// Checks that need only the contribution itself.
+    pub(super) fn header_fault(&self, c: &Contribution) -> Option<RejectReason> {
+        if c.run != self.run {
+            Some(RejectReason::WrongRun)
+        } else if !self.config.manifest.allows(&c.author) || self.banned.contains(&c.author) {
+            Some(RejectReason::NotAllowed)
+        } else if c.compression != self.config.manifest.compression {
+            Some(RejectReason::SettingsMismatch)
+        } else if c.tokens == 0 || c.tokens > self.config.max_tokens {
+            Some(RejectReason::TokensOutOfRange)
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn on_payload(&mut self, id: Digest, bytes: Arc<[u8]>, out: &mut Vec<Output>) {
+        let Some(entry) = self.round.entries.get(&id) else {
+            return;
+        };
+        let expected = entry.contribution.payload;
+        let author = entry.contribution.author;
+        let verdict = if bytes.len() as u64 != expected.len || Digest::of(&bytes) != expected.hash {
+            Err(RejectReason::PayloadMismatch)
+        } else {
+            self.checker.payload(&bytes).and_then(|facts| {
+                let settings_match = facts.settings == self.config.manifest.compression
+                    && facts.len == self.config.params;
+                if settings_match {
+                    Ok(facts.norm)
+                } else {
+                    Err(RejectReason::SettingsMismatch)
+                }
+            })
+        };
+        match verdict {
+            Ok(norm) => {
+                if let Some(entry) = self.round.entries.get_mut(&id) {
+                    entry.state = EntryState::Held {
+                        payload: bytes,
+                        norm,
+                    };
+                }
+            }
+            Err(reason) => self.reject(id, Some(author), reason, out),
+        }
+    }
+
+    pub(super) fn on_fetch_failed(&mut self, id: &Digest) {
+        if let Some(entry) = self.round.entries.get_mut(id) {
+            if matches!(entry.state, EntryState::Fetching { .. }) {
+                entry.state = EntryState::Unavailable;
+            }
+        }
+    }
+
+    pub(super) fn on_peer_gone(&mut self, peer: &PeerKey) {
+        for entry in self.round.entries.values_mut() {
+            if matches!(entry.state, EntryState::Fetching { from } if from == *peer) {
+                entry.state = EntryState::Unavailable;
+            }
+        }
+    }
+}

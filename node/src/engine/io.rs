@@ -1,0 +1,217 @@
+//! What the engine is given and what it asks for: its settings, the head
+//! of its chain, inputs and outputs.
+
+use std::sync::Arc;
+
+use p2ptrain_protocol::codec::CodecError;
+use p2ptrain_protocol::{
+    Commit, Contribution, Digest, PeerKey, RoundRecord, RunManifest, Signed, SigningKey,
+};
+
+use super::validate::RejectReason;
+
+/// The engine's fixed settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The run.
+    pub manifest: RunManifest,
+    /// This peer's key: it signs contributions and commits.
+    pub key: SigningKey,
+    /// Entries of the flat parameter buffer every update must have.
+    pub params: usize,
+    /// Most tokens one contribution may claim.
+    pub max_tokens: u64,
+    /// Start the next round's training as soon as this round's update is
+    /// announced, overlapping communication with compute (the host shifts
+    /// its replica when the outer step lands).
+    pub overlap: bool,
+}
+
+impl EngineConfig {
+    /// Settings for `manifest` with a `params`-entry model; contributions may
+    /// claim up to the tokens of one round (`inner_steps × batch × context`),
+    /// no overlap.
+    pub fn new(manifest: RunManifest, key: SigningKey, params: usize) -> Self {
+        let max_tokens = u64::from(manifest.inner_steps)
+            * u64::from(manifest.inner.batch_size)
+            * u64::from(manifest.model.context_len);
+        Self {
+            manifest,
+            key,
+            params,
+            max_tokens,
+            overlap: false,
+        }
+    }
+}
+
+/// Where a peer's chain is: the round it works on and the checkpoint that
+/// round starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The round being worked on.
+    pub round: u64,
+    /// The checkpoint it starts from.
+    pub base: Digest,
+    /// Tokens contributed along the chain up to `base`.
+    pub chain_tokens: u64,
+    /// Contributions applied by the round that produced `base` (0 at
+    /// genesis): the quorum is a majority of them.
+    pub last_contributors: u32,
+}
+
+impl Head {
+    /// Round 0 of `manifest`'s run.
+    pub fn genesis(manifest: &RunManifest) -> Self {
+        Self {
+            round: 0,
+            base: manifest.genesis,
+            chain_tokens: 0,
+            last_contributors: 0,
+        }
+    }
+}
+
+/// This peer's update for a round, compressed.
+#[derive(Debug, Clone)]
+pub struct LocalUpdate {
+    /// The encoded payload.
+    pub payload: Arc<[u8]>,
+    /// Tokens trained for it.
+    pub tokens: u64,
+}
+
+/// A contribution the outer step applies.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Its id.
+    pub id: Digest,
+    /// Its aggregation weight: the tokens it claims.
+    pub tokens: u64,
+    /// The encoded payload.
+    pub payload: Arc<[u8]>,
+}
+
+/// What happened, for the engine.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Time passed; nothing else.
+    Tick,
+    /// A peer is reachable.
+    PeerSeen(PeerKey),
+    /// A peer left or cannot be reached.
+    PeerGone(PeerKey),
+    /// This peer's training session ended with this update.
+    Trained(LocalUpdate),
+    /// A contribution was announced (gossip).
+    Announced(Signed<Contribution>),
+    /// A payload asked for with [`Output::Fetch`] arrived, with its
+    /// contribution.
+    PayloadArrived {
+        /// The contribution it belongs to.
+        contribution: Signed<Contribution>,
+        /// The payload bytes.
+        bytes: Arc<[u8]>,
+    },
+    /// A fetch cannot complete: the peer asked is gone.
+    FetchFailed {
+        /// The contribution asked for.
+        id: Digest,
+    },
+    /// A commit was received (gossip).
+    CommitReceived(Signed<Commit>),
+    /// The outer step asked for with [`Output::ApplyOuterStep`] is done.
+    Applied {
+        /// The round.
+        round: u64,
+        /// The checkpoint it produced.
+        result: Digest,
+    },
+    /// The host holds, verified, the checkpoint asked for with
+    /// [`Output::RequestCheckpoint`], and now trains from it.
+    CheckpointAdopted(Head),
+    /// The checkpoint asked for cannot be had from the peer that claimed it.
+    CheckpointUnavailable {
+        /// The checkpoint.
+        result: Digest,
+        /// The peer whose commit claimed it: ignored from now on.
+        from: PeerKey,
+    },
+}
+
+/// What the host should do.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Start a training session (inner steps) for `round` or, when
+    /// overlapping, for the round after the one still closing.
+    StartTraining {
+        /// The round the update is meant for.
+        round: u64,
+    },
+    /// Announce this contribution to all peers; serve its payload.
+    Announce(Signed<Contribution>),
+    /// Fetch a contribution's payload (and the contribution) from a peer.
+    Fetch {
+        /// The contribution.
+        id: Digest,
+        /// Who to ask.
+        from: PeerKey,
+    },
+    /// Compute the outer step from the round's base with these
+    /// contributions, in this (ascending id) order, and answer
+    /// [`Input::Applied`] with the resulting checkpoint's hash.
+    ApplyOuterStep {
+        /// The round.
+        round: u64,
+        /// The checkpoint it starts from.
+        base: Digest,
+        /// The contributions, ascending by id.
+        contributions: Vec<Accepted>,
+    },
+    /// Publish this commit to all peers.
+    PublishCommit(Signed<Commit>),
+    /// The round is over: its record, and the new head to train from.
+    Finalized {
+        /// The commit that closed it and the contributions it applied.
+        record: RoundRecord,
+        /// The next round and its base.
+        head: Head,
+    },
+    /// This update was not applied: add it back into the error-feedback
+    /// residual.
+    ReturnToResidual {
+        /// The encoded payload.
+        payload: Arc<[u8]>,
+    },
+    /// Another chain is heavier: fetch and verify its checkpoint `result`
+    /// (of `round`) from `from`, then answer [`Input::CheckpointAdopted`].
+    RequestCheckpoint {
+        /// The head to adopt if the checkpoint checks out.
+        head: Head,
+        /// Who claimed it.
+        from: PeerKey,
+    },
+    /// A contribution was dropped.
+    Rejected {
+        /// Its id.
+        id: Digest,
+        /// Its author, when the signature held.
+        author: Option<PeerKey>,
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// Why an engine cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The manifest cannot be encoded, so the run has no id.
+    #[error("the run manifest cannot be encoded: {0}")]
+    Manifest(#[source] CodecError),
+    /// The run's compression settings are invalid.
+    #[error("the run's compression settings are invalid: {0}")]
+    Settings(#[from] p2ptrain_protocol::InvalidSettings),
+    /// This peer's key is not on the run's allow-list.
+    #[error("this peer ({0}) is not on the run's allow-list")]
+    NotAllowed(PeerKey),
+}
