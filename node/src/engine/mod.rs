@@ -63,6 +63,7 @@ pub type Millis = u64;
 
 /// Announcements held for rounds not yet reached, at most.
 pub(crate) const MAX_FUTURE: usize = 4096;
+
 /// One peer's round engine. See the [module docs](self).
 #[derive(Debug)]
 pub struct Engine<C: Checker = Verify> {
