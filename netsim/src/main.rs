@@ -50,6 +50,10 @@ struct RunArgs {
     /// `[adversary]` scenario).
     #[arg(long)]
     without_adversaries: bool,
+    /// Also write the chain of one honest peer as a node data directory
+    /// (records, payloads, checkpoints) here; `p2pnode verify DIR` replays it.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -137,17 +141,28 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     bar.set_prefix(name.clone());
-    let mut outcome = sim::run(&scenario, seed, args.without_adversaries, |p| {
+    let show = |p: sim::Progress| {
         bar.set_position(p.round);
         bar.set_message(format!("virtual {:.0} s", p.virtual_ms as f64 / 1000.0));
-    })
-    .with_context(|| format!("simulating {}", args.scenario.display()))?;
+    };
+    let outcome = match &args.record {
+        Some(dir) => sim::run_and_record(&scenario, seed, args.without_adversaries, dir, show),
+        None => sim::run(&scenario, seed, args.without_adversaries, show),
+    };
+    let mut outcome = outcome.with_context(|| format!("simulating {}", args.scenario.display()))?;
     bar.finish_and_clear();
     outcome.summary.scenario = name.clone();
     report::write(&out, &outcome.summary, &outcome.rounds)
         .with_context(|| format!("writing results to {}", out.display()))?;
     print_table(&outcome);
     println!("results in {}", out.display());
+    if let Some(dir) = &args.record {
+        println!(
+            "chain recorded in {} (check it: p2pnode verify {})",
+            dir.display(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use p2ptrain_kernels::{aggregate, AggregateInput, KernelError, Payload};
+use p2ptrain_kernels::KernelError;
+use p2ptrain_node::chain::{ChainError, ChainState, StepInput};
 use p2ptrain_node::engine::Accepted;
-use p2ptrain_protocol::{Digest, InnerOptimizer, ModelConfig};
-use p2ptrain_trainer::optim::OuterNesterov;
+use p2ptrain_protocol::{Digest, InnerOptimizer, ModelConfig, OuterOptimizer};
 use p2ptrain_trainer::{device, Corpus, LocalTrainer, ParamLayout, Sampler, TrainerError};
 
 use crate::rng::Rng;
@@ -28,36 +28,17 @@ pub enum ModelError {
     /// A payload the engine accepted does not decode.
     #[error("payload: {0}")]
     Payload(#[from] p2ptrain_protocol::CodecError),
+    /// The outer step failed.
+    #[error("outer step: {0}")]
+    Chain(#[from] ChainError),
     /// The outer step names a base the store does not hold.
     #[error("no checkpoint {0}")]
     MissingBase(Digest),
 }
 
-/// A checkpoint: the parameters and the outer momentum, which every peer on
-/// the chain holds alike.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Checkpoint {
-    /// The flat parameter buffer.
-    pub params: Vec<f32>,
-    /// The outer optimizer's momentum.
-    pub momentum: Vec<f32>,
-}
-
-impl Checkpoint {
-    /// blake3 of the parameters' then the momentum's little-endian bytes.
-    pub fn hash(&self) -> Digest {
-        let mut hasher = blake3::Hasher::new();
-        for v in self.params.iter().chain(&self.momentum) {
-            hasher.update(&v.to_le_bytes());
-        }
-        Digest::from_bytes(*hasher.finalize().as_bytes())
-    }
-
-    /// Bytes a peer downloads to adopt it.
-    pub fn wire_len(&self, charged_params: u64) -> u64 {
-        charged_params * 8
-    }
-}
+/// A checkpoint: the parameters and the outer momentum, the node's
+/// [`ChainState`] (its hash is the one commits name).
+pub type Checkpoint = ChainState;
 
 /// Every checkpoint produced, by hash, and the outer steps already computed:
 /// the step is a pure function of the base and the contributions, so peers
@@ -66,21 +47,19 @@ impl Checkpoint {
 pub struct Store {
     checkpoints: HashMap<Digest, Arc<Checkpoint>>,
     steps: HashMap<(Digest, Digest), Digest>,
-    outer_lr: f32,
-    outer_momentum: f32,
+    outer: OuterOptimizer,
 }
 
 impl Store {
     /// A store holding `genesis`; returns it and the genesis hash.
-    pub fn new(genesis: Checkpoint, outer_lr: f32, outer_momentum: f32) -> (Self, Digest) {
+    pub fn new(genesis: Checkpoint, outer: OuterOptimizer) -> (Self, Digest) {
         let hash = genesis.hash();
         let mut checkpoints = HashMap::new();
         checkpoints.insert(hash, Arc::new(genesis));
         let store = Self {
             checkpoints,
             steps: HashMap::new(),
-            outer_lr,
-            outer_momentum,
+            outer,
         };
         (store, hash)
     }
@@ -110,27 +89,15 @@ impl Store {
             return Ok(*result);
         }
         let start = self.get(base).ok_or(ModelError::MissingBase(*base))?;
-        let mut next = Checkpoint::clone(&start);
-        if !contributions.is_empty() {
-            let payloads = contributions
-                .iter()
-                .map(|c| Payload::decode(&c.payload))
-                .collect::<Result<Vec<_>, _>>()?;
-            let inputs: Vec<AggregateInput<'_>> = contributions
-                .iter()
-                .zip(&payloads)
-                .map(|(c, payload)| AggregateInput {
-                    key: c.id,
-                    payload,
-                    weight: c.tokens as f32,
-                })
-                .collect();
-            let mean = aggregate(&inputs)?;
-            let momentum = std::mem::take(&mut next.momentum);
-            let mut outer = OuterNesterov::from_state(self.outer_lr, self.outer_momentum, momentum);
-            outer.step(&mut next.params, &mean)?;
-            next.momentum = outer.momentum_buffer().to_vec();
-        }
+        let inputs: Vec<StepInput<'_>> = contributions
+            .iter()
+            .map(|c| StepInput {
+                id: c.id,
+                tokens: c.tokens,
+                payload: &c.payload,
+            })
+            .collect();
+        let next = start.outer_step(&inputs, &self.outer)?;
         let hash = next.hash();
         self.checkpoints
             .entry(hash)

@@ -156,3 +156,45 @@ fn a_thousand_peers_take_a_bounded_subset_per_round() {
         outcome.rounds
     );
 }
+
+#[test]
+fn a_recorded_chain_replays_and_a_flipped_byte_is_named() {
+    use p2ptrain_node::chain::{replay, ChainError, DataDir};
+
+    let mut scenario = shipped("quickstart");
+    scenario.run.rounds = 2;
+    scenario.run.baseline = false;
+    let root = std::env::temp_dir().join(format!("p2ptrain-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let outcome = sim::run_and_record(&scenario, 1, false, &root, |_| {}).unwrap();
+    let dir = DataDir::new(&root);
+    let params = p2ptrain_trainer::ParamLayout::gpt2(&dir.manifest().unwrap().model).len();
+    let verified = replay(&dir, params).unwrap();
+    assert_eq!(verified.rounds, 2);
+    assert_eq!(verified.contributions, 8);
+    assert_eq!(
+        verified.head.to_hex(),
+        outcome.rounds.last().unwrap().checkpoint
+    );
+
+    // One flipped byte in round 1's record: its signatures no longer hold.
+    let record = root.join("records/00000001.bin");
+    let mut bytes = std::fs::read(&record).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&record, &bytes).unwrap();
+    match replay(&dir, params) {
+        Err(ChainError::Record { round: 1, .. } | ChainError::Decode { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    bytes[at] ^= 0x01;
+    std::fs::write(&record, &bytes).unwrap();
+
+    // One flipped bit in the head checkpoint.
+    let head = root.join("head.ckpt");
+    let mut bytes = std::fs::read(&head).unwrap();
+    bytes[0] ^= 0x80;
+    std::fs::write(&head, &bytes).unwrap();
+    assert!(matches!(replay(&dir, params), Err(ChainError::Head { .. })));
+    std::fs::remove_dir_all(&root).unwrap();
+}

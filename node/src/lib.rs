@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //!
+//! - [`chain`] — the shared checkpoint, the outer step, the data directory
+//!   of round records, and the replay that verifies it.
 //! - [`engine`] — the sans-IO round engine: a round's protocol as a
 //!   deterministic state machine, driven by `p2pnode` and `netsim` alike.
 //! - [`keyfile`] — create, save and load a node's identity key.
@@ -26,5 +28,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod chain;
 pub mod engine;
 pub mod keyfile;

@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use p2ptrain_node::chain::{self, ChainState, DataDir};
 use p2ptrain_node::keyfile;
-use p2ptrain_protocol::PeerKey;
+use p2ptrain_protocol::{PeerKey, RunManifest};
+use p2ptrain_trainer::ParamLayout;
 
 /// A peer of a p2ptrain swarm: trains a shared model with other peers, no
 /// server in between.
@@ -32,6 +34,33 @@ enum Command {
         #[arg(long, default_value = "node.key")]
         key: PathBuf,
     },
+    /// Start a new run in a data directory: write the run manifest (the
+    /// bundled defaults: tiny model, H = 50, top-1% 8-bit compression) and
+    /// its genesis checkpoint, initialized from --seed.
+    Init {
+        /// The data directory (created; an existing run there is kept).
+        #[arg(long, default_value = "p2ptrain-data")]
+        dir: PathBuf,
+        /// Seed of the genesis initialization.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Replay a data directory's chain from genesis: every signature,
+    /// payload hash, outer step and checkpoint hash. Exits non-zero, naming
+    /// the first bad round, on any mismatch.
+    Verify {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// Print a data directory's round records: run, base, result, committer
+    /// and each contribution's author, payload and signature, in hex.
+    History {
+        /// The data directory.
+        dir: PathBuf,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +75,72 @@ fn main() -> anyhow::Result<()> {
             let key = keyfile::load(&key)?;
             println!("{}", PeerKey::from(&key));
         }
+        Command::Init { dir, seed } => init(&DataDir::new(dir), seed)?,
+        Command::Verify { dir } => verify(&DataDir::new(dir))?,
+        Command::History { dir, json } => history(&DataDir::new(dir), json)?,
+    }
+    Ok(())
+}
+
+/// Entries of the flat parameter buffer of `manifest`'s model.
+fn params_of(manifest: &RunManifest) -> usize {
+    ParamLayout::gpt2(&manifest.model).len()
+}
+
+fn init(dir: &DataDir, seed: u64) -> anyhow::Result<()> {
+    if let Ok(existing) = dir.manifest() {
+        anyhow::bail!(
+            "{} already holds run {} ({}); choose another --dir",
+            dir.root().display(),
+            existing.id()?,
+            existing.name
+        );
+    }
+    let mut manifest = RunManifest {
+        seed,
+        ..RunManifest::default()
+    };
+    let genesis = ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(seed));
+    manifest.genesis = genesis.hash();
+    dir.write_genesis(&genesis)?;
+    dir.write_manifest(&manifest)?;
+    println!("run {}", manifest.id()?);
+    println!("genesis {}", manifest.genesis);
+    println!("wrote {}", dir.root().display());
+    Ok(())
+}
+
+fn verify(dir: &DataDir) -> anyhow::Result<()> {
+    let manifest = dir
+        .manifest()
+        .with_context(|| format!("{} is not a data directory", dir.root().display()))?;
+    let verified = chain::replay(dir, params_of(&manifest))
+        .with_context(|| format!("verification of {} failed", dir.root().display()))?;
+    println!(
+        "ok: {} rounds, {} contributions, {} tokens; checkpoint {}",
+        verified.rounds, verified.contributions, verified.chain_tokens, verified.head
+    );
+    Ok(())
+}
+
+fn history(dir: &DataDir, json: bool) -> anyhow::Result<()> {
+    let records = chain::history(dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    println!(
+        "{:>6} {:>13} {:>14} {:>66}",
+        "round", "contributions", "chain tokens", "result"
+    );
+    for r in records.as_array().into_iter().flatten() {
+        println!(
+            "{:>6} {:>13} {:>14} {:>66}",
+            r["round"].as_u64().unwrap_or_default(),
+            r["contributions"].as_array().map_or(0, Vec::len),
+            r["chain_tokens"].as_u64().unwrap_or_default(),
+            r["result"].as_str().unwrap_or("")
+        );
     }
     Ok(())
 }

@@ -1,13 +1,13 @@
-//! The end of a run: the summary and the round lines.
+//! The end of a run: the summary, the round lines, and the recorded chain.
 
 use std::collections::BTreeSet;
 
+use p2ptrain_node::chain::DataDir;
 use p2ptrain_node::engine::RejectReason;
 use p2ptrain_protocol::Digest;
 
-use super::Outcome;
-use super::{Peer, Role, SimError, Simulation};
-use crate::model::{self};
+use super::{Outcome, Peer, Role, SimError, Simulation};
+use crate::model;
 use crate::report::{Adversarial, Summary};
 
 impl Simulation {
@@ -134,5 +134,33 @@ impl Simulation {
             summary,
             rounds: self.round_lines,
         })
+    }
+
+    /// Writes the chain of the first live honest peer as a data directory.
+    pub(super) fn record(&self, dir: &DataDir) -> Result<(), SimError> {
+        let Some(p) = (0..self.peers.len()).find(|&p| self.is_live_honest(p)) else {
+            return Ok(());
+        };
+        dir.write_manifest(&self.manifest)?;
+        if let Some(genesis) = self.store.get(&self.manifest.genesis) {
+            dir.write_genesis(&genesis)?;
+        }
+        let mut head = self.manifest.genesis;
+        for (&round, hash) in &self.peers[p].chain {
+            let Some(record) = self.records.get(hash) else {
+                continue;
+            };
+            for signed in &record.contributions {
+                if let Some((_, bytes)) = self.bodies.get(&signed.id()) {
+                    dir.write_payload(bytes)?;
+                }
+            }
+            dir.write_record(round, record)?;
+            head = *hash;
+        }
+        if let Some(state) = self.store.get(&head) {
+            dir.write_head(&state)?;
+        }
+        Ok(())
     }
 }

@@ -43,6 +43,9 @@ pub enum SimError {
     /// Encoding failed.
     #[error("codec: {0}")]
     Codec(#[from] p2ptrain_protocol::CodecError),
+    /// The data directory asked for cannot be written.
+    #[error("recording the chain: {0}")]
+    Record(#[from] p2ptrain_node::chain::ChainError),
 }
 
 /// What the caller sees as the simulation goes.
@@ -204,6 +207,9 @@ pub struct Simulation {
     round_payload_ms: Vec<Millis>,
     /// A head moved since the round-driven checks last ran.
     progressed: bool,
+    /// Each round record honest peers finalized, by the checkpoint it
+    /// produced.
+    records: HashMap<Digest, RoundRecord>,
 }
 
 /// Runs `scenario` with `seed`, calling `progress` as rounds complete.
@@ -216,6 +222,34 @@ pub fn run(
     scenario: &Scenario,
     seed: u64,
     without_adversaries: bool,
+    progress: impl FnMut(Progress),
+) -> Result<Outcome, SimError> {
+    simulate(scenario, seed, without_adversaries, None, progress)
+}
+
+/// [`run`], then writes the first live honest peer's chain as a node's data
+/// directory (manifest, genesis, every round's record, the payloads, the
+/// head checkpoint) into `record`, for `p2pnode verify` to replay.
+///
+/// # Errors
+///
+/// As [`run`], and [`SimError::Record`] when the directory cannot be
+/// written.
+pub fn run_and_record(
+    scenario: &Scenario,
+    seed: u64,
+    without_adversaries: bool,
+    record: &std::path::Path,
+    progress: impl FnMut(Progress),
+) -> Result<Outcome, SimError> {
+    simulate(scenario, seed, without_adversaries, Some(record), progress)
+}
+
+fn simulate(
+    scenario: &Scenario,
+    seed: u64,
+    without_adversaries: bool,
+    record: Option<&std::path::Path>,
     mut progress: impl FnMut(Progress),
 ) -> Result<Outcome, SimError> {
     let started = std::time::Instant::now();
@@ -245,6 +279,9 @@ pub fn run(
         if sim.done() {
             break;
         }
+    }
+    if let Some(dir) = record {
+        sim.record(&p2ptrain_node::chain::DataDir::new(dir))?;
     }
     sim.finish(started.elapsed().as_secs_f64())
 }
@@ -528,6 +565,9 @@ impl Simulation {
         for c in &record.contributions {
             self.applied_ids.insert(c.id());
         }
+        self.records
+            .entry(head.base)
+            .or_insert_with(|| record.clone());
         self.peers[p].last_record = Some(record.clone());
         while self.round_lines.len() as u64 <= round {
             let r = self.round_lines.len() as u64;

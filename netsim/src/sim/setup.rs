@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use p2ptrain_kernels::Payload;
-use p2ptrain_protocol::{PeerKey, RunManifest, SigningKey};
+use p2ptrain_protocol::{OuterOptimizer, PeerKey, RunManifest, SigningKey};
 use p2ptrain_trainer::Corpus;
 
 use super::{Peer, Role, SimError, Simulation};
@@ -36,8 +36,11 @@ impl Simulation {
                 params: genesis.clone(),
                 momentum: vec![0.0; proxy_len],
             },
-            run.outer_lr,
-            run.outer_momentum,
+            OuterOptimizer {
+                lr: run.outer_lr,
+                momentum: run.outer_momentum,
+                nesterov: true,
+            },
         );
         let mut manifest = RunManifest {
             name: "netsim".into(),
@@ -150,6 +153,7 @@ impl Simulation {
             forks_resolved: 0,
             round_payload_ms: Vec::new(),
             progressed: false,
+            records: HashMap::new(),
             scenario,
             seed,
         };

@@ -1,0 +1,178 @@
+//! A node's data directory: the run manifest, the genesis and latest
+//! checkpoints, every round's record and the payloads they apply.
+//!
+//! ```text
+//! DIR/manifest.bin              RunManifest (protocol codec)
+//! DIR/genesis.ckpt              ChainState bytes of round 0
+//! DIR/head.ckpt                 ChainState bytes after the last record
+//! DIR/records/00000007.bin      RoundRecord of round 7 (protocol codec)
+//! DIR/payloads/<blake3 hex>.bin a payload, named by its hash
+//! ```
+//!
+//! Every file is written atomically (temporary file, fsync, rename), so a
+//! node killed at any moment leaves each file whole or absent.
+
+use std::path::{Path, PathBuf};
+
+use p2ptrain_protocol::{codec, Digest, RoundRecord, RunManifest};
+use p2ptrain_trainer::checkpoint::write_atomically;
+
+use super::{ChainError, ChainState};
+
+/// A data directory. See the module docs for its layout.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The directory at `root` (created by the first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Its path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn record_path(&self, round: u64) -> PathBuf {
+        self.root.join("records").join(format!("{round:08}.bin"))
+    }
+
+    fn payload_path(&self, hash: &Digest) -> PathBuf {
+        self.root
+            .join("payloads")
+            .join(format!("{}.bin", hash.to_hex()))
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), ChainError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ChainError::io(dir, e))?;
+        }
+        write_atomically(path, bytes).map_err(|e| ChainError::Write {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn read(&self, path: &Path) -> Result<Vec<u8>, ChainError> {
+        std::fs::read(path).map_err(|e| ChainError::io(path, e))
+    }
+
+    /// Writes the run manifest.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] on an encoding or I/O failure.
+    pub fn write_manifest(&self, manifest: &RunManifest) -> Result<(), ChainError> {
+        self.write(&self.file("manifest.bin"), &codec::encode(manifest)?)
+    }
+
+    /// Reads the run manifest.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] if it is missing or does not decode.
+    pub fn manifest(&self) -> Result<RunManifest, ChainError> {
+        let path = self.file("manifest.bin");
+        codec::decode(&self.read(&path)?).map_err(|e| ChainError::Decode {
+            path: path.display().to_string(),
+            source: e,
+        })
+    }
+
+    /// Writes the genesis checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] on an I/O failure.
+    pub fn write_genesis(&self, state: &ChainState) -> Result<(), ChainError> {
+        self.write(&self.file("genesis.ckpt"), &state.to_bytes())
+    }
+
+    /// Writes the latest checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] on an I/O failure.
+    pub fn write_head(&self, state: &ChainState) -> Result<(), ChainError> {
+        self.write(&self.file("head.ckpt"), &state.to_bytes())
+    }
+
+    /// Reads the genesis checkpoint of a `len`-parameter model.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] if it is missing or not `8 × len` bytes.
+    pub fn genesis(&self, len: usize) -> Result<ChainState, ChainError> {
+        ChainState::from_bytes(&self.read(&self.file("genesis.ckpt"))?, len)
+    }
+
+    /// Reads the latest checkpoint, if one was written.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] if it exists but cannot be read or has the wrong size.
+    pub fn head(&self, len: usize) -> Result<Option<ChainState>, ChainError> {
+        let path = self.file("head.ckpt");
+        if !path.exists() {
+            return Ok(None);
+        }
+        ChainState::from_bytes(&self.read(&path)?, len).map(Some)
+    }
+
+    /// Writes round `round`'s record.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] on an encoding or I/O failure.
+    pub fn write_record(&self, round: u64, record: &RoundRecord) -> Result<(), ChainError> {
+        self.write(&self.record_path(round), &codec::encode(record)?)
+    }
+
+    /// Reads round `round`'s record, `None` past the last one.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] if it exists but does not decode.
+    pub fn record(&self, round: u64) -> Result<Option<RoundRecord>, ChainError> {
+        let path = self.record_path(round);
+        if !path.exists() {
+            return Ok(None);
+        }
+        codec::decode(&self.read(&path)?)
+            .map(Some)
+            .map_err(|e| ChainError::Decode {
+                path: path.display().to_string(),
+                source: e,
+            })
+    }
+
+    /// Stores a payload under its hash.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] on an I/O failure.
+    pub fn write_payload(&self, bytes: &[u8]) -> Result<Digest, ChainError> {
+        let hash = Digest::of(bytes);
+        let path = self.payload_path(&hash);
+        if !path.exists() {
+            self.write(&path, bytes)?;
+        }
+        Ok(hash)
+    }
+
+    /// The payload stored under `hash`, as stored (not yet checked).
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] if it is missing.
+    pub fn payload(&self, hash: &Digest) -> Result<Vec<u8>, ChainError> {
+        self.read(&self.payload_path(hash))
+    }
+}

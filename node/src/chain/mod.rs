@@ -1,0 +1,100 @@
+//! The chain of rounds as a node keeps it: the shared checkpoint
+//! ([`ChainState`]) and the outer step that moves it, the data directory
+//! that holds the records ([`DataDir`]), and the replay that checks them
+//! ([`replay`]) — what `p2pnode verify` runs — and [`history`], the records
+//! as JSON.
+
+mod datadir;
+mod history;
+mod state;
+mod verify;
+
+use std::path::Path;
+
+use p2ptrain_protocol::{CodecError, Digest};
+
+pub use datadir::DataDir;
+pub use history::history;
+pub use state::{ChainState, StepInput};
+pub use verify::{replay, Verified};
+
+/// Why a chain cannot be read, stored or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// A file cannot be read or a folder created.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: String,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file cannot be written atomically.
+    #[error("writing {path}: {reason}")]
+    Write {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A stored message does not decode.
+    #[error("{path}: {source}")]
+    Decode {
+        /// The file.
+        path: String,
+        /// The codec's complaint.
+        #[source]
+        source: CodecError,
+    },
+    /// A value cannot be encoded.
+    #[error("encoding: {0}")]
+    Encode(#[from] CodecError),
+    /// A checkpoint file has the wrong size for the model.
+    #[error("a checkpoint of this model is {expected} bytes, found {found}")]
+    StateLength {
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes found.
+        found: usize,
+    },
+    /// A payload cannot be decoded or aggregated.
+    #[error("kernels: {0}")]
+    Kernel(#[from] p2ptrain_kernels::KernelError),
+    /// The outer step failed.
+    #[error("outer step: {0}")]
+    Trainer(#[from] p2ptrain_trainer::TrainerError),
+    /// The genesis checkpoint is not the one the manifest names.
+    #[error("genesis.ckpt hashes to {found}, the manifest names {expected}")]
+    Genesis {
+        /// The manifest's genesis.
+        expected: Digest,
+        /// The file's hash.
+        found: Digest,
+    },
+    /// A round's record does not hold.
+    #[error("round {round}: {what}")]
+    Record {
+        /// The first bad round.
+        round: u64,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The head checkpoint is not where the records lead.
+    #[error("head.ckpt hashes to {found}, the records lead to {expected}")]
+    Head {
+        /// Where the records lead.
+        expected: Digest,
+        /// The file's hash.
+        found: Digest,
+    },
+}
+
+impl ChainError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

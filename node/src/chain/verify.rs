@@ -1,0 +1,178 @@
+//! Replaying a data directory's chain from genesis: every signature, every
+//! payload hash, every outer step, and the final checkpoint hash.
+
+use p2ptrain_protocol::{Digest, RunManifest};
+
+use super::{ChainError, DataDir, StepInput};
+
+/// What a successful replay established.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// Records replayed (rounds `0..rounds`).
+    pub rounds: u64,
+    /// Contributions applied in all.
+    pub contributions: u64,
+    /// Tokens contributed along the chain.
+    pub chain_tokens: u64,
+    /// The checkpoint after the last record.
+    pub head: Digest,
+}
+
+/// Replays `dir` from its genesis checkpoint.
+///
+/// The model size comes from the manifest (`params` entries per buffer).
+///
+/// # Errors
+///
+/// [`ChainError::Record`] naming the first round whose record does not hold
+/// (with what is wrong), or another [`ChainError`] for the manifest, the
+/// genesis or the head checkpoint.
+pub fn replay(dir: &DataDir, params: usize) -> Result<Verified, ChainError> {
+    let manifest = dir.manifest()?;
+    let run = manifest.id()?;
+    let mut state = dir.genesis(params)?;
+    let mut hash = state.hash();
+    if hash != manifest.genesis {
+        return Err(ChainError::Genesis {
+            expected: manifest.genesis,
+            found: hash,
+        });
+    }
+    let max_tokens = u64::from(manifest.inner_steps)
+        * u64::from(manifest.inner.batch_size)
+        * u64::from(manifest.model.context_len);
+    let (mut rounds, mut contributions, mut chain_tokens) = (0u64, 0u64, 0u64);
+    while let Some(record) = dir.record(rounds)? {
+        let bad = |what: String| ChainError::Record {
+            round: rounds,
+            what,
+        };
+        let (commit, applied) = record.verify().map_err(|e| bad(e.to_string()))?;
+        if commit.run != run {
+            return Err(bad("the commit is for another run".into()));
+        }
+        if commit.round != rounds {
+            return Err(bad(format!("the commit is for round {}", commit.round)));
+        }
+        if commit.base != hash {
+            return Err(bad(format!(
+                "the commit starts from {}, the chain is at {}",
+                commit.base, hash
+            )));
+        }
+        let mut payloads = Vec::with_capacity(applied.len());
+        for (c, signed) in applied.iter().zip(&record.contributions) {
+            check_contribution(&manifest, c, max_tokens).map_err(&bad)?;
+            let bytes = dir
+                .payload(&c.payload.hash)
+                .map_err(|e| bad(format!("payload {}: {e}", c.payload.hash)))?;
+            if bytes.len() as u64 != c.payload.len || Digest::of(&bytes) != c.payload.hash {
+                return Err(bad(format!(
+                    "payload {} of contribution {} does not match its hash or length",
+                    c.payload.hash,
+                    signed.id()
+                )));
+            }
+            payloads.push((signed.id(), c.tokens, bytes));
+        }
+        let inputs: Vec<StepInput<'_>> = payloads
+            .iter()
+            .map(|(id, tokens, bytes)| StepInput {
+                id: *id,
+                tokens: *tokens,
+                payload: bytes,
+            })
+            .collect();
+        state = state
+            .outer_step(&inputs, &manifest.outer)
+            .map_err(|e| bad(format!("outer step: {e}")))?;
+        hash = state.hash();
+        if hash != commit.result {
+            return Err(bad(format!(
+                "the outer step gives {hash}, the commit says {}",
+                commit.result
+            )));
+        }
+        chain_tokens += applied.iter().map(|c| c.tokens).sum::<u64>();
+        if commit.chain_tokens != chain_tokens {
+            return Err(bad(format!(
+                "the commit claims {} chain tokens, the records add up to {chain_tokens}",
+                commit.chain_tokens
+            )));
+        }
+        contributions += applied.len() as u64;
+        rounds += 1;
+    }
+    if let Some(head) = dir.head(params)? {
+        let found = head.hash();
+        if found != hash {
+            return Err(ChainError::Head {
+                expected: hash,
+                found,
+            });
+        }
+    }
+    Ok(Verified {
+        rounds,
+        contributions,
+        chain_tokens,
+        head: hash,
+    })
+}
+
+fn check_contribution(
+    manifest: &RunManifest,
+    c: &p2ptrain_protocol::Contribution,
+    max_tokens: u64,
+) -> Result<(), String> {
+    if !manifest.allows(&c.author) {
+        return Err(format!("author {} is not on the allow-list", c.author));
+    }
+    if c.compression != manifest.compression {
+        return Err(format!(
+            "contribution by {} uses other compression settings",
+            c.author
+        ));
+    }
+    if c.tokens == 0 || c.tokens > max_tokens {
+        return Err(format!(
+            "contribution by {} claims {} tokens",
+            c.author, c.tokens
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::ChainState;
+
+    #[test]
+    fn a_fresh_run_replays_to_its_genesis_and_a_wrong_genesis_is_refused() {
+        let root = std::env::temp_dir().join(format!("p2ptrain-verify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = DataDir::new(&root);
+        let genesis = ChainState::genesis(vec![0.25; 16]);
+        let manifest = RunManifest {
+            genesis: genesis.hash(),
+            ..RunManifest::default()
+        };
+        dir.write_manifest(&manifest).unwrap();
+        dir.write_genesis(&genesis).unwrap();
+        let verified = replay(&dir, 16).unwrap();
+        assert_eq!((verified.rounds, verified.head), (0, genesis.hash()));
+
+        dir.write_genesis(&ChainState::genesis(vec![0.5; 16]))
+            .unwrap();
+        assert!(matches!(replay(&dir, 16), Err(ChainError::Genesis { .. })));
+        assert!(matches!(
+            replay(&dir, 15),
+            Err(ChainError::StateLength {
+                expected: 120,
+                found: 128
+            })
+        ));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
