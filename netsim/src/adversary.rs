@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use p2ptrain_kernels::{compress, decompress_into, KernelError, Payload};
 use p2ptrain_protocol::{
-    CompressionSettings, Contribution, Digest, PayloadRef, PeerKey, Signed, SigningKey,
+    CodecError, CompressionSettings, Contribution, Digest, PayloadRef, PeerKey, Signed, SigningKey,
 };
 
 use crate::rng::Rng;
@@ -46,17 +46,28 @@ pub struct Context<'a> {
     pub factor: f32,
 }
 
+/// Why an attack could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CraftError {
+    /// Compressing the forged update failed.
+    #[error("kernels: {0}")]
+    Kernel(#[from] KernelError),
+    /// Encoding the forged payload or contribution failed.
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+}
+
 /// Builds the attack of `kind`; `None` when it has nothing to send (a replay
 /// before anything was applied).
 ///
 /// # Errors
 ///
-/// [`KernelError`] if compressing the forged update fails.
+/// [`CraftError`] if compressing or encoding the forgery fails.
 pub fn craft(
     kind: AttackKind,
     cx: &Context<'_>,
     rng: &mut Rng,
-) -> Result<Option<Attack>, KernelError> {
+) -> Result<Option<Attack>, CraftError> {
     let honest = honest_dense(cx)?;
     let attack = match kind {
         AttackKind::Replay => {
@@ -66,7 +77,7 @@ pub fn craft(
             }))
         }
         AttackKind::BadSignature => {
-            let (signed, payload) = sign(cx, cx.base, encode(&honest, cx)?);
+            let (signed, payload) = sign(cx, cx.base, encode(&honest, cx)?)?;
             let mut signature = *signed.signature();
             signature[0] ^= 0x5a;
             let forged = Signed::from_parts(signed.body().to_vec(), signed.signer(), signature);
@@ -79,7 +90,7 @@ pub fn craft(
             let mut bytes = encode(&honest, cx)?;
             let at = first_scale_offset(cx.len, &cx.settings);
             bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-            let (contribution, payload) = sign(cx, cx.base, bytes);
+            let (contribution, payload) = sign(cx, cx.base, bytes)?;
             Attack {
                 contribution,
                 payload: Some(payload),
@@ -87,7 +98,7 @@ pub fn craft(
         }
         AttackKind::Scaled => {
             let scaled: Vec<f32> = honest.iter().map(|v| v * cx.factor).collect();
-            let (contribution, payload) = sign(cx, cx.base, encode(&scaled, cx)?);
+            let (contribution, payload) = sign(cx, cx.base, encode(&scaled, cx)?)?;
             Attack {
                 contribution,
                 payload: Some(payload),
@@ -95,14 +106,14 @@ pub fn craft(
         }
         AttackKind::WrongBase => {
             let base = Digest::of(&rng.next_u64().to_le_bytes());
-            let (contribution, payload) = sign(cx, base, encode(&honest, cx)?);
+            let (contribution, payload) = sign(cx, base, encode(&honest, cx)?)?;
             Attack {
                 contribution,
                 payload: Some(payload),
             }
         }
         AttackKind::WithholdPayload => {
-            let (contribution, _) = sign(cx, cx.base, encode(&honest, cx)?);
+            let (contribution, _) = sign(cx, cx.base, encode(&honest, cx)?)?;
             Attack {
                 contribution,
                 payload: None,
@@ -118,7 +129,7 @@ pub fn craft(
                 let s = (target / got) as f32;
                 noise.iter_mut().for_each(|v| *v *= s);
             }
-            let (contribution, payload) = sign(cx, cx.base, encode(&noise, cx)?);
+            let (contribution, payload) = sign(cx, cx.base, encode(&noise, cx)?)?;
             Attack {
                 contribution,
                 payload: Some(payload),
@@ -141,9 +152,9 @@ fn honest_dense(cx: &Context<'_>) -> Result<Vec<f32>, KernelError> {
     Ok(dense)
 }
 
-fn encode(dense: &[f32], cx: &Context<'_>) -> Result<Vec<u8>, KernelError> {
+fn encode(dense: &[f32], cx: &Context<'_>) -> Result<Vec<u8>, CraftError> {
     let payload = compress(dense, &mut vec![0.0; dense.len()], &cx.settings)?;
-    Ok(payload.encode().unwrap_or_default())
+    Ok(payload.encode()?)
 }
 
 /// `dense` after a round trip through compression.
@@ -161,7 +172,11 @@ fn norm(v: &[f32]) -> f64 {
         .sqrt()
 }
 
-fn sign(cx: &Context<'_>, base: Digest, bytes: Vec<u8>) -> (Signed<Contribution>, Arc<[u8]>) {
+fn sign(
+    cx: &Context<'_>,
+    base: Digest,
+    bytes: Vec<u8>,
+) -> Result<(Signed<Contribution>, Arc<[u8]>), CodecError> {
     let contribution = Contribution {
         run: cx.run,
         round: cx.round,
@@ -174,8 +189,8 @@ fn sign(cx: &Context<'_>, base: Digest, bytes: Vec<u8>) -> (Signed<Contribution>
         },
         compression: cx.settings,
     };
-    let signed = Signed::sign(&contribution, cx.key).expect("a contribution always encodes");
-    (signed, Arc::from(bytes))
+    let signed = Signed::sign(&contribution, cx.key)?;
+    Ok((signed, Arc::from(bytes)))
 }
 
 /// Bytes of bincode's variable-length integer encoding of `v`.

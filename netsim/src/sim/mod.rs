@@ -43,6 +43,9 @@ pub enum SimError {
     /// Encoding failed.
     #[error("codec: {0}")]
     Codec(#[from] p2ptrain_protocol::CodecError),
+    /// A malicious contribution could not be built.
+    #[error("adversary: {0}")]
+    Craft(#[from] crate::adversary::CraftError),
     /// The data directory asked for cannot be written.
     #[error("recording the chain: {0}")]
     Record(#[from] p2ptrain_node::chain::ChainError),
