@@ -11,6 +11,7 @@
 //! - [`engine`] — the sans-IO round engine: a round's protocol as a
 //!   deterministic state machine, driven by `p2pnode` and `netsim` alike.
 //! - [`keyfile`] — create, save and load a node's identity key.
+//! - [`net`] — the libp2p identity, protocols and swarm.
 //!
 //! # Example
 //!
@@ -31,3 +32,4 @@
 pub mod chain;
 pub mod engine;
 pub mod keyfile;
+pub mod net;

@@ -1,0 +1,144 @@
+//! The protocols a node speaks, and the swarm that runs them.
+
+use std::time::Duration;
+
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux, Swarm};
+use p2ptrain_protocol::{Digest, SigningKey};
+
+use super::codec::{FetchCodec, FETCH_PROTOCOL};
+
+/// Why a swarm cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The node key cannot serve as a libp2p identity.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// A transport could not be set up.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// A behaviour could not be set up.
+    #[error("behaviour: {0}")]
+    Behaviour(String),
+}
+
+/// How to build a node's swarm.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Largest gossip message: twice the largest announcement or commit
+    /// (gossipsub drops large messages in bursts below that).
+    pub max_gossip: usize,
+    /// How long a fetch may take.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            mdns: true,
+            max_gossip: 2 << 20,
+            fetch_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Everything a node speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Announcements and commits.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Payloads and checkpoints.
+    pub fetch: request_response::Behaviour<FetchCodec>,
+    /// Who is this peer, and where.
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// Peer routing from bootstrap addresses.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Peers on the LAN.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The gossip topics of one run.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Contribution announcements.
+    pub announce: gossipsub::IdentTopic,
+    /// Commits.
+    pub commit: gossipsub::IdentTopic,
+}
+
+/// The topics of run `run`: `/p2ptrain/<run id>/announce` and `.../commit`.
+pub fn topics(run: &Digest) -> Topics {
+    Topics {
+        announce: gossipsub::IdentTopic::new(format!("/p2ptrain/{run}/announce")),
+        commit: gossipsub::IdentTopic::new(format!("/p2ptrain/{run}/commit")),
+    }
+}
+
+/// A tokio swarm over TCP (noise, yamux) and QUIC with every behaviour,
+/// identified by `key`.
+///
+/// # Errors
+///
+/// [`NetError`] if a transport or behaviour cannot be set up.
+pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let keypair = super::keypair(key)?;
+    let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_behaviour(|key| behaviour(key, config))
+        .map_err(|e| NetError::Behaviour(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build();
+    Ok(swarm)
+}
+
+fn behaviour(
+    key: &libp2p::identity::Keypair,
+    config: &NetConfig,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer = key.public().to_peer_id();
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .max_transmit_size(config.max_gossip)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )?;
+    let fetch = request_response::Behaviour::with_codec(
+        FetchCodec,
+        [(FETCH_PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(config.fetch_timeout),
+    );
+    let identify = identify::Behaviour::new(identify::Config::new(
+        "/p2ptrain/1.0.0".to_owned(),
+        key.public(),
+    ));
+    let kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+    let mdns = if config.mdns {
+        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        gossipsub,
+        fetch,
+        identify,
+        ping: ping::Behaviour::default(),
+        kad,
+        mdns: mdns.into(),
+    })
+}

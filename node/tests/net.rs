@@ -1,0 +1,91 @@
+//! Two swarms on loopback: an announcement crosses gossipsub, and the
+//! payload it names comes back over `/p2ptrain/fetch/1`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub;
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
+use p2ptrain_node::net::{build_swarm, peer_key, topics, BehaviourEvent, NetConfig};
+use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
+
+#[tokio::test]
+async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
+    let config = NetConfig {
+        mdns: false,
+        ..NetConfig::default()
+    };
+    let (key_a, key_b) = (
+        SigningKey::from_bytes(&[1; 32]),
+        SigningKey::from_bytes(&[2; 32]),
+    );
+    let mut a = build_swarm(&key_a, &config).unwrap();
+    let mut b = build_swarm(&key_b, &config).unwrap();
+    assert_eq!(peer_key(a.local_peer_id()), Some(PeerKey::from(&key_a)));
+    let topics = topics(&Digest::of(b"run"));
+    a.behaviour_mut()
+        .gossipsub
+        .subscribe(&topics.announce)
+        .unwrap();
+    b.behaviour_mut()
+        .gossipsub
+        .subscribe(&topics.announce)
+        .unwrap();
+    a.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+
+    let payload = vec![7u8; 3 << 20];
+    let id = Digest::of(b"a contribution");
+    let announcement = id.as_bytes().to_vec();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                event = a.select_next_some() => match event {
+                    SwarmEvent::NewListenAddr { address, .. } => b.dial(address).unwrap(),
+                    SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                        propagation_source, message, ..
+                    })) => {
+                        assert_eq!(message.data, announcement);
+                        let wanted = Digest::from_bytes(message.data[..32].try_into().unwrap());
+                        a.behaviour_mut()
+                            .fetch
+                            .send_request(&propagation_source, FetchRequest::Payload(wanted));
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
+                        message: Message::Response { response, .. }, ..
+                    })) => return response,
+                    _ => {}
+                },
+                event = b.select_next_some() => match event {
+                    SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                        topic, ..
+                    })) if topic == topics.announce.hash() => {
+                        b.behaviour_mut()
+                            .gossipsub
+                            .publish(topics.announce.clone(), announcement.clone())
+                            .unwrap();
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
+                        message: Message::Request { request, channel, .. }, ..
+                    })) => {
+                        assert_eq!(request, FetchRequest::Payload(id));
+                        let found = FetchResponse::Found { header: vec![1, 2], body: payload.clone() };
+                        b.behaviour_mut().fetch.send_response(channel, found).unwrap();
+                    }
+                    _ => {}
+                },
+            }
+        }
+    })
+    .await
+    .expect("the exchange finishes within a minute");
+    assert_eq!(
+        outcome,
+        FetchResponse::Found {
+            header: vec![1, 2],
+            body: payload
+        }
+    );
+}
