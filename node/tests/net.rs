@@ -89,3 +89,51 @@ async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
         }
     );
 }
+
+fn psk(byte: u8) -> libp2p::pnet::PreSharedKey {
+    libp2p::pnet::PreSharedKey::new([byte; 32])
+}
+
+#[tokio::test]
+async fn a_node_with_another_pre_shared_key_cannot_connect() {
+    let private = |byte| NetConfig {
+        mdns: false,
+        psk: Some(psk(byte)),
+        ..NetConfig::default()
+    };
+    let mut host = build_swarm(&SigningKey::from_bytes(&[1; 32]), &private(7)).unwrap();
+    let mut member = build_swarm(&SigningKey::from_bytes(&[2; 32]), &private(7)).unwrap();
+    let mut outsider = build_swarm(&SigningKey::from_bytes(&[3; 32]), &private(8)).unwrap();
+    host.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let outsider_id = *outsider.local_peer_id();
+    let (mut member_in, mut outsider_refused) = (false, false);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !(member_in && outsider_refused) {
+            tokio::select! {
+                event = host.select_next_some() => match event {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        member.dial(address.clone()).unwrap();
+                        outsider.dial(address).unwrap();
+                    }
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                        assert_ne!(peer_id, outsider_id, "the outsider got in");
+                    }
+                    _ => {}
+                },
+                event = member.select_next_some() => {
+                    if let SwarmEvent::ConnectionEstablished { .. } = event {
+                        member_in = true;
+                    }
+                }
+                event = outsider.select_next_some() => match event {
+                    SwarmEvent::OutgoingConnectionError { .. } => outsider_refused = true,
+                    SwarmEvent::ConnectionEstablished { .. } => panic!("the outsider connected"),
+                    _ => {}
+                },
+            }
+        }
+    })
+    .await
+    .expect("both dials end within a minute");
+}

@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::Version;
+use libp2p::core::Transport as _;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux, Swarm};
@@ -33,6 +38,10 @@ pub struct NetConfig {
     pub max_gossip: usize,
     /// How long a fetch may take.
     pub fetch_timeout: Duration,
+    /// A private swarm's pre-shared key: every connection is then TCP
+    /// wrapped in libp2p pnet (QUIC cannot carry it), and peers without the
+    /// key cannot connect.
+    pub psk: Option<PreSharedKey>,
 }
 
 impl Default for NetConfig {
@@ -41,6 +50,7 @@ impl Default for NetConfig {
             mdns: true,
             max_gossip: 2 << 20,
             fetch_timeout: Duration::from_secs(120),
+            psk: None,
         }
     }
 }
@@ -79,8 +89,8 @@ pub fn topics(run: &Digest) -> Topics {
     }
 }
 
-/// A tokio swarm over TCP (noise, yamux) and QUIC with every behaviour,
-/// identified by `key`.
+/// A tokio swarm identified by `key` with every behaviour: over TCP (noise,
+/// yamux) and QUIC, or, with a pre-shared key, over TCP inside pnet only.
 ///
 /// # Errors
 ///
@@ -88,20 +98,50 @@ pub fn topics(run: &Digest) -> Topics {
 pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let keypair = super::keypair(key)?;
     let transport = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| transport(&e))?
-        .with_quic()
-        .with_behaviour(|key| behaviour(key, config))
-        .map_err(|e| NetError::Behaviour(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-        .build();
+    let behaviour_error = |e: &dyn std::fmt::Display| NetError::Behaviour(e.to_string());
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(600));
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let swarm = match config.psk {
+        None => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport(&e))?
+            .with_quic()
+            .with_behaviour(|key| behaviour(key, config))
+            .map_err(|e| behaviour_error(&e))?
+            .with_swarm_config(idle)
+            .build(),
+        Some(psk) => builder
+            .with_other_transport(|key| private_tcp(key, psk))
+            .map_err(|e| transport(&e))?
+            .with_behaviour(|key| behaviour(key, config))
+            .map_err(|e| behaviour_error(&e))?
+            .with_swarm_config(idle)
+            .build(),
+    };
     Ok(swarm)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// TCP, then the pnet handshake with `psk`, then noise and yamux.
+fn private_tcp(
+    key: &libp2p::identity::Keypair,
+    psk: PreSharedKey,
+) -> Result<Boxed<(libp2p::PeerId, StreamMuxerBox)>, BoxError> {
+    let noise = noise::Config::new(key)?;
+    Ok(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    )
 }
 
 fn behaviour(
