@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use p2ptrain_node::chain::{self, ChainState, DataDir};
-use p2ptrain_node::keyfile;
+use p2ptrain_node::{keyfile, net};
 use p2ptrain_protocol::{PeerKey, RunManifest};
 use p2ptrain_trainer::ParamLayout;
 
@@ -33,6 +33,14 @@ enum Command {
         /// The key file.
         #[arg(long, default_value = "node.key")]
         key: PathBuf,
+    },
+    /// Create the pre-shared key of a private swarm (the swarm.key format
+    /// of IPFS and go-libp2p). Give the file to every member; `--psk FILE`
+    /// then keeps everyone else out.
+    SwarmKey {
+        /// Where to write it (never overwrites).
+        #[arg(long, default_value = "swarm.key")]
+        out: PathBuf,
     },
     /// Start a new run in a data directory: write the run manifest (the
     /// bundled defaults: tiny model, H = 50, top-1% 8-bit compression) and
@@ -75,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             let key = keyfile::load(&key)?;
             println!("{}", PeerKey::from(&key));
         }
+        Command::SwarmKey { out } => swarm_key(&out)?,
         Command::Init { dir, seed } => init(&DataDir::new(dir), seed)?,
         Command::Verify { dir } => verify(&DataDir::new(dir))?,
         Command::History { dir, json } => history(&DataDir::new(dir), json)?,
@@ -85,6 +94,22 @@ fn main() -> anyhow::Result<()> {
 /// Entries of the flat parameter buffer of `manifest`'s model.
 fn params_of(manifest: &RunManifest) -> usize {
     ParamLayout::gpt2(&manifest.model).len()
+}
+
+fn swarm_key(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut key = [0u8; 32];
+    getrandom::getrandom(&mut key)
+        .map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+    file.write_all(net::access::psk_file(&key).as_bytes())?;
+    file.sync_all()?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
 }
 
 fn init(dir: &DataDir, seed: u64) -> anyhow::Result<()> {

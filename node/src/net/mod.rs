@@ -10,6 +10,7 @@
 //!   libp2p peer can connect, identify, ping and read the announcements;
 //!   mDNS finds peers on a LAN.
 
+pub mod access;
 pub mod codec;
 mod swarm;
 
