@@ -12,6 +12,7 @@
 //!   deterministic state machine, driven by `p2pnode` and `netsim` alike.
 //! - [`keyfile`] — create, save and load a node's identity key.
 //! - [`net`] — the libp2p identity, protocols and swarm.
+//! - [`swarm_loop`] — the event loop of a running node: swarm and engine.
 //!
 //! # Example
 //!
@@ -33,3 +34,4 @@ pub mod chain;
 pub mod engine;
 pub mod keyfile;
 pub mod net;
+pub mod swarm_loop;

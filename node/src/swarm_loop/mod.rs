@@ -1,0 +1,454 @@
+//! The event loop of a running node: it owns the libp2p swarm, drives the
+//! round engine with what the network says, and carries out what the engine
+//! asks — train, announce, fetch, apply, commit, record. Everything else
+//! talks to it through bounded channels ([`Command`] in, [`NodeEvent`] out).
+
+mod replica;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, Message, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, mdns, Multiaddr, Swarm};
+use p2ptrain_protocol::{codec, Commit, Contribution, Digest, RunManifest, Signed, SigningKey};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::chain::{ChainError, ChainState, DataDir, StepInput};
+use crate::engine::{Engine, EngineConfig, EngineError, Head, Input, Millis, Output, RejectReason};
+use crate::net::codec::{FetchRequest, FetchResponse};
+use crate::net::{
+    build_swarm, peer_id, peer_key, topics, Behaviour, BehaviourEvent, NetConfig, NetError, Topics,
+};
+pub use replica::{Replica, ReplicaError};
+
+/// Why a node stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The network could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The engine refused to start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The data directory failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// Training failed.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    /// An address could not be listened on or dialed.
+    #[error("address {0}: {1}")]
+    Address(Multiaddr, String),
+}
+
+/// What the node's owner may ask.
+#[derive(Debug)]
+pub enum Command {
+    /// Connect to a peer.
+    Dial(Multiaddr),
+    /// Stop after the current event.
+    Shutdown,
+}
+
+/// What the node reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// Listening on an address.
+    Listening(Multiaddr),
+    /// A round ended on this checkpoint.
+    Finalized {
+        /// The round.
+        round: u64,
+        /// The checkpoint it produced.
+        checkpoint: Digest,
+        /// Contributions applied.
+        contributions: usize,
+    },
+    /// A contribution was dropped.
+    Rejected(RejectReason),
+}
+
+/// Everything a node needs to run.
+pub struct NodeSetup {
+    /// Its data directory (manifest and genesis written by `init`).
+    pub data: DataDir,
+    /// Its key.
+    pub key: SigningKey,
+    /// Network settings.
+    pub net: NetConfig,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Its training data (one token per byte).
+    pub tokens: Vec<u8>,
+}
+
+/// A running node. See the module docs.
+pub struct Node {
+    swarm: Swarm<Behaviour>,
+    engine: Engine,
+    topics: Topics,
+    data: DataDir,
+    manifest: RunManifest,
+    state: ChainState,
+    tentative: HashMap<Digest, ChainState>,
+    replica: Option<Replica>,
+    trained_tx: mpsc::Sender<(Replica, Result<crate::engine::LocalUpdate, ReplicaError>)>,
+    trained_rx: mpsc::Receiver<(Replica, Result<crate::engine::LocalUpdate, ReplicaError>)>,
+    fetches: HashMap<OutboundRequestId, Digest>,
+    checkpoints: HashMap<OutboundRequestId, Head>,
+    events: mpsc::Sender<NodeEvent>,
+    epoch: Instant,
+}
+
+impl Node {
+    /// Sets a node up from its data directory (starting from genesis).
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError`] if the directory, the network or the model cannot be
+    /// set up.
+    pub fn new(setup: NodeSetup, events: mpsc::Sender<NodeEvent>) -> Result<Self, NodeError> {
+        let manifest = setup.data.manifest()?;
+        let params = p2ptrain_trainer::ParamLayout::gpt2(&manifest.model).len();
+        let state = setup.data.genesis(params)?;
+        let mut swarm = build_swarm(&setup.key, &setup.net)?;
+        let run = manifest.id().map_err(ChainError::from)?;
+        let topics = topics(&run);
+        for topic in [&topics.announce, &topics.commit] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(topic)
+                .map_err(|e| NetError::Behaviour(e.to_string()))?;
+        }
+        for address in &setup.listen {
+            swarm
+                .listen_on(address.clone())
+                .map_err(|e| NodeError::Address(address.clone(), e.to_string()))?;
+        }
+        let seed = u64::from_le_bytes(setup.key.to_bytes()[..8].try_into().unwrap_or([0; 8]));
+        let replica = Replica::new(
+            &manifest,
+            state.params.clone(),
+            setup.tokens,
+            seed,
+            1_000 * u64::from(manifest.inner_steps),
+        )?;
+        let engine = Engine::new(EngineConfig::new(manifest.clone(), setup.key, params))?;
+        let (trained_tx, trained_rx) = mpsc::channel(1);
+        Ok(Self {
+            swarm,
+            engine,
+            topics,
+            data: setup.data,
+            manifest,
+            state,
+            tentative: HashMap::new(),
+            replica: Some(replica),
+            trained_tx,
+            trained_rx,
+            fetches: HashMap::new(),
+            checkpoints: HashMap::new(),
+            events,
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
+
+    /// Runs until [`Command::Shutdown`] or the command channel closes.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError`] when training or the data directory fails.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), NodeError> {
+        let outputs = self.engine.start(self.now());
+        self.carry_out(outputs).await?;
+        loop {
+            let wake = self
+                .engine
+                .next_wake()
+                .map(|ms| self.epoch + Duration::from_millis(ms))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Dial(address)) => {
+                        self.swarm
+                            .dial(address.clone())
+                            .map_err(|e| NodeError::Address(address, e.to_string()))?;
+                    }
+                    Some(Command::Shutdown) | None => return Ok(()),
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event).await?,
+                Some((replica, update)) = self.trained_rx.recv() => {
+                    self.replica = Some(replica);
+                    self.feed(Input::Trained(update?)).await?;
+                }
+                () = tokio::time::sleep_until(wake) => self.feed(Input::Tick).await?,
+            }
+        }
+    }
+
+    async fn feed(&mut self, input: Input) -> Result<(), NodeError> {
+        let outputs = self.engine.handle(self.now(), input);
+        self.carry_out(outputs).await
+    }
+
+    async fn carry_out(&mut self, outputs: Vec<Output>) -> Result<(), NodeError> {
+        let mut work: std::collections::VecDeque<Output> = outputs.into();
+        while let Some(output) = work.pop_front() {
+            if let Some(input) = self.output(output).await? {
+                work.extend(self.engine.handle(self.now(), input));
+            }
+        }
+        Ok(())
+    }
+
+    async fn output(&mut self, output: Output) -> Result<Option<Input>, NodeError> {
+        match output {
+            Output::StartTraining { .. } => {
+                if let Some(mut replica) = self.replica.take() {
+                    let start = self.state.params.clone();
+                    let tx = self.trained_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let update = replica.session(&start);
+                        let _ = tx.blocking_send((replica, update));
+                    });
+                }
+            }
+            Output::Announce(signed) => self.publish(&self.topics.announce.clone(), &signed),
+            Output::PublishCommit(signed) => self.publish(&self.topics.commit.clone(), &signed),
+            Output::Fetch { id, from } => {
+                if let Some(peer) = peer_id(&from) {
+                    let request = self
+                        .swarm
+                        .behaviour_mut()
+                        .fetch
+                        .send_request(&peer, FetchRequest::Payload(id));
+                    self.fetches.insert(request, id);
+                } else {
+                    return Ok(Some(Input::FetchFailed { id }));
+                }
+            }
+            Output::ApplyOuterStep {
+                round,
+                contributions,
+                ..
+            } => {
+                let inputs: Vec<StepInput<'_>> = contributions
+                    .iter()
+                    .map(|c| StepInput {
+                        id: c.id,
+                        tokens: c.tokens,
+                        payload: &c.payload,
+                    })
+                    .collect();
+                let next = self.state.outer_step(&inputs, &self.manifest.outer)?;
+                let result = next.hash();
+                self.tentative.insert(result, next);
+                return Ok(Some(Input::Applied { round, result }));
+            }
+            Output::Finalized { record, head } => {
+                for signed in &record.contributions {
+                    if let Some((_, bytes)) = self.engine.payload(&signed.id()) {
+                        self.data.write_payload(&bytes)?;
+                    }
+                }
+                self.data.write_record(head.round - 1, &record)?;
+                if let Some(next) = self.tentative.remove(&head.base) {
+                    self.state = next;
+                }
+                self.tentative.clear();
+                self.data.write_head(&self.state)?;
+                let _ = self
+                    .events
+                    .send(NodeEvent::Finalized {
+                        round: head.round - 1,
+                        checkpoint: head.base,
+                        contributions: record.contributions.len(),
+                    })
+                    .await;
+            }
+            Output::ReturnToResidual { payload } => {
+                if let Some(replica) = self.replica.as_mut() {
+                    replica.return_to_residual(&payload)?;
+                }
+            }
+            Output::RequestCheckpoint { head, from } => {
+                if let Some(peer) = peer_id(&from) {
+                    let request = self
+                        .swarm
+                        .behaviour_mut()
+                        .fetch
+                        .send_request(&peer, FetchRequest::Checkpoint(head.base));
+                    self.checkpoints.insert(request, head);
+                }
+            }
+            Output::Rejected { reason, .. } => {
+                let _ = self.events.send(NodeEvent::Rejected(reason)).await;
+            }
+        }
+        Ok(None)
+    }
+
+    fn publish<T: codec::Message>(&mut self, topic: &gossipsub::IdentTopic, value: &T) {
+        if let Ok(bytes) = codec::encode(value) {
+            // No peer subscribed yet is not an error: the round's deadline
+            // and the commits carry on without this message.
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(topic.clone(), bytes);
+        }
+    }
+
+    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let _ = self.events.send(NodeEvent::Listening(address)).await;
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                if let Some(key) = peer_key(&peer_id) {
+                    self.feed(Input::PeerSeen(key)).await?;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if let Some(key) = peer_key(&peer_id) {
+                    self.feed(Input::PeerGone(key)).await?;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (_, address) in found {
+                    let _ = self.swarm.dial(address);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                if message.topic == self.topics.announce.hash() {
+                    if let Ok(signed) = codec::decode::<Signed<Contribution>>(&message.data) {
+                        self.feed(Input::Announced(signed)).await?;
+                    }
+                } else if message.topic == self.topics.commit.hash() {
+                    if let Ok(signed) = codec::decode::<Signed<Commit>>(&message.data) {
+                        self.feed(Input::CommitReceived(signed)).await?;
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_fetch(
+        &mut self,
+        event: request_response::Event<FetchRequest, FetchResponse>,
+    ) -> Result<(), NodeError> {
+        match event {
+            request_response::Event::Message {
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = self.serve(request);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .fetch
+                    .send_response(channel, response);
+            }
+            request_response::Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(id) = self.fetches.remove(&request_id) {
+                    let input = match response {
+                        FetchResponse::Found { header, body } => match codec::decode(&header) {
+                            Ok(contribution) => Input::PayloadArrived {
+                                contribution,
+                                bytes: Arc::from(body),
+                            },
+                            Err(_) => Input::FetchFailed { id },
+                        },
+                        FetchResponse::Missing => Input::FetchFailed { id },
+                    };
+                    self.feed(input).await?;
+                } else if let Some(head) = self.checkpoints.remove(&request_id) {
+                    self.adopt(head, response).await?;
+                }
+            }
+            request_response::Event::OutboundFailure { request_id, .. } => {
+                if let Some(id) = self.fetches.remove(&request_id) {
+                    self.feed(Input::FetchFailed { id }).await?;
+                }
+                self.checkpoints.remove(&request_id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn serve(&self, request: FetchRequest) -> FetchResponse {
+        match request {
+            FetchRequest::Payload(id) => match self.engine.payload(&id) {
+                Some((signed, bytes)) => match codec::encode(&signed) {
+                    Ok(header) => FetchResponse::Found {
+                        header,
+                        body: bytes.to_vec(),
+                    },
+                    Err(_) => FetchResponse::Missing,
+                },
+                None => FetchResponse::Missing,
+            },
+            FetchRequest::Checkpoint(hash) => {
+                let state = if self.state.hash() == hash {
+                    Some(&self.state)
+                } else {
+                    self.tentative.get(&hash)
+                };
+                match state {
+                    Some(state) => FetchResponse::Found {
+                        header: Vec::new(),
+                        body: state.to_bytes(),
+                    },
+                    None => FetchResponse::Missing,
+                }
+            }
+        }
+    }
+
+    /// Takes a fetched checkpoint if it hashes to what the commit named.
+    async fn adopt(&mut self, head: Head, response: FetchResponse) -> Result<(), NodeError> {
+        let FetchResponse::Found { body, .. } = response else {
+            return Ok(());
+        };
+        let Ok(state) = ChainState::from_bytes(&body, self.state.params.len()) else {
+            return Ok(());
+        };
+        if state.hash() != head.base {
+            return Ok(());
+        }
+        self.state = state;
+        self.data.write_head(&self.state)?;
+        self.feed(Input::CheckpointAdopted(head)).await
+    }
+}
