@@ -1,5 +1,7 @@
 //! `p2pnode`: run a p2ptrain peer.
 
+mod join;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -42,6 +44,9 @@ enum Command {
         #[arg(long, default_value = "swarm.key")]
         out: PathBuf,
     },
+    /// Run a node: train on local data, exchange compressed updates with the
+    /// swarm, and keep the chain of rounds in the data directory.
+    Join(join::JoinArgs),
     /// Start a new run in a data directory: write the run manifest (the
     /// bundled defaults: tiny model, H = 50, top-1% 8-bit compression) and
     /// its genesis checkpoint, initialized from --seed.
@@ -73,6 +78,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Join(args) => tokio::runtime::Runtime::new()?.block_on(join::join(args))?,
         Command::Keygen { out } => {
             let key = keyfile::generate()?;
             keyfile::save(&out, &key).context("writing the new key")?;
