@@ -89,14 +89,7 @@ impl Store {
             return Ok(*result);
         }
         let start = self.get(base).ok_or(ModelError::MissingBase(*base))?;
-        let inputs: Vec<StepInput<'_>> = contributions
-            .iter()
-            .map(|c| StepInput {
-                id: c.id,
-                tokens: c.tokens,
-                payload: &c.payload,
-            })
-            .collect();
+        let inputs: Vec<StepInput<'_>> = contributions.iter().map(StepInput::from).collect();
         let next = start.outer_step(&inputs, &self.outer)?;
         let hash = next.hash();
         self.checkpoints

@@ -42,6 +42,16 @@ pub struct StepInput<'a> {
     pub payload: &'a [u8],
 }
 
+impl<'a> From<&'a crate::engine::Accepted> for StepInput<'a> {
+    fn from(accepted: &'a crate::engine::Accepted) -> Self {
+        Self {
+            id: accepted.id,
+            tokens: accepted.tokens,
+            payload: &accepted.payload,
+        }
+    }
+}
+
 impl ChainState {
     /// Round 0: `params` and zero momentum.
     pub fn genesis(params: Vec<f32>) -> Self {

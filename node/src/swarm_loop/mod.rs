@@ -241,14 +241,8 @@ impl Node {
                 contributions,
                 ..
             } => {
-                let inputs: Vec<StepInput<'_>> = contributions
-                    .iter()
-                    .map(|c| StepInput {
-                        id: c.id,
-                        tokens: c.tokens,
-                        payload: &c.payload,
-                    })
-                    .collect();
+                let inputs: Vec<StepInput<'_>> =
+                    contributions.iter().map(StepInput::from).collect();
                 let next = self.state.outer_step(&inputs, &self.manifest.outer)?;
                 let result = next.hash();
                 self.tentative.insert(result, next);
