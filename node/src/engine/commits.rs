@@ -14,7 +14,7 @@ impl<C: Checker> Engine<C> {
         };
         let committer = commit.committer;
         if commit.run != self.run
-            || !self.config.manifest.allows(&committer)
+            || !self.config.allows(&committer)
             || self.banned.contains(&committer)
         {
             return;

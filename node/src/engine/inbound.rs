@@ -129,7 +129,7 @@ impl<C: Checker> Engine<C> {
     pub(super) fn header_fault(&self, c: &Contribution) -> Option<RejectReason> {
         if c.run != self.run {
             Some(RejectReason::WrongRun)
-        } else if !self.config.manifest.allows(&c.author) || self.banned.contains(&c.author) {
+        } else if !self.config.allows(&c.author) || self.banned.contains(&c.author) {
             Some(RejectReason::NotAllowed)
         } else if c.compression != self.config.manifest.compression {
             Some(RejectReason::SettingsMismatch)

@@ -1,6 +1,7 @@
 //! What the engine is given and what it asks for: its settings, the head
 //! of its chain, inputs and outputs.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use p2ptrain_protocol::codec::CodecError;
@@ -25,6 +26,10 @@ pub struct EngineConfig {
     /// announced, overlapping communication with compute (the host shifts
     /// its replica when the outer step lands).
     pub overlap: bool,
+    /// This peer's own allow-list (`p2pnode join --allow`), on top of the
+    /// run's: when present, contributions and commits signed by any other
+    /// key are dropped and such peers are not counted as members.
+    pub allow_list: Option<BTreeSet<PeerKey>>,
 }
 
 impl EngineConfig {
@@ -41,7 +46,30 @@ impl EngineConfig {
             params,
             max_tokens,
             overlap: false,
+            allow_list: None,
         }
+    }
+
+    /// Whether `peer` may take part: on the run's allow-list and on this
+    /// peer's own, where either exists.
+    ///
+    /// ```
+    /// use p2ptrain_node::engine::EngineConfig;
+    /// use p2ptrain_protocol::{PeerKey, RunManifest, SigningKey};
+    ///
+    /// let me = SigningKey::from_bytes(&[1; 32]);
+    /// let other = PeerKey::from(&SigningKey::from_bytes(&[2; 32]));
+    /// let mut config = EngineConfig::new(RunManifest::default(), me.clone(), 4096);
+    /// assert!(config.allows(&other));
+    /// config.allow_list = Some([PeerKey::from(&me)].into());
+    /// assert!(!config.allows(&other));
+    /// ```
+    pub fn allows(&self, peer: &PeerKey) -> bool {
+        self.manifest.allows(peer)
+            && self
+                .allow_list
+                .as_ref()
+                .is_none_or(|allowed| allowed.contains(peer))
     }
 }
 
@@ -214,4 +242,7 @@ pub enum EngineError {
     /// This peer's key is not on the run's allow-list.
     #[error("this peer ({0}) is not on the run's allow-list")]
     NotAllowed(PeerKey),
+    /// This peer's key is not on the allow-list it was given.
+    #[error("this peer ({0}) is not on its own allow-list; add it, as every member's list must")]
+    NotOnOwnList(PeerKey),
 }

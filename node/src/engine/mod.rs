@@ -128,6 +128,9 @@ impl<C: Checker> Engine<C> {
         if !config.manifest.allows(&me) {
             return Err(EngineError::NotAllowed(me));
         }
+        if !config.allows(&me) {
+            return Err(EngineError::NotOnOwnList(me));
+        }
         Ok(Self {
             round: RoundState::new(head.round, head.base),
             config,
@@ -220,7 +223,7 @@ impl<C: Checker> Engine<C> {
         match input {
             Input::Tick => {}
             Input::PeerSeen(peer) => {
-                let allowed = self.config.manifest.allows(&peer) && !self.banned.contains(&peer);
+                let allowed = self.config.allows(&peer) && !self.banned.contains(&peer);
                 if peer != self.me && allowed && self.members.insert(peer) {
                     self.eligible = None;
                 }
@@ -277,5 +280,7 @@ fn set_digest(set: &IdSet) -> Digest {
     Digest::of(&bytes)
 }
 
+#[cfg(test)]
+mod allow_tests;
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,8 @@ pub enum RejectReason {
     WrongRun,
     /// For the current round but trained from another checkpoint.
     WrongBase,
-    /// The author is not on the run's allow-list, or was caught equivocating.
+    /// The author is not on the run's allow-list or this peer's own, or was
+    /// caught equivocating.
     NotAllowed,
     /// Compression settings or buffer length differ from the run manifest.
     SettingsMismatch,
