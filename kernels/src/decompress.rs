@@ -129,14 +129,16 @@ pub fn aggregate_into(inputs: &[AggregateInput<'_>], dense: &mut [f32]) -> Resul
 }
 
 /// A checked aggregation: the inputs in key order with normalized weights.
-struct Mean<'a> {
-    len: usize,
+pub(crate) struct Mean<'a> {
+    /// Entries in each payload's buffer.
+    pub len: usize,
     chunk_len: usize,
-    terms: Vec<(&'a Payload, Layout, f32)>,
+    /// Each payload with its layout and normalized weight, in key order.
+    pub terms: Vec<(&'a Payload, Layout, f32)>,
 }
 
 impl<'a> Mean<'a> {
-    fn of(inputs: &[AggregateInput<'a>]) -> Result<Self, KernelError> {
+    pub(crate) fn of(inputs: &[AggregateInput<'a>]) -> Result<Self, KernelError> {
         let mut sorted: Vec<&AggregateInput<'a>> = inputs.iter().collect();
         sorted.sort_unstable_by_key(|input| input.key);
         let first = sorted.first().ok_or(KernelError::NoInputs)?.payload;

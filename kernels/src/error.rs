@@ -49,4 +49,8 @@ pub enum KernelError {
         /// Its payload's chunk length.
         chunk_len: u32,
     },
+    /// The GPU or its driver failed (feature `cuda`): a launch, a copy or
+    /// the run-time compilation of the kernels.
+    #[error("GPU error: {0}")]
+    Device(String),
 }

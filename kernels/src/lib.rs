@@ -35,6 +35,8 @@
 //! - `quant` — per-chunk uniform quantization.
 //! - `pack` — LSB-first bit packing.
 //! - `error` — [`KernelError`].
+//! - `cuda` (feature `cuda`) — the same compress, decompress-into and
+//!   aggregate on an NVIDIA GPU, bit for bit; the crate's only CUDA code.
 //!
 //! # Example
 //!
@@ -72,6 +74,8 @@
 //! ```
 
 mod compress;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod decompress;
 mod error;
 mod layout;

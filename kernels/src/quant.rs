@@ -62,7 +62,7 @@ impl Quantizer {
 }
 
 /// `(2^bits − 1) / 2`, exactly.
-fn half(bits: ValueBits) -> f32 {
+pub(crate) fn half(bits: ValueBits) -> f32 {
     match bits {
         ValueBits::Two => 1.5,
         ValueBits::Four => 7.5,

@@ -192,7 +192,7 @@ impl Replica {
                 }
                 Ok(start
                     .iter()
-                    .zip(trainer.params())
+                    .zip(trainer.params()?.iter())
                     .map(|(s, t)| s - t)
                     .collect())
             }
@@ -298,7 +298,7 @@ pub fn baseline(
         trainer.step(&b.inputs, &b.targets)?;
     }
     let checkpoint = Checkpoint {
-        params: trainer.params().to_vec(),
+        params: trainer.params()?.to_vec(),
         momentum: Vec::new(),
     };
     evaluator.loss(checkpoint.hash(), &checkpoint)

@@ -145,7 +145,7 @@ fn diloco(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32, E
         .collect::<Result<Vec<_>, _>>()?;
     let context = workers[0].model().config().context_len as usize;
     let mut samplers = shard_samplers(corpus, setup.workers)?;
-    let mut global = workers[0].params().to_vec();
+    let mut global = workers[0].params()?.to_vec();
     let n = global.len();
     let mut outer = OuterNesterov::new(setup.outer_lr, setup.outer_momentum, n);
     let mut residuals = vec![vec![0.0f32; n]; setup.workers];
@@ -166,7 +166,7 @@ fn diloco(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32, E
                 let b = sampler.next_batch(setup.batch as usize, context)?;
                 worker.step(&b.inputs, &b.targets)?;
             }
-            deltas.push(pseudo_gradient(&global, worker.params())?);
+            deltas.push(pseudo_gradient(&global, &worker.params()?)?);
         }
         let (mean, bits) = match &setup.compression {
             None => {

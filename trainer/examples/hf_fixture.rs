@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let batch = sampler.next_batch(8, 32)?;
         trainer.step(&batch.inputs, &batch.targets)?;
     }
-    hf::export(dir.as_ref(), &config, trainer.params())?;
+    hf::export(dir.as_ref(), &config, &trainer.params()?)?;
     println!("wrote {dir}");
     Ok(())
 }

@@ -48,6 +48,9 @@ pub enum TrainerError {
         #[source]
         source: std::io::Error,
     },
+    /// Compressing or decompressing a pseudo-gradient failed.
+    #[error("compression failed: {0}")]
+    Compression(p2ptrain_kernels::KernelError),
     /// The loss or a gradient became NaN or infinite.
     #[error("training diverged: {0} is not finite")]
     NonFinite(&'static str),

@@ -24,7 +24,9 @@
 //!   Shakespeare), the split, per-peer shards, [`Sampler`]/[`Batch`], byte tokens.
 //! - [`checkpoint`] — atomic, checksummed safetensors checkpoints.
 //! - [`hf`] — export to and import from Hugging Face GPT-2 folders.
-//! - [`device`] — `cpu`, `cuda:N` or `auto`, chosen at run time.
+//! - [`device`] — `cpu`, `cuda:N` or `auto`, chosen at run time, and
+//!   [`ErrorFeedback`](device::ErrorFeedback): the residual and the
+//!   compression kernels on the model's device.
 //!
 //! # Example
 //!
@@ -62,6 +64,7 @@ pub mod hf;
 pub mod model;
 pub mod optim;
 pub mod params;
+mod tensor_adamw;
 pub mod train;
 
 pub use config::Preset;

@@ -77,15 +77,17 @@ impl AdamW {
 
     /// The learning rate of step `step` (from 0).
     pub fn lr_at(&self, step: u64) -> f32 {
-        let peak = f64::from(self.settings.lr);
-        let warmup = u64::from(self.settings.warmup_steps);
-        if step < warmup {
-            return (peak * (step + 1) as f64 / warmup as f64) as f32;
-        }
-        let span = self.total_steps.saturating_sub(warmup).max(1);
-        let progress = ((step - warmup) as f64 / span as f64).min(1.0);
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        (peak * (0.1 + 0.9 * cosine)) as f32
+        scheduled_lr(&self.settings, self.total_steps, step)
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &InnerOptimizer {
+        &self.settings
+    }
+
+    /// Steps the schedule spans.
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
     }
 
     /// One update of `params` from `grads`. Returns the gradient norm before
@@ -141,6 +143,20 @@ impl AdamW {
         }
         Ok(norm)
     }
+}
+
+/// The learning rate of step `step` (from 0) of a schedule spanning
+/// `total_steps`: linear warm-up to `settings.lr`, then cosine decay to 10%.
+pub(crate) fn scheduled_lr(settings: &InnerOptimizer, total_steps: u64, step: u64) -> f32 {
+    let peak = f64::from(settings.lr);
+    let warmup = u64::from(settings.warmup_steps);
+    if step < warmup {
+        return (peak * (step + 1) as f64 / warmup as f64) as f32;
+    }
+    let span = total_steps.saturating_sub(warmup).max(1);
+    let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    (peak * (0.1 + 0.9 * cosine)) as f32
 }
 
 /// The pseudo-gradient of a round: `θ_round − θ_local`, entry by entry.

@@ -1,21 +1,36 @@
 //! A peer's local training: the model, its inner optimizer, and the steps
 //! between two outer rounds.
 
-use candle_core::Device;
-use p2ptrain_protocol::{InnerOptimizer, ModelConfig};
+use std::borrow::Cow;
 
+use candle_core::{Device, Tensor};
+use p2ptrain_kernels::Payload;
+use p2ptrain_protocol::{CompressionSettings, InnerOptimizer, ModelConfig};
+
+use crate::device::ErrorFeedback;
 use crate::model::Gpt;
 use crate::optim::AdamW;
+use crate::tensor_adamw::TensorAdamW;
 use crate::{Result, TrainerError};
 
-/// One replica with its inner AdamW. Parameters live twice: as candle
-/// variables for the forward and backward pass, and as a flat CPU buffer
-/// that the optimizer updates in a fixed order.
+/// One replica with its inner AdamW.
+///
+/// On the CPU, parameters live twice: as candle variables for the forward
+/// and backward pass, and as a flat buffer that [`AdamW`] updates in a fixed
+/// order, so every CPU peer computes the same bits. On a GPU they live only
+/// in the model's tensors, and AdamW runs there too: nothing but the
+/// compressed pseudo-gradient leaves the device during a round.
 pub struct LocalTrainer {
     model: Gpt,
-    params: Vec<f32>,
-    adam: AdamW,
+    state: State,
+    /// The parameters the round started from, where the model lives.
+    round_start: Tensor,
     batch_size: usize,
+}
+
+enum State {
+    Host { params: Vec<f32>, adam: AdamW },
+    Device { adam: TensorAdamW },
 }
 
 /// What one inner step did.
@@ -56,10 +71,17 @@ impl LocalTrainer {
             });
         }
         model.set_flat_values(&params)?;
+        let round_start = Tensor::from_slice(&params, params.len(), model.device())?;
+        let state = if model.device().is_cpu() {
+            State::Host { params, adam }
+        } else {
+            let adam = TensorAdamW::from_host(&adam, model.vars(), model.layout())?;
+            State::Device { adam }
+        };
         Ok(Self {
             model,
-            params,
-            adam,
+            state,
+            round_start,
             batch_size,
         })
     }
@@ -69,20 +91,37 @@ impl LocalTrainer {
         &self.model
     }
 
-    /// The inner optimizer.
-    pub fn optimizer(&self) -> &AdamW {
-        &self.adam
+    /// The device the replica trains on.
+    pub fn device(&self) -> &Device {
+        self.model.device()
     }
 
-    /// The parameters, flat, in layout order.
-    pub fn params(&self) -> &[f32] {
-        &self.params
+    /// The inner optimizer's state (copied from the GPU when it lives there).
+    pub fn optimizer(&self) -> Result<Cow<'_, AdamW>> {
+        match &self.state {
+            State::Host { adam, .. } => Ok(Cow::Borrowed(adam)),
+            State::Device { adam } => Ok(Cow::Owned(adam.to_host()?)),
+        }
     }
 
-    /// Replaces the parameters (after an outer step).
+    /// The parameters, flat, in layout order (copied from the GPU when they
+    /// live there).
+    pub fn params(&self) -> Result<Cow<'_, [f32]>> {
+        match &self.state {
+            State::Host { params, .. } => Ok(Cow::Borrowed(params)),
+            State::Device { .. } => Ok(Cow::Owned(self.model.flat_values()?)),
+        }
+    }
+
+    /// Starts a round from `values` (the agreed checkpoint after an outer
+    /// step): the parameters become `values`, and the pseudo-gradient that
+    /// [`compress_update`](Self::compress_update) sends is measured from them.
     pub fn set_params(&mut self, values: &[f32]) -> Result<()> {
         self.model.set_flat_values(values)?;
-        self.params.copy_from_slice(values);
+        self.round_start = Tensor::from_slice(values, values.len(), self.model.device())?;
+        if let State::Host { params, .. } = &mut self.state {
+            params.copy_from_slice(values);
+        }
         Ok(())
     }
 
@@ -91,41 +130,56 @@ impl LocalTrainer {
         self.batch_size
     }
 
-    /// The flat gradient of the loss on one batch, and the loss.
+    /// The flat gradient of the loss on one batch (on the host), and the loss.
     pub fn gradient(&self, inputs: &[u32], targets: &[u32]) -> Result<(f32, Vec<f32>)> {
-        let fused = self
-            .model
-            .fused_loss_and_gradient(inputs, targets, self.batch_size)?;
-        if let Some((loss, grads)) = fused {
-            if !loss.is_finite() {
-                return Err(TrainerError::NonFinite("loss"));
-            }
-            return Ok((loss, grads));
-        }
-        let x = self.model.tokens(inputs, self.batch_size)?;
-        let y = self.model.tokens(targets, self.batch_size)?;
-        let loss = self.model.loss(&x, &y)?;
-        let loss_value = loss.to_scalar::<f32>()?;
-        if !loss_value.is_finite() {
-            return Err(TrainerError::NonFinite("loss"));
-        }
-        let grads = loss.backward()?;
-        let mut flat = vec![0.0f32; self.params.len()];
-        for (var, spec) in self.model.vars().iter().zip(self.model.layout().specs()) {
-            if let Some(grad) = grads.get(var.as_tensor()) {
-                let values = grad.flatten_all()?.to_vec1::<f32>()?;
-                flat[spec.range.clone()].copy_from_slice(&values);
-            }
-        }
-        Ok((loss_value, flat))
+        flat_gradient(&self.model, self.batch_size, inputs, targets)
     }
 
     /// One inner step on a batch of `batch_size × time` token ids.
     pub fn step(&mut self, inputs: &[u32], targets: &[u32]) -> Result<StepReport> {
-        let (loss, grads) = self.gradient(inputs, targets)?;
-        let grad_norm = self.adam.step(&mut self.params, &grads)?;
-        self.model.set_flat_values(&self.params)?;
+        let model = &self.model;
+        let (loss, grad_norm) = match &mut self.state {
+            State::Host { params, adam } => {
+                let (loss, grads) = flat_gradient(model, self.batch_size, inputs, targets)?;
+                let grad_norm = adam.step(params, &grads)?;
+                model.set_flat_values(params)?;
+                (loss, grad_norm)
+            }
+            State::Device { adam } => {
+                let (loss, grads) = backward(model, self.batch_size, inputs, targets)?;
+                (loss, adam.step(model.vars(), &grads)?)
+            }
+        };
         Ok(StepReport { loss, grad_norm })
+    }
+
+    /// The round's compressed pseudo-gradient: `start − θ` (plus what
+    /// `feedback` carried over), computed and compressed where the model
+    /// lives; `feedback` keeps what the payload leaves out.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainerError::Compression`] when the update is not finite or does
+    /// not fit `feedback`.
+    pub fn compress_update(
+        &self,
+        feedback: &mut ErrorFeedback,
+        settings: &CompressionSettings,
+    ) -> Result<Payload> {
+        if let State::Host { params, .. } = &self.state {
+            let start = self.round_start.to_vec1::<f32>()?;
+            let delta: Vec<f32> = start.iter().zip(params).map(|(s, p)| s - p).collect();
+            let delta = Tensor::from_vec(delta, params.len(), &Device::Cpu)?;
+            return feedback.compress(&delta, settings);
+        }
+        let flat: Vec<Tensor> = self
+            .model
+            .vars()
+            .iter()
+            .map(|var| var.as_tensor().flatten_all())
+            .collect::<candle_core::Result<_>>()?;
+        let delta = (&self.round_start - Tensor::cat(&flat, 0)?)?;
+        feedback.compress(&delta, settings)
     }
 
     /// Mean loss over batches of `batch` sequences each, without training.
@@ -143,4 +197,46 @@ impl LocalTrainer {
         }
         Ok((total / count.max(1) as f64) as f32)
     }
+}
+
+/// The loss on one batch and its flat gradient on the host: from the fused
+/// CPU pass where it runs, else from candle's autograd.
+fn flat_gradient(
+    model: &Gpt,
+    batch_size: usize,
+    inputs: &[u32],
+    targets: &[u32],
+) -> Result<(f32, Vec<f32>)> {
+    if let Some((loss, grads)) = model.fused_loss_and_gradient(inputs, targets, batch_size)? {
+        if !loss.is_finite() {
+            return Err(TrainerError::NonFinite("loss"));
+        }
+        return Ok((loss, grads));
+    }
+    let (loss, grads) = backward(model, batch_size, inputs, targets)?;
+    let mut flat = vec![0.0f32; model.layout().len()];
+    for (var, spec) in model.vars().iter().zip(model.layout().specs()) {
+        if let Some(grad) = grads.get(var.as_tensor()) {
+            let values = grad.flatten_all()?.to_vec1::<f32>()?;
+            flat[spec.range.clone()].copy_from_slice(&values);
+        }
+    }
+    Ok((loss, flat))
+}
+
+/// The loss and candle's gradients on one batch, where the model lives.
+fn backward(
+    model: &Gpt,
+    batch_size: usize,
+    inputs: &[u32],
+    targets: &[u32],
+) -> Result<(f32, candle_core::backprop::GradStore)> {
+    let x = model.tokens(inputs, batch_size)?;
+    let y = model.tokens(targets, batch_size)?;
+    let loss = model.loss(&x, &y)?;
+    let loss_value = loss.to_scalar::<f32>()?;
+    if !loss_value.is_finite() {
+        return Err(TrainerError::NonFinite("loss"));
+    }
+    Ok((loss_value, loss.backward()?))
 }

@@ -107,7 +107,7 @@ fn the_same_seed_gives_the_same_bits_after_training() {
         for _ in 0..5 {
             trainer.step(&inputs, &targets).unwrap();
         }
-        trainer.params().to_vec()
+        trainer.params().unwrap().to_vec()
     };
     let (a, b) = (run(), run());
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));

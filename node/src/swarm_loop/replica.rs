@@ -88,7 +88,7 @@ impl Replica {
         }
         let delta: Vec<f32> = start
             .iter()
-            .zip(self.trainer.params())
+            .zip(self.trainer.params()?.iter())
             .map(|(s, t)| s - t)
             .collect();
         let payload = compress(&delta, &mut self.residual, &self.manifest.compression)?;

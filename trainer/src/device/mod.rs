@@ -1,9 +1,17 @@
-//! Choosing the device: `cpu`, `cuda:N` or `auto`, at run time.
+//! Choosing the device (`cpu`, `cuda:N` or `auto`, at run time) and
+//! compressing a pseudo-gradient where it lives.
 //!
 //! This is the trainer's one place that knows whether the `cuda` feature is
 //! on; without it, asking for a GPU is a clear error, never a build failure.
+//! With it, a replica on a GPU compresses its pseudo-gradient on the device
+//! ([`ErrorFeedback`]), and only the payload comes back to the host.
 
-use candle_core::Device;
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use candle_core::{Device, Tensor};
+use p2ptrain_kernels::{KernelError, Payload};
+use p2ptrain_protocol::CompressionSettings;
 
 use crate::{Result, TrainerError};
 
@@ -40,6 +48,138 @@ pub fn parse(name: &str) -> Result<Device> {
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> Result<Device, String> {
     Device::new_cuda(ordinal).map_err(|e| e.to_string())
+}
+
+/// A replica's error-feedback residual, kept on the device its model lives
+/// on, with the compression kernels of that device.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use p2ptrain_protocol::CompressionSettings;
+/// use p2ptrain_trainer::device::ErrorFeedback;
+///
+/// let delta: Vec<f32> = (0..10_000).map(|i| (i % 89) as f32 - 44.0).collect();
+/// let mut feedback = ErrorFeedback::new(&Device::Cpu, delta.len())?;
+/// let tensor = Tensor::from_slice(&delta, delta.len(), &Device::Cpu)?;
+/// let payload = feedback.compress(&tensor, &CompressionSettings::default())?;
+/// assert_eq!(payload.kept(), 2 * 41 + 18);
+/// // What was not sent waits for the next round: sent + kept back = delta.
+/// let mut sent = vec![0.0; delta.len()];
+/// p2ptrain_kernels::decompress_into(&payload, 1.0, &mut sent)?;
+/// for ((s, r), d) in sent.iter().zip(feedback.values()?).zip(&delta) {
+///     assert!((s + r - d).abs() <= 1e-5);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ErrorFeedback(Feedback);
+
+enum Feedback {
+    Host(Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::Feedback),
+}
+
+impl std::fmt::Debug for ErrorFeedback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match &self.0 {
+            Feedback::Host(_) => "host",
+            #[cfg(feature = "cuda")]
+            Feedback::Cuda(_) => "cuda",
+        };
+        f.debug_struct("ErrorFeedback").field("on", &place).finish()
+    }
+}
+
+impl ErrorFeedback {
+    /// A zero residual of `len` entries on `device`.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainerError::Device`] when the device cannot hold it or compile
+    /// the kernels.
+    pub fn new(device: &Device, len: usize) -> Result<Self> {
+        Self::from_values(device, &vec![0.0; len])
+    }
+
+    /// A residual holding `values` (restored from disk), on `device`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ErrorFeedback::new`].
+    pub fn from_values(device: &Device, values: &[f32]) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self(Feedback::Host(values.to_vec()))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(gpu) => Ok(Self(Feedback::Cuda(cuda::Feedback::new(gpu, values)?))),
+            #[allow(unreachable_patterns)]
+            other => Err(unsupported(other)),
+        }
+    }
+
+    /// The residual, on the host.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainerError::Device`] when the copy from the device fails.
+    pub fn values(&self) -> Result<Vec<f32>> {
+        match &self.0 {
+            Feedback::Host(values) => Ok(values.clone()),
+            #[cfg(feature = "cuda")]
+            Feedback::Cuda(feedback) => feedback.values(),
+        }
+    }
+
+    /// Compresses `delta` (a flat `f32` tensor on the residual's device)
+    /// plus the residual, which keeps what the payload leaves out. On a GPU
+    /// only the payload crosses to the host, and its bytes are those the
+    /// CPU would produce.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainerError::Compression`] when the kernels refuse (a non-finite
+    /// entry, a length mismatch), [`TrainerError::Tensor`] or
+    /// [`TrainerError::Device`] when `delta` is on another device.
+    pub fn compress(&mut self, delta: &Tensor, settings: &CompressionSettings) -> Result<Payload> {
+        let delta = delta.flatten_all()?.contiguous()?;
+        match &mut self.0 {
+            Feedback::Host(residual) => {
+                let values = delta.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+                Ok(p2ptrain_kernels::compress(&values, residual, settings)?)
+            }
+            #[cfg(feature = "cuda")]
+            Feedback::Cuda(feedback) => feedback.compress(&delta, settings),
+        }
+    }
+
+    /// Adds a payload that was not applied back into the residual (a
+    /// contribution the swarm did not take).
+    ///
+    /// # Errors
+    ///
+    /// [`TrainerError::Compression`] when the payload does not fit.
+    pub fn add_back(&mut self, payload: &Payload) -> Result<()> {
+        match &mut self.0 {
+            Feedback::Host(residual) => {
+                Ok(p2ptrain_kernels::decompress_into(payload, 1.0, residual)?)
+            }
+            #[cfg(feature = "cuda")]
+            Feedback::Cuda(feedback) => feedback.add_back(payload),
+        }
+    }
+}
+
+/// The error for a device this build has no path for.
+fn unsupported(device: &Device) -> TrainerError {
+    TrainerError::Device {
+        name: format!("{device:?}"),
+        reason: "not supported by this build".to_owned(),
+    }
+}
+
+impl From<KernelError> for TrainerError {
+    fn from(e: KernelError) -> Self {
+        TrainerError::Compression(e)
+    }
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -1,0 +1,303 @@
+// p2ptrain's compression kernels on an NVIDIA GPU, compiled at run time with
+// NVRTC. They compute exactly what the CPU path in `compress.rs` and
+// `decompress.rs` computes: every floating-point operation is a binary32
+// intrinsic rounded to nearest on its own (`__fadd_rn` and friends), so no
+// fused multiply-add or reassociation can change a bit, and the top-k
+// selection compares integer keys only.
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef unsigned char u8;
+
+#define THREADS 256
+#define WARPS (THREADS / 32)
+#define FULL_MASK 0xffffffffu
+
+// The magnitude of `x` as an integer that orders like |x| (finite x).
+__device__ __forceinline__ u32 magnitude(float x) {
+    return __float_as_uint(x) & 0x7fffffffu;
+}
+
+// The code of `v`: min(max_code, u32(((v / scale) + half) + 0.5)), with u32
+// truncating toward zero and sending negatives and NaN to 0; 0 when scale = 0.
+__device__ __forceinline__ u32 quantize(float v, float scale, float half, u32 max_code) {
+    if (scale == 0.0f) {
+        return 0;
+    }
+    float x = __fadd_rn(__fadd_rn(__fdiv_rn(v, scale), half), 0.5f);
+    if (!(x > 0.0f)) {
+        return 0;
+    }
+    if (x >= 4294967296.0f) {
+        return max_code;
+    }
+    return min((u32)x, max_code);
+}
+
+// (f32(code) − half) × scale.
+__device__ __forceinline__ float dequantize(u32 code, float scale, float half) {
+    return __fmul_rn(__fsub_rn((float)code, half), scale);
+}
+
+// How many threads before this one in the block have `flag` set; the
+// block's total goes to `*total`. Every thread of the block must call it.
+__device__ u32 block_count_before(bool flag, u32* warp_counts, u32* total) {
+    const u32 lane = threadIdx.x & 31;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 ballot = __ballot_sync(FULL_MASK, flag);
+    const u32 in_warp = __popc(ballot & ((1u << lane) - 1u));
+    __syncthreads();
+    if (lane == 0) {
+        warp_counts[warp] = __popc(ballot);
+    }
+    __syncthreads();
+    u32 before = 0, sum = 0;
+    for (u32 w = 0; w < WARPS; ++w) {
+        const u32 c = warp_counts[w];
+        before += w < warp ? c : 0;
+        sum += c;
+    }
+    *total = sum;
+    return before + in_warp;
+}
+
+// The largest value of `v` over the block, for every thread.
+__device__ u32 block_max(u32 v, u32* scratch) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = max(v, __shfl_xor_sync(FULL_MASK, v, offset));
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) {
+        scratch[threadIdx.x >> 5] = v;
+    }
+    __syncthreads();
+    u32 m = 0;
+    for (u32 w = 0; w < WARPS; ++w) {
+        m = max(m, scratch[w]);
+    }
+    return m;
+}
+
+// Packs `count` fields of `bits` bits, least significant bit first, into
+// ceil(count × bits / 8) bytes at `out`; each thread writes whole bytes.
+__device__ void pack(const u32* fields, u32 count, u32 bits, u8* out) {
+    const u64 bytes = ((u64)count * bits + 7) / 8;
+    for (u64 b = threadIdx.x; b < bytes; b += THREADS) {
+        const u64 first_bit = b * 8;
+        const u64 j0 = first_bit / bits;
+        const u64 j1 = min((u64)count - 1, (first_bit + 7) / bits);
+        u32 byte = 0;
+        for (u64 j = j0; j <= j1; ++j) {
+            const long long offset = (long long)(j * bits) - (long long)first_bit;
+            const u64 field = fields[j];
+            const u64 shifted = offset >= 0 ? field << offset : field >> (-offset);
+            byte |= (u32)(shifted & 0xffu);
+        }
+        out[b] = (u8)byte;
+    }
+}
+
+// Field `j` of a run of `bytes` bytes packed by `pack`; bytes past the end
+// read as zero.
+__device__ __forceinline__ u32 unpack_field(const u8* run, u64 bytes, u64 j, u32 bits) {
+    const u64 bit = j * bits;
+    const u64 b = bit / 8;
+    u64 word = 0;
+    for (u32 i = 0; i < 4; ++i) {
+        if (b + i < bytes) {
+            word |= (u64)run[b + i] << (8 * i);
+        }
+    }
+    return (u32)((word >> (bit % 8)) & ((1ull << bits) - 1));
+}
+
+// One block per chunk: residual_out = residual_in + delta, the top k by
+// magnitude (lower index winning ties) quantized against the chunk's
+// absmax, their quantization error left in residual_out, and the chunk's
+// scale, packed indices and packed codes written. `first_non_finite` gets
+// the lowest index whose sum is NaN or infinite (the caller then discards
+// everything). `stage` is dynamic shared memory of chunk_len floats, or
+// absent (size 0) when a chunk does not fit.
+extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
+    const float* __restrict__ delta,
+    const float* __restrict__ residual_in,
+    float* __restrict__ residual_out,
+    u64 len,
+    u32 chunk_len,
+    u32 chunks,
+    u32 k_full,
+    u32 k_last,
+    u32 index_bits,
+    u32 value_bits,
+    u64 index_bytes_full,
+    u64 value_bytes_full,
+    float half,
+    u32 max_code,
+    u32 staged,
+    float* __restrict__ scales,
+    u8* __restrict__ index_bytes,
+    u8* __restrict__ value_bytes,
+    u32* __restrict__ kept_index,
+    u32* __restrict__ kept_code,
+    u64* __restrict__ first_non_finite) {
+    extern __shared__ float stage[];
+    __shared__ u32 hist[256];
+    __shared__ u32 warp_scratch[WARPS];
+    __shared__ u32 chosen_digit;
+    __shared__ u32 chosen_remaining;
+
+    const u32 c = blockIdx.x;
+    const u64 start = (u64)c * chunk_len;
+    const bool last = c + 1 == chunks;
+    const u32 n = last ? (u32)(len - start) : chunk_len;
+    const u32 k = last ? k_last : k_full;
+    float* out = residual_out + start;
+    float* acc = staged ? stage : out;
+
+    // 1. The accumulated values, and their largest magnitude.
+    u32 local_max = 0;
+    for (u32 i = threadIdx.x; i < n; i += THREADS) {
+        const float a = __fadd_rn(residual_in[start + i], delta[start + i]);
+        if (!isfinite(a)) {
+            atomicMin(first_non_finite, start + i);
+        }
+        out[i] = a;
+        if (staged) {
+            stage[i] = a;
+        }
+        local_max = max(local_max, magnitude(a));
+    }
+    const u32 absmax_bits = block_max(local_max, warp_scratch);
+    if (k == 0) {
+        if (threadIdx.x == 0) {
+            scales[c] = 0.0f;
+        }
+        return;
+    }
+
+    // 2. The k-th largest magnitude `threshold`, a byte at a time, and how
+    // many entries equal to it are kept (the lowest-indexed ones).
+    u32 prefix = 0, mask = 0, remaining = k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (u32 b = threadIdx.x; b < 256; b += THREADS) {
+            hist[b] = 0;
+        }
+        __syncthreads();
+        for (u32 i = threadIdx.x; i < n; i += THREADS) {
+            const u32 m = magnitude(acc[i]);
+            if ((m & mask) == prefix) {
+                atomicAdd(&hist[(m >> shift) & 0xffu], 1u);
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Lane l holds digits 255 − 8l down to 248 − 8l.
+            const u32 lane = threadIdx.x;
+            u32 counts[8];
+            u32 sum = 0;
+            for (u32 j = 0; j < 8; ++j) {
+                counts[j] = hist[255 - 8 * lane - j];
+                sum += counts[j];
+            }
+            u32 inclusive = sum;
+            for (u32 offset = 1; offset < 32; offset <<= 1) {
+                const u32 t = __shfl_up_sync(FULL_MASK, inclusive, offset);
+                inclusive += lane >= offset ? t : 0;
+            }
+            u32 before = inclusive - sum;
+            if (before < remaining && inclusive >= remaining) {
+                for (u32 j = 0; j < 8; ++j) {
+                    if (before + counts[j] >= remaining) {
+                        chosen_digit = 255 - 8 * lane - j;
+                        chosen_remaining = remaining - before;
+                        break;
+                    }
+                    before += counts[j];
+                }
+            }
+        }
+        __syncthreads();
+        prefix |= chosen_digit << shift;
+        mask |= 0xffu << shift;
+        remaining = chosen_remaining;
+        __syncthreads();
+    }
+    const u32 threshold = prefix;
+    const u32 equal_kept = remaining;
+
+    // 3. The kept entries in index order: quantized, their error left in the
+    // residual, their index and code noted for packing.
+    const float scale = __fdiv_rn(__uint_as_float(absmax_bits), half);
+    if (threadIdx.x == 0) {
+        scales[c] = scale;
+    }
+    u32* chunk_index = kept_index + (u64)c * k_full;
+    u32* chunk_code = kept_code + (u64)c * k_full;
+    u32 equal_seen = 0, kept = 0;
+    for (u32 base = 0; base < n && kept < k; base += THREADS) {
+        const u32 i = base + threadIdx.x;
+        const u32 m = i < n ? magnitude(acc[i]) : 0;
+        const bool above = i < n && m > threshold;
+        const bool equal = i < n && m == threshold;
+        u32 equal_total, kept_total;
+        const u32 equal_rank = equal_seen + block_count_before(equal, warp_scratch, &equal_total);
+        const bool keep = above || (equal && equal_rank < equal_kept);
+        const u32 slot = kept + block_count_before(keep, warp_scratch, &kept_total);
+        if (keep) {
+            const float a = acc[i];
+            const u32 code = quantize(a, scale, half, max_code);
+            out[i] = __fsub_rn(a, dequantize(code, scale, half));
+            chunk_index[slot] = i;
+            chunk_code[slot] = code;
+        }
+        equal_seen += equal_total;
+        kept += kept_total;
+    }
+    __syncthreads();
+
+    // 4. Pack the chunk's indices and codes into its runs of the payload.
+    pack(chunk_index, k, index_bits, index_bytes + (u64)c * index_bytes_full);
+    pack(chunk_code, k, value_bits, value_bytes + (u64)c * value_bytes_full);
+}
+
+// One thread per kept entry of a payload: dense[i] = dense[i] + weight ×
+// ((f32(code) − half) × scale).
+extern "C" __global__ void add_payload(
+    float* __restrict__ dense,
+    u64 len,
+    u32 chunk_len,
+    u32 chunks,
+    u32 k_full,
+    u32 k_last,
+    u32 index_bits,
+    u32 value_bits,
+    u64 index_bytes_full,
+    u64 value_bytes_full,
+    float half,
+    float weight,
+    const float* __restrict__ scales,
+    const u8* __restrict__ index_bytes,
+    const u8* __restrict__ value_bytes,
+    u64 total_kept) {
+    const u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= total_kept || k_full == 0) {
+        return;
+    }
+    const u32 c = (u32)min(t / k_full, (u64)chunks - 1);
+    const u64 j = t - (u64)c * k_full;
+    const bool last = c + 1 == chunks;
+    const u32 k = last ? k_last : k_full;
+    if (j >= k) {
+        return;
+    }
+    const u64 start = (u64)c * chunk_len;
+    const u64 n = last ? len - start : chunk_len;
+    const u64 index_run = ((u64)k * index_bits + 7) / 8;
+    const u64 value_run = ((u64)k * value_bits + 7) / 8;
+    const u32 i = unpack_field(index_bytes + (u64)c * index_bytes_full, index_run, j, index_bits);
+    const u32 code = unpack_field(value_bytes + (u64)c * value_bytes_full, value_run, j, value_bits);
+    if (i < n) {
+        float* slot = dense + start + i;
+        *slot = __fadd_rn(*slot, __fmul_rn(weight, dequantize(code, scales[c], half)));
+    }
+}

@@ -1,0 +1,130 @@
+//! The inner AdamW on the model's own tensors, for a model on a GPU: the
+//! same schedule, clipping and update as [`AdamW`], written as candle
+//! operations so that parameters, gradients and moments never leave the
+//! device during a round.
+//!
+//! The CPU path keeps [`AdamW`] on flat buffers, whose bits are fixed; on a
+//! GPU the order of floating-point sums inside candle's kernels is the
+//! device's, so only the payload (compressed bit for bit as on the CPU) is
+//! the same whatever the hardware.
+
+use candle_core::{backprop::GradStore, Tensor, Var};
+use p2ptrain_protocol::InnerOptimizer;
+
+use crate::optim::{scheduled_lr, AdamW};
+use crate::params::ParamLayout;
+use crate::{Result, TrainerError};
+
+/// AdamW state as one pair of moment tensors per variable.
+pub(crate) struct TensorAdamW {
+    settings: InnerOptimizer,
+    total_steps: u64,
+    step: u64,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+impl TensorAdamW {
+    /// The state of `adam` (fresh or restored), moved onto the variables'
+    /// device and shapes.
+    pub fn from_host(adam: &AdamW, vars: &[Var], layout: &ParamLayout) -> Result<Self> {
+        let (m, v) = adam.moments();
+        let upload = |flat: &[f32]| -> Result<Vec<Tensor>> {
+            vars.iter()
+                .zip(layout.specs())
+                .map(|(var, spec)| {
+                    let values = flat.get(spec.range.clone()).ok_or(TrainerError::Length {
+                        expected: layout.len(),
+                        found: flat.len(),
+                    })?;
+                    Ok(Tensor::from_slice(
+                        values,
+                        spec.shape.as_slice(),
+                        var.device(),
+                    )?)
+                })
+                .collect()
+        };
+        Ok(Self {
+            settings: *adam.settings(),
+            total_steps: adam.total_steps(),
+            step: adam.steps_taken(),
+            m: upload(m)?,
+            v: upload(v)?,
+        })
+    }
+
+    /// The state as a host [`AdamW`], for a checkpoint.
+    pub fn to_host(&self) -> Result<AdamW> {
+        let download = |tensors: &[Tensor]| -> Result<Vec<f32>> {
+            let mut flat = Vec::new();
+            for t in tensors {
+                flat.extend(t.flatten_all()?.to_vec1::<f32>()?);
+            }
+            Ok(flat)
+        };
+        AdamW::from_state(
+            self.settings,
+            self.total_steps,
+            self.step,
+            download(&self.m)?,
+            download(&self.v)?,
+        )
+    }
+
+    /// One update of `vars` from their gradients in `grads` (a variable
+    /// without one counts as a zero gradient). Returns the gradient norm
+    /// before clipping.
+    pub fn step(&mut self, vars: &[Var], grads: &GradStore) -> Result<f32> {
+        let grads: Vec<Tensor> = vars
+            .iter()
+            .map(|var| match grads.get(var.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => var.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let squares: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.sqr()?.sum_all())
+            .collect::<candle_core::Result<_>>()?;
+        let norm = Tensor::stack(&squares, 0)?
+            .sum_all()?
+            .to_scalar::<f32>()?
+            .sqrt();
+        if !norm.is_finite() {
+            return Err(TrainerError::NonFinite("gradient norm"));
+        }
+        let clip = self.settings.grad_clip;
+        let coef = if clip > 0.0 && norm > clip {
+            clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        let lr = scheduled_lr(&self.settings, self.total_steps, self.step);
+        self.step += 1;
+        let InnerOptimizer {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } = self.settings;
+        let t = self.step as i32;
+        let bias1 = 1.0 - beta1.powi(t);
+        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        let step_size = lr / bias1;
+        let decay = 1.0 - lr * weight_decay;
+        for (((var, g), m), v) in vars.iter().zip(&grads).zip(&mut self.m).zip(&mut self.v) {
+            let g = g.affine(f64::from(coef), 0.0)?;
+            *m = (m.affine(f64::from(beta1), 0.0)? + g.affine(f64::from(1.0 - beta1), 0.0)?)?;
+            *v = (v.affine(f64::from(beta2), 0.0)?
+                + g.sqr()?.affine(f64::from(1.0 - beta2), 0.0)?)?;
+            let denom = v
+                .sqrt()?
+                .affine(1.0 / f64::from(bias2_sqrt), f64::from(eps))?;
+            let update = (m.affine(f64::from(step_size), 0.0)? / denom)?;
+            var.set(&(var.as_tensor().affine(f64::from(decay), 0.0)? - update)?)?;
+        }
+        Ok(norm)
+    }
+}
