@@ -153,6 +153,61 @@ impl DataDir {
             })
     }
 
+    /// The highest round with a record, `None` with none: the last round
+    /// this directory saw finalized.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError::Io`] if the records folder exists but cannot be listed.
+    pub fn last_record(&self) -> Result<Option<u64>, ChainError> {
+        let folder = self.root.join("records");
+        if !folder.exists() {
+            return Ok(None);
+        }
+        let entries = std::fs::read_dir(&folder).map_err(|e| ChainError::io(&folder, e))?;
+        let mut last = None;
+        for entry in entries {
+            let entry = entry.map_err(|e| ChainError::io(&folder, e))?;
+            let name = entry.file_name();
+            let round = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".bin"))
+                .filter(|n| n.len() == 8)
+                .and_then(|n| n.parse::<u64>().ok());
+            last = last.max(round);
+        }
+        Ok(last)
+    }
+
+    /// Removes the temporary files an interrupted atomic write left behind
+    /// (`NAME.tmpPID`); returns how many. The files they were meant to
+    /// replace are whole: either the old version or the new.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError::Io`] if a folder cannot be listed or a file removed.
+    pub fn remove_temporaries(&self) -> Result<usize, ChainError> {
+        let mut removed = 0;
+        for folder in [
+            self.root.clone(),
+            self.root.join("records"),
+            self.root.join("payloads"),
+        ] {
+            if !folder.exists() {
+                continue;
+            }
+            let entries = std::fs::read_dir(&folder).map_err(|e| ChainError::io(&folder, e))?;
+            for entry in entries {
+                let path = entry.map_err(|e| ChainError::io(&folder, e))?.path();
+                if is_temporary(&path) {
+                    std::fs::remove_file(&path).map_err(|e| ChainError::io(&path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Stores a payload under its hash.
     ///
     /// # Errors
@@ -175,4 +230,14 @@ impl DataDir {
     pub fn payload(&self, hash: &Digest) -> Result<Vec<u8>, ChainError> {
         self.read(&self.payload_path(hash))
     }
+}
+
+/// A temporary file of an atomic write: `NAME.tmp` and digits.
+fn is_temporary(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name.rsplit_once(".tmp").is_some_and(|(stem, pid)| {
+        !stem.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
+    })
 }

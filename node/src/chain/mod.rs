@@ -1,11 +1,12 @@
 //! The chain of rounds as a node keeps it: the shared checkpoint
 //! ([`ChainState`]) and the outer step that moves it, the data directory
 //! that holds the records ([`DataDir`]), and the replay that checks them
-//! ([`replay`]) — what `p2pnode verify` runs — and [`history`], the records
-//! as JSON.
+//! ([`replay`]) — what `p2pnode verify` runs — [`resume`], where a
+//! restarted node picks up, and [`history`], the records as JSON.
 
 mod datadir;
 mod history;
+mod resume;
 mod state;
 mod verify;
 
@@ -15,6 +16,7 @@ use p2ptrain_protocol::{CodecError, Digest};
 
 pub use datadir::DataDir;
 pub use history::history;
+pub use resume::{resume, Resumed, ResumedFrom};
 pub use state::{ChainState, StepInput};
 pub use verify::{replay, Verified};
 

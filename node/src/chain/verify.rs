@@ -3,7 +3,7 @@
 
 use p2ptrain_protocol::{Digest, RunManifest};
 
-use super::{ChainError, DataDir, StepInput};
+use super::{ChainError, ChainState, DataDir, StepInput};
 
 /// What a successful replay established.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,8 @@ pub struct Verified {
     pub chain_tokens: u64,
     /// The checkpoint after the last record.
     pub head: Digest,
+    /// Contributions the last record applied (0 with no records).
+    pub last_contributors: usize,
 }
 
 /// Replays `dir` from its genesis checkpoint.
@@ -28,6 +30,25 @@ pub struct Verified {
 /// (with what is wrong), or another [`ChainError`] for the manifest, the
 /// genesis or the head checkpoint.
 pub fn replay(dir: &DataDir, params: usize) -> Result<Verified, ChainError> {
+    let (verified, _) = replay_records(dir, params)?;
+    if let Some(head) = dir.head(params)? {
+        let found = head.hash();
+        if found != verified.head {
+            return Err(ChainError::Head {
+                expected: verified.head,
+                found,
+            });
+        }
+    }
+    Ok(verified)
+}
+
+/// The replay of every record from genesis, head.ckpt left aside: what it
+/// established, and the state it ends on.
+pub(super) fn replay_records(
+    dir: &DataDir,
+    params: usize,
+) -> Result<(Verified, ChainState), ChainError> {
     let manifest = dir.manifest()?;
     let run = manifest.id()?;
     let mut state = dir.genesis(params)?;
@@ -42,7 +63,11 @@ pub fn replay(dir: &DataDir, params: usize) -> Result<Verified, ChainError> {
         * u64::from(manifest.inner.batch_size)
         * u64::from(manifest.model.context_len);
     let (mut rounds, mut contributions, mut chain_tokens) = (0u64, 0u64, 0u64);
-    while let Some(record) = dir.record(rounds)? {
+    let mut last_contributors = 0;
+    while let Some(record) = dir.record(rounds).map_err(|e| ChainError::Record {
+        round: rounds,
+        what: e.to_string(),
+    })? {
         let bad = |what: String| ChainError::Record {
             round: rounds,
             what,
@@ -101,23 +126,17 @@ pub fn replay(dir: &DataDir, params: usize) -> Result<Verified, ChainError> {
             )));
         }
         contributions += applied.len() as u64;
+        last_contributors = applied.len();
         rounds += 1;
     }
-    if let Some(head) = dir.head(params)? {
-        let found = head.hash();
-        if found != hash {
-            return Err(ChainError::Head {
-                expected: hash,
-                found,
-            });
-        }
-    }
-    Ok(Verified {
+    let verified = Verified {
         rounds,
         contributions,
         chain_tokens,
         head: hash,
-    })
+        last_contributors,
+    };
+    Ok((verified, state))
 }
 
 fn check_contribution(
@@ -146,7 +165,6 @@ fn check_contribution(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::ChainState;
 
     #[test]
     fn a_fresh_run_replays_to_its_genesis_and_a_wrong_genesis_is_refused() {
