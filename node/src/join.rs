@@ -1,10 +1,20 @@
 //! `p2pnode join`: run a node until stopped.
+//!
+//! It reports on stdout one line per round it holds the result of, for
+//! people and scripts alike:
+//!
+//! ```text
+//! round 3: checkpoint 5e1f…c2 (3 contributions)
+//! round 7: checkpoint 0b9a…41 (adopted from a peer)
+//! ```
+//!
+//! and everything else (peers, refusals, dropped contributions) on stderr.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use libp2p::Multiaddr;
-use p2ptrain_node::chain::DataDir;
+use p2ptrain_node::chain::{DataDir, ResumedFrom};
 use p2ptrain_node::keyfile;
 use p2ptrain_node::net::{access, NetConfig};
 use p2ptrain_node::swarm_loop::{Command, Node, NodeEvent, NodeSetup};
@@ -16,7 +26,8 @@ use tokio::sync::mpsc;
 #[derive(clap::Args)]
 pub struct JoinArgs {
     /// The data directory: a run made by `p2pnode init`, or an empty folder
-    /// (a new run on the bundled defaults is started there).
+    /// (a new run on the bundled defaults is started there). A directory
+    /// that already holds rounds resumes after the last one.
     #[arg(long, default_value = "p2ptrain-data")]
     dir: PathBuf,
     /// This node's key (created if missing).
@@ -36,10 +47,16 @@ pub struct JoinArgs {
     /// pnet, and only peers holding the key get in.
     #[arg(long)]
     psk: Option<PathBuf>,
+    /// An allow-list file: one peer key (64 hex digits, as `p2pnode pubkey`
+    /// prints) per line, `#` comments. Connections with other peers are
+    /// refused and contributions they sign are dropped. This node's own key
+    /// must be on it.
+    #[arg(long)]
+    allow: Option<PathBuf>,
     /// Do not look for peers on the LAN.
     #[arg(long)]
     no_mdns: bool,
-    /// Stop after this many rounds (0: run until Ctrl-C).
+    /// Stop once the chain holds this many rounds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     rounds: u64,
 }
@@ -51,7 +68,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             "no run in {}: starting a new one on the bundled defaults",
             args.dir.display()
         );
-        crate::init(&data, 0)?;
+        crate::init(&data, &crate::InitArgs::default())?;
     }
     let key = load_or_create_key(&args.key)?;
     let tokens = match &args.data {
@@ -67,12 +84,22 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         .map(access::load_psk)
         .transpose()
         .context("reading --psk")?;
+    let allow_list = args
+        .allow
+        .as_deref()
+        .map(access::load_allow_list)
+        .transpose()
+        .context("reading --allow")?;
+    if let Some(keys) = &allow_list {
+        eprintln!("allow-list: {} peers", keys.len());
+    }
     let setup = NodeSetup {
         data,
         key: key.clone(),
         net: NetConfig {
             mdns: !args.no_mdns,
             psk,
+            allow_list,
             ..NetConfig::default()
         },
         listen: args.listen.clone(),
@@ -80,37 +107,91 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     };
     let (events_tx, mut events) = mpsc::channel(256);
     let node = Node::new(setup, events_tx).context("starting the node")?;
+    tell_start(&node);
+    if args.rounds > 0 && node.head().round >= args.rounds {
+        eprintln!("the chain already holds {} rounds", node.head().round);
+        return Ok(());
+    }
     let (commands, command_rx) = mpsc::channel(16);
     let running = tokio::spawn(node.run(command_rx));
     for address in args.bootstrap {
         commands.send(Command::Dial(address)).await?;
     }
-    eprintln!(
-        "node {} — waiting for peers; it trains alone until some join",
-        PeerKey::from(&key)
-    );
+    let me = PeerKey::from(&key);
+    eprintln!("node {me} — waiting for peers; it trains alone until some join");
     loop {
         tokio::select! {
-            event = events.recv() => match event {
-                Some(NodeEvent::Listening(address)) => {
-                    eprintln!("listening on {address}/p2p/{}", p2ptrain_node::net::peer_id(&PeerKey::from(&key)).map(|p| p.to_string()).unwrap_or_default());
-                    eprintln!("  add a peer: p2pnode join --dir OTHER_DIR --key OTHER.key --bootstrap {address}");
-                }
-                Some(NodeEvent::Finalized { round, checkpoint, contributions }) => {
-                    println!("round {round}: checkpoint {checkpoint} ({contributions} contributions)");
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                if let Some(round) = tell(&me, event) {
                     if args.rounds > 0 && round + 1 >= args.rounds {
                         break;
                     }
                 }
-                Some(NodeEvent::Rejected(reason)) => eprintln!("dropped a contribution: {reason}"),
-                None => break,
-            },
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     let _ = commands.send(Command::Shutdown).await;
     running.await?.context("the node stopped with an error")?;
     Ok(())
+}
+
+/// Says where the chain starts: genesis, or a resumed round.
+fn tell_start(node: &Node) {
+    let head = node.head();
+    match node.resumed_from() {
+        ResumedFrom::Genesis => eprintln!("starting at genesis, checkpoint {}", head.base),
+        ResumedFrom::Head => {
+            eprintln!(
+                "resuming from round {}, checkpoint {}",
+                head.round, head.base
+            );
+        }
+        ResumedFrom::Replayed { last_record, found } => {
+            let found = found.map_or_else(|| "missing".to_owned(), |h| h.to_string());
+            eprintln!(
+                "head.ckpt ({found}) is not the result of round {last_record}: \
+                 replayed the records from genesis"
+            );
+            eprintln!(
+                "resuming from round {}, checkpoint {}",
+                head.round, head.base
+            );
+        }
+    }
+}
+
+/// Prints one event; returns the round whose result the node now holds,
+/// if it is such an event.
+fn tell(me: &PeerKey, event: NodeEvent) -> Option<u64> {
+    match event {
+        NodeEvent::Listening(address) => {
+            let id = p2ptrain_node::net::peer_id(me).map(|p| p.to_string());
+            eprintln!("listening on {address}/p2p/{}", id.unwrap_or_default());
+            eprintln!(
+                "  add a peer: p2pnode join --dir OTHER_DIR --key OTHER.key --bootstrap {address}"
+            );
+        }
+        NodeEvent::Finalized {
+            round,
+            checkpoint,
+            contributions,
+        } => {
+            println!("round {round}: checkpoint {checkpoint} ({contributions} contributions)");
+            return Some(round);
+        }
+        NodeEvent::Adopted { round, checkpoint } => {
+            println!("round {round}: checkpoint {checkpoint} (adopted from a peer)");
+            return Some(round);
+        }
+        NodeEvent::Rejected(reason) => eprintln!("dropped a contribution: {reason}"),
+        NodeEvent::PeerConnected(peer) => eprintln!("peer {peer} connected"),
+        NodeEvent::PeerLeft(peer) => eprintln!("peer {peer} left"),
+        NodeEvent::Refused(peer) => eprintln!("refused peer {peer}: not on the allow-list"),
+        NodeEvent::DialFailed(error) => eprintln!("could not connect: {error}"),
+    }
+    None
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<p2ptrain_protocol::SigningKey> {

@@ -1,15 +1,18 @@
 //! `p2pnode`: run a p2ptrain peer.
 
+mod init;
 mod join;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use p2ptrain_node::chain::{self, ChainState, DataDir};
+use p2ptrain_node::chain::{self, DataDir};
 use p2ptrain_node::{keyfile, net};
 use p2ptrain_protocol::{PeerKey, RunManifest};
 use p2ptrain_trainer::ParamLayout;
+
+pub(crate) use init::{init, InitArgs};
 
 /// A peer of a p2ptrain swarm: trains a shared model with other peers, no
 /// server in between.
@@ -48,16 +51,10 @@ enum Command {
     /// swarm, and keep the chain of rounds in the data directory.
     Join(join::JoinArgs),
     /// Start a new run in a data directory: write the run manifest (the
-    /// bundled defaults: tiny model, H = 50, top-1% 8-bit compression) and
-    /// its genesis checkpoint, initialized from --seed.
-    Init {
-        /// The data directory (created; an existing run there is kept).
-        #[arg(long, default_value = "p2ptrain-data")]
-        dir: PathBuf,
-        /// Seed of the genesis initialization.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    /// bundled defaults: tiny model, H = 50, top-1% 8-bit compression,
+    /// unless changed below) and its genesis checkpoint, initialized from
+    /// --seed.
+    Init(InitArgs),
     /// Replay a data directory's chain from genesis: every signature,
     /// payload hash, outer step and checkpoint hash. Exits non-zero, naming
     /// the first bad round, on any mismatch.
@@ -90,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", PeerKey::from(&key));
         }
         Command::SwarmKey { out } => swarm_key(&out)?,
-        Command::Init { dir, seed } => init(&DataDir::new(dir), seed)?,
+        Command::Init(args) => init(&DataDir::new(&args.dir), &args)?,
         Command::Verify { dir } => verify(&DataDir::new(dir))?,
         Command::History { dir, json } => history(&DataDir::new(dir), json)?,
     }
@@ -115,29 +112,6 @@ fn swarm_key(out: &std::path::Path) -> anyhow::Result<()> {
     file.write_all(net::access::psk_file(&key).as_bytes())?;
     file.sync_all()?;
     eprintln!("wrote {}", out.display());
-    Ok(())
-}
-
-fn init(dir: &DataDir, seed: u64) -> anyhow::Result<()> {
-    if let Ok(existing) = dir.manifest() {
-        anyhow::bail!(
-            "{} already holds run {} ({}); choose another --dir",
-            dir.root().display(),
-            existing.id()?,
-            existing.name
-        );
-    }
-    let mut manifest = RunManifest {
-        seed,
-        ..RunManifest::default()
-    };
-    let genesis = ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(seed));
-    manifest.genesis = genesis.hash();
-    dir.write_genesis(&genesis)?;
-    dir.write_manifest(&manifest)?;
-    println!("run {}", manifest.id()?);
-    println!("genesis {}", manifest.genesis);
-    println!("wrote {}", dir.root().display());
     Ok(())
 }
 

@@ -9,8 +9,11 @@ use libp2p::core::Transport as _;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux, Swarm};
-use p2ptrain_protocol::{Digest, SigningKey};
+use libp2p::{
+    allow_block_list, gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux,
+    Swarm,
+};
+use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
 use super::codec::{FetchCodec, FETCH_PROTOCOL};
 
@@ -42,6 +45,9 @@ pub struct NetConfig {
     /// wrapped in libp2p pnet (QUIC cannot carry it), and peers without the
     /// key cannot connect.
     pub psk: Option<PreSharedKey>,
+    /// An allow-list of peers: when present, connections with any other
+    /// peer are denied, both ways.
+    pub allow_list: Option<Vec<PeerKey>>,
 }
 
 impl Default for NetConfig {
@@ -51,6 +57,7 @@ impl Default for NetConfig {
             max_gossip: 2 << 20,
             fetch_timeout: Duration::from_secs(120),
             psk: None,
+            allow_list: None,
         }
     }
 }
@@ -58,6 +65,8 @@ impl Default for NetConfig {
 /// Everything a node speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Connections only with the allow-list's peers, when there is one.
+    pub allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     /// Announcements and commits.
     pub gossipsub: gossipsub::Behaviour,
     /// Payloads and checkpoints.
@@ -168,12 +177,26 @@ fn behaviour(
         key.public(),
     ));
     let kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+    let allow = match &config.allow_list {
+        Some(keys) => {
+            let mut allow =
+                allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+            for key in keys {
+                let peer =
+                    super::peer_id(key).ok_or("an allow-list entry is not an ed25519 key")?;
+                allow.allow_peer(peer);
+            }
+            Some(allow)
+        }
+        None => None,
+    };
     let mdns = if config.mdns {
         Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
     } else {
         None
     };
     Ok(Behaviour {
+        allow: allow.into(),
         gossipsub,
         fetch,
         identify,

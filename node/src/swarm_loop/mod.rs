@@ -3,23 +3,27 @@
 //! asks — train, announce, fetch, apply, commit, record. Everything else
 //! talks to it through bounded channels ([`Command`] in, [`NodeEvent`] out).
 
+mod fetch;
 mod replica;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::request_response::{self, Message, OutboundRequestId};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, mdns, Multiaddr, Swarm};
-use p2ptrain_protocol::{codec, Commit, Contribution, Digest, RunManifest, Signed, SigningKey};
+use libp2p::request_response::OutboundRequestId;
+use libp2p::swarm::{DialError, ListenError, SwarmEvent};
+use libp2p::{allow_block_list, gossipsub, mdns, Multiaddr, PeerId, Swarm};
+use p2ptrain_protocol::{
+    codec, Commit, Contribution, Digest, PeerKey, RunManifest, Signed, SigningKey,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::chain::{ChainError, ChainState, DataDir, StepInput};
-use crate::engine::{Engine, EngineConfig, EngineError, Head, Input, Millis, Output, RejectReason};
-use crate::net::codec::{FetchRequest, FetchResponse};
+use crate::chain::{self, ChainError, ChainState, DataDir, ResumedFrom, StepInput};
+use crate::engine::{
+    Engine, EngineConfig, EngineError, Head, Input, Millis, Output, RejectReason, Verify,
+};
+use crate::net::codec::FetchRequest;
 use crate::net::{
     build_swarm, peer_id, peer_key, topics, Behaviour, BehaviourEvent, NetConfig, NetError, Topics,
 };
@@ -68,8 +72,24 @@ pub enum NodeEvent {
         /// Contributions applied.
         contributions: usize,
     },
+    /// This node took a heavier chain's checkpoint from a peer: it now
+    /// holds the result of `round`.
+    Adopted {
+        /// The round whose result it adopted.
+        round: u64,
+        /// The checkpoint.
+        checkpoint: Digest,
+    },
     /// A contribution was dropped.
     Rejected(RejectReason),
+    /// A peer connected (its first connection).
+    PeerConnected(PeerKey),
+    /// A peer's last connection closed.
+    PeerLeft(PeerKey),
+    /// A connection with a peer off the allow-list was refused.
+    Refused(PeerKey),
+    /// A dial failed.
+    DialFailed(String),
 }
 
 /// Everything a node needs to run.
@@ -78,7 +98,7 @@ pub struct NodeSetup {
     pub data: DataDir,
     /// Its key.
     pub key: SigningKey,
-    /// Network settings.
+    /// Network settings; their allow-list also rules the round engine.
     pub net: NetConfig,
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
@@ -102,10 +122,12 @@ pub struct Node {
     checkpoints: HashMap<OutboundRequestId, Head>,
     events: mpsc::Sender<NodeEvent>,
     epoch: Instant,
+    resumed_from: ResumedFrom,
 }
 
 impl Node {
-    /// Sets a node up from its data directory (starting from genesis).
+    /// Sets a node up from its data directory, at its last finalized round
+    /// (see [`chain::resume`]): genesis for a new run.
     ///
     /// # Errors
     ///
@@ -114,7 +136,9 @@ impl Node {
     pub fn new(setup: NodeSetup, events: mpsc::Sender<NodeEvent>) -> Result<Self, NodeError> {
         let manifest = setup.data.manifest()?;
         let params = p2ptrain_trainer::ParamLayout::gpt2(&manifest.model).len();
-        let state = setup.data.genesis(params)?;
+        let resumed = chain::resume(&setup.data, params)?;
+        let head = resumed.head();
+        let state = resumed.state;
         let mut swarm = build_swarm(&setup.key, &setup.net)?;
         let run = manifest.id().map_err(ChainError::from)?;
         let topics = topics(&run);
@@ -138,7 +162,9 @@ impl Node {
             seed,
             1_000 * u64::from(manifest.inner_steps),
         )?;
-        let engine = Engine::new(EngineConfig::new(manifest.clone(), setup.key, params))?;
+        let mut config = EngineConfig::new(manifest.clone(), setup.key, params);
+        config.allow_list = setup.net.allow_list.map(|keys| keys.into_iter().collect());
+        let engine = Engine::with_checker(config, head, Verify)?;
         let (trained_tx, trained_rx) = mpsc::channel(1);
         Ok(Self {
             swarm,
@@ -155,7 +181,18 @@ impl Node {
             checkpoints: HashMap::new(),
             events,
             epoch: Instant::now(),
+            resumed_from: resumed.from,
         })
+    }
+
+    /// Where the chain stands: the round to work on and its checkpoint.
+    pub fn head(&self) -> Head {
+        self.engine.head()
+    }
+
+    /// How the starting state was found in the data directory.
+    pub fn resumed_from(&self) -> ResumedFrom {
+        self.resumed_from
     }
 
     fn now(&self) -> Millis {
@@ -303,13 +340,30 @@ impl Node {
         }
     }
 
+    async fn report(&mut self, event: NodeEvent) {
+        let _ = self.events.send(event).await;
+    }
+
+    async fn refused(&mut self, peer: &PeerId) {
+        if let Some(key) = peer_key(peer) {
+            self.report(NodeEvent::Refused(key)).await;
+        }
+    }
+
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let _ = self.events.send(NodeEvent::Listening(address)).await;
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
                 if let Some(key) = peer_key(&peer_id) {
+                    if num_established.get() == 1 {
+                        self.report(NodeEvent::PeerConnected(key)).await;
+                    }
                     self.feed(Input::PeerSeen(key)).await?;
                 }
             }
@@ -319,9 +373,30 @@ impl Node {
                 ..
             } => {
                 if let Some(key) = peer_key(&peer_id) {
+                    self.report(NodeEvent::PeerLeft(key)).await;
                     self.feed(Input::PeerGone(key)).await?;
                 }
             }
+            SwarmEvent::IncomingConnectionError {
+                peer_id: Some(peer),
+                error: ListenError::Denied { cause },
+                ..
+            } if cause
+                .downcast_ref::<allow_block_list::NotAllowed>()
+                .is_some() =>
+            {
+                self.refused(&peer).await;
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => match (peer_id, error) {
+                (Some(peer), DialError::Denied { cause })
+                    if cause
+                        .downcast_ref::<allow_block_list::NotAllowed>()
+                        .is_some() =>
+                {
+                    self.refused(&peer).await;
+                }
+                (_, error) => self.report(NodeEvent::DialFailed(error.to_string())).await,
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (_, address) in found {
                     let _ = self.swarm.dial(address);
@@ -345,104 +420,5 @@ impl Node {
             _ => {}
         }
         Ok(())
-    }
-
-    async fn on_fetch(
-        &mut self,
-        event: request_response::Event<FetchRequest, FetchResponse>,
-    ) -> Result<(), NodeError> {
-        match event {
-            request_response::Event::Message {
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let response = self.serve(request);
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .fetch
-                    .send_response(channel, response);
-            }
-            request_response::Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(id) = self.fetches.remove(&request_id) {
-                    let input = match response {
-                        FetchResponse::Found { header, body } => match codec::decode(&header) {
-                            Ok(contribution) => Input::PayloadArrived {
-                                contribution,
-                                bytes: Arc::from(body),
-                            },
-                            Err(_) => Input::FetchFailed { id },
-                        },
-                        FetchResponse::Missing => Input::FetchFailed { id },
-                    };
-                    self.feed(input).await?;
-                } else if let Some(head) = self.checkpoints.remove(&request_id) {
-                    self.adopt(head, response).await?;
-                }
-            }
-            request_response::Event::OutboundFailure { request_id, .. } => {
-                if let Some(id) = self.fetches.remove(&request_id) {
-                    self.feed(Input::FetchFailed { id }).await?;
-                }
-                self.checkpoints.remove(&request_id);
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn serve(&self, request: FetchRequest) -> FetchResponse {
-        match request {
-            FetchRequest::Payload(id) => match self.engine.payload(&id) {
-                Some((signed, bytes)) => match codec::encode(&signed) {
-                    Ok(header) => FetchResponse::Found {
-                        header,
-                        body: bytes.to_vec(),
-                    },
-                    Err(_) => FetchResponse::Missing,
-                },
-                None => FetchResponse::Missing,
-            },
-            FetchRequest::Checkpoint(hash) => {
-                let state = if self.state.hash() == hash {
-                    Some(&self.state)
-                } else {
-                    self.tentative.get(&hash)
-                };
-                match state {
-                    Some(state) => FetchResponse::Found {
-                        header: Vec::new(),
-                        body: state.to_bytes(),
-                    },
-                    None => FetchResponse::Missing,
-                }
-            }
-        }
-    }
-
-    /// Takes a fetched checkpoint if it hashes to what the commit named.
-    async fn adopt(&mut self, head: Head, response: FetchResponse) -> Result<(), NodeError> {
-        let FetchResponse::Found { body, .. } = response else {
-            return Ok(());
-        };
-        let Ok(state) = ChainState::from_bytes(&body, self.state.params.len()) else {
-            return Ok(());
-        };
-        if state.hash() != head.base {
-            return Ok(());
-        }
-        self.state = state;
-        self.data.write_head(&self.state)?;
-        self.feed(Input::CheckpointAdopted(head)).await
     }
 }

@@ -1,0 +1,74 @@
+//! `p2pnode init`: a new run's manifest and genesis checkpoint.
+
+use std::path::PathBuf;
+
+use p2ptrain_node::chain::{ChainState, DataDir};
+use p2ptrain_protocol::RunManifest;
+use p2ptrain_trainer::ParamLayout;
+
+/// The options of `p2pnode init`. Every setting left out keeps the bundled
+/// run's value; every peer of a run must use the same ones (the run id is
+/// the manifest's hash).
+#[derive(clap::Args, Default)]
+pub struct InitArgs {
+    /// The data directory (created; an existing run there is kept).
+    #[arg(long, default_value = "p2ptrain-data")]
+    pub dir: PathBuf,
+    /// Seed of the genesis initialization.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Inner steps per round (H) [default: 50].
+    #[arg(long)]
+    pub inner_steps: Option<u32>,
+    /// Sequences per inner step [default: 32].
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// Fewest contributions a round applies [default: 1].
+    #[arg(long)]
+    pub min_contributors: Option<u32>,
+    /// Milliseconds after a round's first contribution before it closes
+    /// without stragglers [default: 30000].
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+    /// Milliseconds to collect the other peers' commits [default: 2000].
+    #[arg(long)]
+    pub commit_window_ms: Option<u64>,
+}
+
+impl InitArgs {
+    /// The manifest these options describe, genesis not yet set.
+    fn manifest(&self) -> RunManifest {
+        let mut manifest = RunManifest {
+            seed: self.seed,
+            ..RunManifest::default()
+        };
+        let rounds = &mut manifest.rounds;
+        manifest.inner_steps = self.inner_steps.unwrap_or(manifest.inner_steps);
+        manifest.inner.batch_size = self.batch_size.unwrap_or(manifest.inner.batch_size);
+        rounds.min_contributors = self.min_contributors.unwrap_or(rounds.min_contributors);
+        rounds.deadline_ms = self.deadline_ms.unwrap_or(rounds.deadline_ms);
+        rounds.commit_window_ms = self.commit_window_ms.unwrap_or(rounds.commit_window_ms);
+        manifest
+    }
+}
+
+/// Writes a new run into `dir` (refusing a directory that holds one).
+pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
+    if let Ok(existing) = dir.manifest() {
+        anyhow::bail!(
+            "{} already holds run {} ({}); choose another --dir",
+            dir.root().display(),
+            existing.id()?,
+            existing.name
+        );
+    }
+    let mut manifest = args.manifest();
+    let genesis = ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(args.seed));
+    manifest.genesis = genesis.hash();
+    dir.write_genesis(&genesis)?;
+    dir.write_manifest(&manifest)?;
+    println!("run {}", manifest.id()?);
+    println!("genesis {}", manifest.genesis);
+    println!("wrote {}", dir.root().display());
+    Ok(())
+}
