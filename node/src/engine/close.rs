@@ -263,7 +263,21 @@ impl<C: Checker> Engine<C> {
             },
             head,
         });
+        // Commits of this round that ended elsewhere: a disagreement the
+        // reconciliation did not settle is settled by fork choice, heaviest
+        // first.
+        let mut elsewhere: Vec<Commit> = self
+            .round
+            .commits
+            .values()
+            .filter(|(_, c)| c.result != result)
+            .map(|(_, c)| c.clone())
+            .collect();
+        elsewhere.sort_by_key(|c| (std::cmp::Reverse(c.chain_tokens), c.result));
         self.enter(now, head, out);
+        for commit in elsewhere {
+            self.consider_fork(&commit, out);
+        }
     }
 
     /// Moves to `head`: a fresh round, with what was waiting for it.

@@ -43,8 +43,21 @@ impl<C: Checker> Engine<C> {
         }
         if commit.round == self.round.number && commit.base == self.round.base {
             for id in commit.contributions.as_slice() {
-                if !self.round.entries.contains_key(id) && !self.round.wanted.contains_key(id) {
-                    self.round.wanted.insert(*id, committer);
+                let fetch = match self.round.entries.get_mut(id) {
+                    // Its author could not deliver (gone, say): the
+                    // committer held it, so ask the committer.
+                    Some(entry) if matches!(entry.state, EntryState::Unavailable) => {
+                        entry.state = EntryState::Fetching { from: committer };
+                        true
+                    }
+                    Some(_) => false,
+                    None if self.round.wanted.contains_key(id) => false,
+                    None => {
+                        self.round.wanted.insert(*id, committer);
+                        true
+                    }
+                };
+                if fetch {
                     out.push(Output::Fetch {
                         id: *id,
                         from: committer,

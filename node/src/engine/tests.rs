@@ -431,3 +431,5 @@ fn overlapping_peers_train_the_next_round_while_this_one_closes() {
     assert_eq!(swarm.heads()[0].round, 1);
     assert!(swarm.engines[0].round.mine.is_some());
 }
+
+mod split;

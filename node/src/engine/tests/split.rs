@@ -1,0 +1,63 @@
+//! A contributor that dies once some peers hold its payload and others do
+//! not: the round must not split, and if it does, fork choice must heal it.
+
+use super::*;
+
+/// Three peers; peer 2's update reaches peer 0 only, then peer 2 dies.
+/// Peer 0 serves it on if `serving`.
+fn author_dies_after_one_fetch(serving: bool) -> Swarm {
+    let mut swarm = Swarm::new(3, manifest());
+    swarm.start();
+    swarm.withholders.insert(2);
+    swarm.train(&[0, 1, 2], |_| 1.0);
+    let id = swarm.engines[2].round.mine.unwrap();
+    let (contribution, bytes) = swarm.engines[2].payload(&id).unwrap();
+    swarm.queue.push_back((
+        0,
+        Input::PayloadArrived {
+            contribution,
+            bytes,
+        },
+    ));
+    if !serving {
+        swarm.withholders.insert(0);
+    }
+    let gone = swarm.engines[2].me();
+    swarm.queue.push_back((0, Input::PeerGone(gone)));
+    swarm.queue.push_back((1, Input::PeerGone(gone)));
+    swarm.run();
+    swarm
+}
+
+#[test]
+fn a_payload_its_dead_author_never_delivered_is_fetched_from_a_committer() {
+    let mut swarm = author_dies_after_one_fetch(true);
+    swarm.advance(100);
+    swarm.advance(1_000);
+    assert_eq!(swarm.finalized[0].len(), 1);
+    assert_eq!(swarm.finalized[1], swarm.finalized[0]);
+    assert_eq!(
+        swarm.finalized[0][0].2.len(),
+        3,
+        "the dead peer's update too"
+    );
+}
+
+#[test]
+fn a_round_that_ended_split_is_healed_by_fork_choice_on_its_commits() {
+    // Peer 0 cannot serve it either: peer 1 ends the round without it.
+    let mut swarm = author_dies_after_one_fetch(false);
+    swarm.advance(100);
+    swarm.advance(1_000);
+    assert_eq!(swarm.finalized[0][0].2.len(), 3);
+    assert_eq!(swarm.finalized[1][0].2.len(), 2);
+    // Peer 1 saw the heavier commit in that round and adopted its result,
+    // rather than waiting forever on a round its peer is not in.
+    assert_eq!(swarm.heads()[1], swarm.heads()[0]);
+    swarm.withholders.clear();
+    swarm.train(&[0, 1], |_| 1.0);
+    swarm.advance(100);
+    swarm.advance(1);
+    assert_eq!(swarm.heads()[1], swarm.heads()[0]);
+    assert_eq!(swarm.heads()[0].round, 2, "{:#?}", swarm.finalized);
+}
