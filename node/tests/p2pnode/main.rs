@@ -1,0 +1,268 @@
+//! `p2pnode` as a user runs it: real processes on 127.0.0.1, each with its
+//! own data directory, tiny rounds, every wait bounded and driven by the
+//! lines the nodes print.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use harness::{exclusive, init, run, run_ok, scratch, Node, Stream};
+
+/// Starts three nodes of one run in `root`; each dials those started before
+/// it. `extra` goes to every node.
+fn three_nodes(root: &Path, extra: &[&str]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut addresses: Vec<String> = Vec::new();
+    for name in ["a", "b", "c"] {
+        let dir = root.join(name);
+        init(&dir, 2);
+        let mut args: Vec<&str> = extra.to_vec();
+        for address in &addresses {
+            args.extend(["--bootstrap", address.as_str()]);
+        }
+        let mut node = Node::join(name, &dir, &root.join(format!("{name}.key")), &args);
+        let address = node.address();
+        nodes.push(node);
+        addresses.push(address);
+    }
+    nodes
+}
+
+/// Asserts every round reported by more than one node has one hash.
+fn assert_agree(nodes: &[Node]) {
+    let mut by_round: BTreeMap<u64, Vec<(usize, String)>> = BTreeMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for (round, hash, _) in node.rounds() {
+            by_round.entry(round).or_default().push((i, hash));
+        }
+    }
+    for (round, hashes) in by_round {
+        assert!(
+            hashes.windows(2).all(|w| w[0].1 == w[1].1),
+            "round {round}: {hashes:?}"
+        );
+    }
+}
+
+#[test]
+fn three_nodes_agree_on_the_checkpoint_of_every_round() {
+    let _machine = exclusive();
+    let root = scratch("agree");
+    let mut nodes = three_nodes(&root, &["--rounds", "4"]);
+    for node in &mut nodes {
+        assert!(node.exit().success());
+    }
+    let last: Vec<String> = nodes.iter_mut().map(|n| n.round(3)).collect();
+    assert!(last.windows(2).all(|w| w[0] == w[1]), "{last:?}");
+    assert_agree(&nodes);
+    // Several rounds were closed together, not only adopted.
+    let finalized = nodes[0].rounds().iter().filter(|r| !r.2).count();
+    assert!(finalized >= 3, "{:?}", nodes[0].rounds());
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_node_killed_mid_round_resumes_from_its_directory_and_agrees_again() {
+    let _machine = exclusive();
+    let root = scratch("kill");
+    let mut nodes = three_nodes(&root, &[]);
+    // A round it closed itself is on its disk (one it adopted is not).
+    let (closed, _, _) = nodes[2].wait_for("a round it closed", |s, line| {
+        harness::round_line(s, line).filter(|(_, _, adopted)| !adopted)
+    });
+    // The next round is under way.
+    nodes[2].kill();
+    // The other two finish it and go on without it.
+    let later = nodes[0].round(closed + 2);
+    assert_eq!(nodes[1].round(closed + 2), later);
+
+    let addresses = [nodes[0].address(), nodes[1].address()];
+    let dir = root.join("c");
+    let mut c = Node::join(
+        "c again",
+        &dir,
+        &root.join("c.key"),
+        &["--bootstrap", &addresses[0], "--bootstrap", &addresses[1]],
+    );
+    let (round, hash) = c.wait_for("resume line", |s, line| {
+        let rest = line.strip_prefix("resuming from round ")?;
+        let (round, hash) = rest.split_once(", checkpoint ")?;
+        (s == Stream::Err).then(|| (round.parse::<u64>().unwrap(), hash.to_owned()))
+    });
+    assert!(
+        round > closed,
+        "it had closed round {closed} before the kill"
+    );
+    assert_eq!(
+        hash,
+        nodes[0].round(round - 1),
+        "resumed on the swarm's chain"
+    );
+    assert!(!c.said("replayed"), "head.ckpt matched its last record");
+    // It catches up (adopting the swarm's checkpoint), then closes rounds
+    // with the others, on the same checkpoints.
+    let (first, _, _) = c.wait_for("a round after the restart", harness::round_line);
+    let (next, _, _) = c.wait_for("a round closed with the others", |s, line| {
+        let (r, hash, adopted) = harness::round_line(s, line)?;
+        (!adopted && r > first).then_some((r, hash, adopted))
+    });
+    for r in [first, next] {
+        assert_eq!(c.round(r), nodes[0].round(r), "round {r}");
+        assert_eq!(c.round(r), nodes[1].round(r), "round {r}");
+    }
+    nodes.push(c);
+    assert_agree(&nodes);
+    drop(nodes);
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_node_with_another_pre_shared_key_cannot_connect() {
+    let _machine = exclusive();
+    let root = scratch("psk");
+    let key_file = |name: &str| {
+        let path = root.join(name);
+        run_ok(&["swarm-key", "--out", path.to_str().unwrap()]);
+        path.to_str().unwrap().to_owned()
+    };
+    let (ours, theirs) = (key_file("ours.psk"), key_file("theirs.psk"));
+    let pubkey = |name: &str| {
+        let path = root.join(format!("{name}.key"));
+        run_ok(&["keygen", "--out", path.to_str().unwrap()])
+            .trim()
+            .to_owned()
+    };
+    let (member_key, outsider_key) = (pubkey("member"), pubkey("outsider"));
+    let start = |name: &str, psk: &str, bootstrap: Option<&str>| {
+        let dir = root.join(name);
+        init(&dir, 1);
+        let mut args = vec!["--psk", psk];
+        args.extend(bootstrap.iter().flat_map(|b| ["--bootstrap", b]));
+        Node::join(name, &dir, &root.join(format!("{name}.key")), &args)
+    };
+    let mut host = start("host", &ours, None);
+    let address = host.address();
+    let mut member = start("member", &ours, Some(&address));
+    let mut outsider = start("outsider", &theirs, Some(&address));
+
+    member.wait_for("a connection", |_, l| {
+        l.contains(" connected").then_some(())
+    });
+    host.wait_for("the member", |_, l| {
+        (l == format!("peer {member_key} connected")).then_some(())
+    });
+    outsider.wait_for("a failed dial", |_, l| {
+        l.starts_with("could not connect").then_some(())
+    });
+    assert!(!outsider.said(" connected"));
+    assert!(!host.said(&format!("peer {outsider_key} connected")));
+    drop((host, member, outsider));
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_node_off_the_allow_list_is_refused_and_never_contributes() {
+    let _machine = exclusive();
+    let root = scratch("allow");
+    let mut keys = BTreeMap::new();
+    for name in ["a", "b", "c"] {
+        let path = root.join(format!("{name}.key"));
+        let key = run_ok(&["keygen", "--out", path.to_str().unwrap()]);
+        keys.insert(name, key.trim().to_owned());
+    }
+    let list = root.join("allow.txt");
+    std::fs::write(&list, format!("# the lab\n{}\n{}\n", keys["a"], keys["b"])).unwrap();
+    let list = list.to_str().unwrap();
+    let start = |name: &str, args: &[&str]| {
+        let dir = root.join(name);
+        init(&dir, 2);
+        Node::join(name, &dir, &root.join(format!("{name}.key")), args)
+    };
+    let mut a = start("a", &["--allow", list]);
+    let a_address = a.address();
+    let mut b = start("b", &["--allow", list, "--bootstrap", &a_address]);
+    let b_address = b.address();
+    let mut c = start("c", &["--bootstrap", &a_address, "--bootstrap", &b_address]);
+
+    let refused = format!("refused peer {}: not on the allow-list", keys["c"]);
+    a.wait_for("the outsider refused", |_, l| (l == refused).then_some(()));
+    b.wait_for("the outsider refused", |_, l| (l == refused).then_some(()));
+    for round in 0..2 {
+        assert_eq!(a.round(round), b.round(round), "round {round}");
+    }
+    let outsider_in = format!("peer {} connected", keys["c"]);
+    assert!(!a.said(&outsider_in) && !b.said(&outsider_in));
+    a.kill();
+    b.kill();
+    c.kill();
+    // Every contribution on the chain is a member's.
+    let history = run_ok(&["history", "--json", root.join("a").to_str().unwrap()]);
+    let authors: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("\"author\": \""))
+        .map(|l| l.trim_end_matches(['"', ',']))
+        .collect();
+    assert!(authors.len() >= 4, "{history}");
+    assert!(
+        authors.iter().all(|a| *a == keys["a"] || *a == keys["b"]),
+        "{authors:?}"
+    );
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_restarted_node_resumes_after_its_last_round_and_replays_a_lost_head() {
+    let _machine = exclusive();
+    let root = scratch("resume");
+    let dir = root.join("solo");
+    init(&dir, 1);
+    let key = root.join("solo.key");
+    let mut first = Node::join("first", &dir, &key, &["--rounds", "2"]);
+    assert!(first.exit().success());
+    let round1 = first.round(1);
+
+    let mut second = Node::join("second", &dir, &key, &["--rounds", "4"]);
+    assert!(second.exit().success());
+    assert!(second.said(&format!("resuming from round 2, checkpoint {round1}")));
+    assert_eq!(second.rounds().first().map(|r| r.0), Some(2));
+    let round3 = second.round(3);
+
+    // As if killed between writing round 3's record and its checkpoint.
+    std::fs::remove_file(dir.join("head.ckpt")).unwrap();
+    let mut third = Node::join("third", &dir, &key, &["--rounds", "5"]);
+    assert!(third.exit().success());
+    assert!(third.said("(missing) is not the result of round 3: replayed the records from genesis"));
+    assert!(third.said(&format!("resuming from round 4, checkpoint {round3}")));
+    let verified = run_ok(&["verify", dir.to_str().unwrap()]);
+    assert!(verified.starts_with("ok: 5 rounds"), "{verified}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn verify_passes_on_a_finished_directory_and_names_a_flipped_byte() {
+    let _machine = exclusive();
+    let root = scratch("verify");
+    let dir = root.join("solo");
+    init(&dir, 1);
+    let mut node = Node::join("solo", &dir, &root.join("solo.key"), &["--rounds", "3"]);
+    assert!(node.exit().success());
+    let dir_arg = dir.to_str().unwrap();
+    let verified = run_ok(&["verify", dir_arg]);
+    assert!(
+        verified.starts_with("ok: 3 rounds, 3 contributions"),
+        "{verified}"
+    );
+    assert!(verified.trim_end().ends_with(&node.round(2)), "{verified}");
+
+    let record = dir.join("records").join("00000001.bin");
+    let mut bytes = std::fs::read(&record).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&record, bytes).unwrap();
+    let output = run(&["verify", dir_arg]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("round 1:"), "{stderr}");
+    std::fs::remove_dir_all(root).unwrap();
+}
