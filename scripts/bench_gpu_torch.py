@@ -51,13 +51,20 @@ class Gpt(nn.Module):
         self.ln_f = nn.LayerNorm(d)
         mask = torch.full((context, context), float("-inf")).triu(1)
         self.register_buffer("mask", mask)
+        for name, p in self.named_parameters():  # GPT-2's initialization
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif "ln" in name:
+                nn.init.ones_(p)
+            else:
+                nn.init.normal_(p, std=0.02)
 
     def forward(self, ids, targets):
         x = self.wte(ids) + self.wpe.weight[: ids.shape[1]]
         for block in self.blocks:
             x = block(x, self.mask)
         logits = self.ln_f(x) @ self.wte.weight.t()
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def main():

@@ -112,6 +112,35 @@ fn compress_matches_the_cpu_bit_for_bit() {
 }
 
 #[test]
+fn ties_everywhere_match_the_cpu() {
+    let Some((stream, kernels)) = device("ties_everywhere_match_the_cpu") else {
+        return;
+    };
+    // All equal, then two magnitudes only: the kept set is decided by index.
+    let constant = vec![0.5f32; 40_000];
+    let two: Vec<f32> = (0..40_000)
+        .map(|i| if i % 3 == 0 { -2.0 } else { 1.0 })
+        .collect();
+    for delta in [constant, two] {
+        for density in [0.01, 0.3, 0.9] {
+            let settings = settings(4096, density, ValueBits::Eight);
+            let mut cpu_residual = vec![0.0; delta.len()];
+            let expected = compress(&delta, &mut cpu_residual, &settings).unwrap();
+            let mut gpu_residual = DeviceResidual::zeros(&stream, delta.len()).unwrap();
+            let on_device = stream.clone_htod(&delta).unwrap();
+            let found = kernels
+                .compress(&on_device.as_view(), &mut gpu_residual, &settings)
+                .unwrap();
+            assert_eq!(found, expected, "density {density}");
+            assert_eq!(
+                bits(&gpu_residual.to_host(&stream).unwrap()),
+                bits(&cpu_residual)
+            );
+        }
+    }
+}
+
+#[test]
 fn non_finite_input_is_refused_and_the_residual_kept() {
     let Some((stream, kernels)) = device("non_finite_input_is_refused_and_the_residual_kept")
     else {

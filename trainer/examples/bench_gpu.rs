@@ -90,9 +90,45 @@ fn train(
         times.push(started.elapsed().as_secs_f64());
     }
     device.synchronize()?;
+    let (free, total_memory) = p2ptrain_kernels::cuda::cudarc::driver::result::mem_get_info()?;
+    println!(
+        "GPU memory in use after the timed steps: {:.1} of {:.1} GiB",
+        (total_memory - free) as f64 / (1u64 << 30) as f64,
+        total_memory as f64 / (1u64 << 30) as f64
+    );
+    // Where a step's time goes: the forward pass with the loss, and the
+    // backward pass, each timed alone; the optimizer is the rest.
+    let model = trainer.model();
+    let (x, y) = next();
+    let (x, y) = (
+        model.tokens(&x, batch as usize)?,
+        model.tokens(&y, batch as usize)?,
+    );
+    let mut phases = [Vec::new(), Vec::new()];
+    for _ in 0..3 {
+        device.synchronize()?;
+        let started = Instant::now();
+        let loss = model.loss(&x, &y)?;
+        device.synchronize()?;
+        phases[0].push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let grads = loss.backward()?;
+        device.synchronize()?;
+        phases[1].push(started.elapsed().as_secs_f64());
+        drop(grads);
+    }
     let total: f64 = times.iter().sum();
     times.sort_by(f64::total_cmp);
     let median = times[steps / 2];
+    for phase in &mut phases {
+        phase.sort_by(f64::total_cmp);
+    }
+    println!(
+        "  per step: forward + loss {:.1} ms, backward {:.1} ms, AdamW and the rest {:.1} ms",
+        phases[0][1] * 1e3,
+        phases[1][1] * 1e3,
+        (median - phases[0][1] - phases[1][1]) * 1e3
+    );
     let per_second = tokens as f64 / median;
     let (l, t, d) = (config.n_layer as f64, context as f64, config.d_model as f64);
     let flops_per_token = 6.0 * params as f64 + 12.0 * l * t * d;
@@ -160,17 +196,23 @@ fn compress(len: usize, device: &Device) -> Result<(), Error> {
             ..CompressionSettings::default()
         };
         let mut residual = DeviceResidual::zeros(&stream, len)?;
+        let on_device_s = time(&mut || {
+            kernels.compress_on_device(&delta.as_view(), &mut residual, &settings)?;
+            Ok(())
+        })?;
         let compress_s = time(&mut || {
             kernels.compress(&delta.as_view(), &mut residual, &settings)?;
             Ok(())
         })?;
         println!(
-            "compress {len} f32 chunk {} density {density} {}-bit: {:.3} ms -> {:.0} GB/s of buffer, {:.0}% of copy",
+            "compress {len} f32 chunk {} density {density} {}-bit: {:.3} ms with the payload copied to the host -> {:.0} GB/s of buffer, {:.0}% of copy ({:.3} ms on the device alone, {:.0}% of copy)",
             settings.chunk_len,
             bits.bits(),
             compress_s * 1e3,
             gb / compress_s,
-            100.0 * copy_s / compress_s
+            100.0 * copy_s / compress_s,
+            on_device_s * 1e3,
+            100.0 * copy_s / on_device_s,
         );
         let mut fresh = DeviceResidual::zeros(&stream, len)?;
         let on_device = kernels.compress(&delta.as_view(), &mut fresh, &settings)?;

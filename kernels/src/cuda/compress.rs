@@ -1,9 +1,11 @@
 //! Compression with error feedback on the device.
 
+use std::sync::Arc;
+
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg};
 use p2ptrain_protocol::CompressionSettings;
 
-use super::{arg_u32, device_error, DeviceKernels, THREADS};
+use super::{arg_u32, device_error, DeviceKernels, Staging, THREADS};
 use crate::layout::Layout;
 use crate::quant::half;
 use crate::{KernelError, Payload};
@@ -27,7 +29,7 @@ impl DeviceResidual {
     /// # Errors
     ///
     /// [`KernelError::Device`] when the allocation fails.
-    pub fn zeros(stream: &CudaStream, len: usize) -> Result<Self, KernelError> {
+    pub fn zeros(stream: &Arc<CudaStream>, len: usize) -> Result<Self, KernelError> {
         Ok(Self {
             current: stream.alloc_zeros(len.max(1)).map_err(device_error)?,
             spare: stream.alloc_zeros(len.max(1)).map_err(device_error)?,
@@ -40,7 +42,7 @@ impl DeviceResidual {
     /// # Errors
     ///
     /// [`KernelError::Device`] when the allocation or the copy fails.
-    pub fn from_host(stream: &CudaStream, values: &[f32]) -> Result<Self, KernelError> {
+    pub fn from_host(stream: &Arc<CudaStream>, values: &[f32]) -> Result<Self, KernelError> {
         let mut residual = Self::zeros(stream, values.len())?;
         if !values.is_empty() {
             stream
@@ -65,7 +67,7 @@ impl DeviceResidual {
     /// # Errors
     ///
     /// [`KernelError::Device`] when the copy fails.
-    pub fn to_host(&self, stream: &CudaStream) -> Result<Vec<f32>, KernelError> {
+    pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>, KernelError> {
         let mut values = stream.clone_dtoh(&self.current).map_err(device_error)?;
         values.truncate(self.len);
         Ok(values)
@@ -80,7 +82,8 @@ impl DeviceResidual {
 impl DeviceKernels {
     /// [`compress`](crate::compress) on the device: `delta` plus the
     /// residual, compressed into a payload with the same bytes as the CPU's;
-    /// the residual keeps what the payload does not carry.
+    /// the residual keeps what the payload does not carry. Only the payload
+    /// (and an 8-byte finiteness flag before it) crosses to the host.
     ///
     /// # Errors
     ///
@@ -93,6 +96,22 @@ impl DeviceKernels {
         residual: &mut DeviceResidual,
         settings: &CompressionSettings,
     ) -> Result<Payload, KernelError> {
+        self.compress_on_device(delta, residual, settings)?
+            .to_host()
+    }
+
+    /// [`compress`](Self::compress), leaving the payload in device memory
+    /// (only the finiteness flag is read back).
+    ///
+    /// # Errors
+    ///
+    /// As [`compress`](Self::compress).
+    pub fn compress_on_device(
+        &self,
+        delta: &CudaView<'_, f32>,
+        residual: &mut DeviceResidual,
+        settings: &CompressionSettings,
+    ) -> Result<DevicePayload, KernelError> {
         settings.validate()?;
         let len = delta.len();
         if residual.len != len {
@@ -102,48 +121,41 @@ impl DeviceKernels {
             });
         }
         let layout = Layout::new(len, settings);
-        if layout.chunks == 0 {
-            return crate::compress(&[], &mut [], settings);
-        }
-        let scales = self.zeros::<f32>(layout.chunks)?;
-        let index_bytes = self.zeros::<u8>(layout.index_bytes())?;
-        let value_bytes = self.zeros::<u8>(layout.value_bytes())?;
-        let kept_index = self.zeros::<u32>(layout.kept())?;
-        let kept_code = self.zeros::<u32>(layout.kept())?;
-        let mut first_non_finite = self.stream.clone_htod(&[u64::MAX]).map_err(device_error)?;
-        let mut outputs = Outputs {
-            scales,
-            index_bytes,
-            value_bytes,
-            kept_index,
-            kept_code,
-        };
-        self.launch_compress(
-            delta,
-            residual,
-            &layout,
-            settings,
-            &mut outputs,
-            &mut first_non_finite,
-        )?;
-        let first = self
-            .stream
-            .clone_dtoh(&first_non_finite)
+        let offsets = Offsets::of(&layout);
+        // SAFETY: the kernel writes every byte of `bytes` past the flag
+        // (every chunk's scale and whole packed runs) and every kept slot
+        // before reading it; the flag is zeroed below.
+        let mut bytes = unsafe { self.stream.alloc::<u8>(offsets.total) }.map_err(device_error)?;
+        self.stream
+            .memset_zeros(&mut bytes.slice_mut(..FLAG_BYTES))
             .map_err(device_error)?;
-        if let Some(&index) = first.first().filter(|&&i| i != u64::MAX) {
+        if layout.chunks > 0 {
+            self.launch_compress(delta, residual, &layout, settings, &mut bytes, &offsets)?;
+        }
+        let flag = self
+            .stream
+            .clone_dtoh(&bytes.slice(..FLAG_BYTES))
+            .map_err(device_error)?;
+        let flag =
+            u64::from_le_bytes(flag.try_into().map_err(|_| {
+                KernelError::Device("short read of the finiteness flag".to_owned())
+            })?);
+        if flag != 0 {
             return Err(KernelError::NonFinite {
-                index: index as usize,
+                index: !flag as usize,
             });
         }
-        let payload = Payload {
+        if layout.chunks > 0 {
+            std::mem::swap(&mut residual.current, &mut residual.spare);
+        }
+        Ok(DevicePayload {
+            bytes,
+            offsets,
             len,
             settings: *settings,
-            scales: self.to_host(&outputs.scales, layout.chunks)?,
-            indices: self.to_host(&outputs.index_bytes, layout.index_bytes())?,
-            values: self.to_host(&outputs.value_bytes, layout.value_bytes())?,
-        };
-        std::mem::swap(&mut residual.current, &mut residual.spare);
-        Ok(payload)
+            stream: self.stream.clone(),
+            staging: self.staging.clone(),
+        })
     }
 
     fn launch_compress(
@@ -152,8 +164,8 @@ impl DeviceKernels {
         residual: &mut DeviceResidual,
         layout: &Layout,
         settings: &CompressionSettings,
-        out: &mut Outputs,
-        first_non_finite: &mut CudaSlice<u64>,
+        bytes: &mut CudaSlice<u8>,
+        offsets: &Offsets,
     ) -> Result<(), KernelError> {
         let chunk_len = arg_u32(layout.chunk_len)?;
         let staged = chunk_len <= MAX_STAGED_CHUNK;
@@ -171,6 +183,17 @@ impl DeviceKernels {
         let half = half(settings.value_bits);
         let max_code = settings.value_bits.levels() - 1;
         let staged = u32::from(staged);
+        let (scales_offset, index_offset, value_offset) = (
+            offsets.scales as u64,
+            offsets.indices as u64,
+            offsets.values as u64,
+        );
+        // SAFETY: written by the kernel before it reads them.
+        let mut kept_index =
+            unsafe { self.stream.alloc::<u32>(layout.kept().max(1)) }.map_err(device_error)?;
+        // SAFETY: as above.
+        let mut kept_code =
+            unsafe { self.stream.alloc::<u32>(layout.kept().max(1)) }.map_err(device_error)?;
         let mut launch = self.stream.launch_builder(&self.compress_chunks);
         launch
             .arg(delta)
@@ -188,40 +211,75 @@ impl DeviceKernels {
             .arg(&half)
             .arg(&max_code)
             .arg(&staged)
-            .arg(&mut out.scales)
-            .arg(&mut out.index_bytes)
-            .arg(&mut out.value_bytes)
-            .arg(&mut out.kept_index)
-            .arg(&mut out.kept_code)
-            .arg(first_non_finite);
+            .arg(bytes)
+            .arg(&scales_offset)
+            .arg(&index_offset)
+            .arg(&value_offset)
+            .arg(&mut kept_index)
+            .arg(&mut kept_code);
         // SAFETY: the arguments match `compress_chunks` in kernels.cu one for
-        // one in type and order; every buffer is as long as the layout says
-        // the kernel reads or writes (the residuals and `delta` hold `len`
-        // entries, the outputs their layout sizes, at least one each).
+        // one in type and order; the residuals and `delta` hold `len`
+        // entries, `bytes` holds the flag, the scales (4-byte aligned) and
+        // the packed runs at the offsets given, and the kept buffers hold a
+        // slot per kept entry.
         unsafe { launch.launch(config) }.map_err(device_error)?;
         Ok(())
     }
+}
 
-    /// The first `len` elements of a device buffer, on the host.
-    fn to_host<T: cudarc::driver::DeviceRepr>(
-        &self,
-        buffer: &CudaSlice<T>,
-        len: usize,
-    ) -> Result<Vec<T>, KernelError> {
-        if len == 0 {
-            return Ok(Vec::new());
+/// Bytes of the finiteness flag at the start of a device payload.
+const FLAG_BYTES: usize = 8;
+
+/// Where each part of a payload sits in its device buffer.
+#[derive(Debug, Clone, Copy)]
+struct Offsets {
+    scales: usize,
+    indices: usize,
+    values: usize,
+    total: usize,
+}
+
+impl Offsets {
+    fn of(layout: &Layout) -> Self {
+        let scales = FLAG_BYTES;
+        let indices = scales + 4 * layout.chunks;
+        let values = indices + layout.index_bytes();
+        Self {
+            scales,
+            indices,
+            values,
+            total: values + layout.value_bytes(),
         }
-        self.stream
-            .clone_dtoh(&buffer.slice(..len))
-            .map_err(device_error)
     }
 }
 
-/// The device buffers one compression writes.
-struct Outputs {
-    scales: CudaSlice<f32>,
-    index_bytes: CudaSlice<u8>,
-    value_bytes: CudaSlice<u8>,
-    kept_index: CudaSlice<u32>,
-    kept_code: CudaSlice<u32>,
+/// A payload computed on the device and not yet copied to the host.
+pub struct DevicePayload {
+    bytes: CudaSlice<u8>,
+    offsets: Offsets,
+    len: usize,
+    settings: CompressionSettings,
+    stream: Arc<CudaStream>,
+    staging: Arc<Staging>,
+}
+
+impl DevicePayload {
+    /// The payload on the host: one copy of its bytes from the device.
+    ///
+    /// # Errors
+    ///
+    /// [`KernelError::Device`] when the copy fails.
+    pub fn to_host(&self) -> Result<Payload, KernelError> {
+        self.staging
+            .download(&self.stream, &self.bytes, |bytes| Payload {
+                len: self.len,
+                settings: self.settings,
+                scales: bytes[self.offsets.scales..self.offsets.indices]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                indices: bytes[self.offsets.indices..self.offsets.values].to_vec(),
+                values: bytes[self.offsets.values..self.offsets.total].to_vec(),
+            })
+    }
 }

@@ -12,6 +12,11 @@ typedef unsigned char u8;
 #define THREADS 256
 #define WARPS (THREADS / 32)
 #define FULL_MASK 0xffffffffu
+// Most entries of a chunk ranked directly once the radix passes have
+// narrowed the k-th largest down to one bin.
+#define CANDIDATES THREADS
+// Loads of each input per thread issued together.
+#define UNROLL 4
 
 // The magnitude of `x` as an integer that orders like |x| (finite x).
 __device__ __forceinline__ u32 magnitude(float x) {
@@ -111,14 +116,106 @@ __device__ __forceinline__ u32 unpack_field(const u8* run, u64 bytes, u64 j, u32
     return (u32)((word >> (bit % 8)) & ((1ull << bits) - 1));
 }
 
+// Adds one to `hist[digit]` for each lane of the warp (digit 0x100: none).
+// Lanes with the same digit add once, through their lowest lane.
+__device__ __forceinline__ void add_to_histogram(u32* hist, u32 digit) {
+    if (__all_sync(FULL_MASK, digit == __shfl_sync(FULL_MASK, digit, 0))) {
+        if ((threadIdx.x & 31) == 0 && digit != 0x100u) {
+            atomicAdd(&hist[digit], 32u);
+        }
+        return;
+    }
+    const u32 peers = __match_any_sync(FULL_MASK, digit);
+    if (digit != 0x100u && (threadIdx.x & 31) == __ffs(peers) - 1) {
+        atomicAdd(&hist[digit], __popc(peers));
+    }
+}
+
+// The selection key of entry `i` with magnitude `m`: larger is better, the
+// lower index winning between equal magnitudes.
+__device__ __forceinline__ u64 selection_key(u32 m, u32 i) {
+    return ((u64)m << 32) | (u64)(~i);
+}
+
+// Quantizes kept entry `i` (slot `slot` in index order).
+__device__ __forceinline__ void keep_entry(const float* acc, float* out, u32 i, u32 slot, float scale,
+                                           float half, u32 max_code, u32* chunk_index, u32* chunk_code) {
+    const float a = acc[i];
+    const u32 code = quantize(a, scale, half, max_code);
+    out[i] = __fsub_rn(a, dequantize(code, scale, half));
+    chunk_index[slot] = i;
+    chunk_code[slot] = code;
+}
+
+// Keeps the entries whose key is at least `cutoff`: each warp walks its own
+// stretch of the chunk twice, counting and then writing, so only one block
+// barrier orders the stretches.
+__device__ void select_by_cutoff(const float* acc, float* out, u32 n, u64 cutoff, float scale, float half,
+                                 u32 max_code, u32* chunk_index, u32* chunk_code, u32* warp_scratch) {
+    const u32 lane = threadIdx.x & 31;
+    const u32 warp = threadIdx.x >> 5;
+    const u32 stretch = (n + WARPS * 32 - 1) / (WARPS * 32) * 32;
+    const u32 lo = min(n, warp * stretch);
+    const u32 hi = min(n, lo + stretch);
+    u32 count = 0;
+    for (u32 base = lo; base < hi; base += 32) {
+        const u32 i = base + lane;
+        const bool keep = i < hi && selection_key(magnitude(acc[i]), i) >= cutoff;
+        count += __popc(__ballot_sync(FULL_MASK, keep));
+    }
+    if (lane == 0) {
+        warp_scratch[warp] = count;
+    }
+    __syncthreads();
+    u32 slot = 0;
+    for (u32 w = 0; w < warp; ++w) {
+        slot += warp_scratch[w];
+    }
+    for (u32 base = lo; base < hi; base += 32) {
+        const u32 i = base + lane;
+        const bool keep = i < hi && selection_key(magnitude(acc[i]), i) >= cutoff;
+        const u32 ballot = __ballot_sync(FULL_MASK, keep);
+        if (keep) {
+            keep_entry(acc, out, i, slot + __popc(ballot & ((1u << lane) - 1u)), scale, half, max_code,
+                       chunk_index, chunk_code);
+        }
+        slot += __popc(ballot);
+    }
+}
+
+// Keeps the entries above `threshold` and the first `equal_kept` equal to
+// it, scanning the chunk in tiles of the block (for chunks with more ties at
+// the threshold than can be ranked directly).
+__device__ void select_by_scan(const float* acc, float* out, u32 n, u32 k, u32 threshold, u32 equal_kept,
+                               float scale, float half, u32 max_code, u32* chunk_index, u32* chunk_code,
+                               u32* warp_scratch) {
+    u32 equal_seen = 0, kept = 0;
+    for (u32 base = 0; base < n && kept < k; base += THREADS) {
+        const u32 i = base + threadIdx.x;
+        const u32 m = i < n ? magnitude(acc[i]) : 0;
+        const bool above = i < n && m > threshold;
+        const bool equal = i < n && m == threshold;
+        u32 equal_total, kept_total;
+        const u32 rank = equal_seen + block_count_before(equal, warp_scratch, &equal_total);
+        const bool keep = above || (equal && rank < equal_kept);
+        const u32 slot = kept + block_count_before(keep, warp_scratch, &kept_total);
+        if (keep) {
+            keep_entry(acc, out, i, slot, scale, half, max_code, chunk_index, chunk_code);
+        }
+        equal_seen += equal_total;
+        kept += kept_total;
+    }
+}
+
 // One block per chunk: residual_out = residual_in + delta, the top k by
 // magnitude (lower index winning ties) quantized against the chunk's
 // absmax, their quantization error left in residual_out, and the chunk's
-// scale, packed indices and packed codes written. `first_non_finite` gets
-// the lowest index whose sum is NaN or infinite (the caller then discards
-// everything). `stage` is dynamic shared memory of chunk_len floats, or
-// absent (size 0) when a chunk does not fit.
-extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
+// scale, packed indices and packed codes written into `out` at their
+// offsets. The u64 at the start of `out` (zeroed by the caller) ends up as
+// the bitwise complement of the lowest index whose sum is NaN or infinite,
+// or stays 0 (the caller then discards everything). `stage` is dynamic
+// shared memory of chunk_len floats, used when `staged` is set.
+extern "C" __global__ void __launch_bounds__(THREADS, 8) compress_chunks(
     const float* __restrict__ delta,
     const float* __restrict__ residual_in,
     float* __restrict__ residual_out,
@@ -134,17 +231,25 @@ extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
     float half,
     u32 max_code,
     u32 staged,
-    float* __restrict__ scales,
-    u8* __restrict__ index_bytes,
-    u8* __restrict__ value_bytes,
+    u8* __restrict__ out_bytes,
+    u64 scales_offset,
+    u64 index_offset,
+    u64 value_offset,
     u32* __restrict__ kept_index,
-    u32* __restrict__ kept_code,
-    u64* __restrict__ first_non_finite) {
+    u32* __restrict__ kept_code) {
+    u64* first_non_finite = (u64*)out_bytes;
+    float* scales = (float*)(out_bytes + scales_offset);
+    u8* index_bytes = out_bytes + index_offset;
+    u8* value_bytes = out_bytes + value_offset;
     extern __shared__ float stage[];
     __shared__ u32 hist[256];
     __shared__ u32 warp_scratch[WARPS];
     __shared__ u32 chosen_digit;
     __shared__ u32 chosen_remaining;
+    __shared__ u32 chosen_count;
+    __shared__ u64 candidate_keys[CANDIDATES];
+    __shared__ u32 candidate_total;
+    __shared__ u64 cutoff_key;
 
     const u32 c = blockIdx.x;
     const u64 start = (u64)c * chunk_len;
@@ -154,18 +259,42 @@ extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
     float* out = residual_out + start;
     float* acc = staged ? stage : out;
 
-    // 1. The accumulated values, and their largest magnitude.
+    // 1. The accumulated values, their largest magnitude, and the histogram
+    // of their top byte (the first radix digit). Lanes with the same digit
+    // add once, through their lowest lane: magnitudes share their top byte
+    // in long runs.
+    for (u32 b = threadIdx.x; b < 256; b += THREADS) {
+        hist[b] = 0;
+    }
+    __syncthreads();
+    // Four loads of each input in flight per thread before the first use.
     u32 local_max = 0;
-    for (u32 i = threadIdx.x; i < n; i += THREADS) {
-        const float a = __fadd_rn(residual_in[start + i], delta[start + i]);
-        if (!isfinite(a)) {
-            atomicMin(first_non_finite, start + i);
+    for (u32 base = 0; base < n; base += UNROLL * THREADS) {
+        float r[UNROLL], d[UNROLL];
+#pragma unroll
+        for (u32 u = 0; u < UNROLL; ++u) {
+            const u32 i = base + u * THREADS + threadIdx.x;
+            r[u] = i < n ? residual_in[start + i] : 0.0f;
+            d[u] = i < n ? delta[start + i] : 0.0f;
         }
-        out[i] = a;
-        if (staged) {
-            stage[i] = a;
+#pragma unroll
+        for (u32 u = 0; u < UNROLL; ++u) {
+            const u32 i = base + u * THREADS + threadIdx.x;
+            u32 digit = 0x100u;
+            if (i < n) {
+                const float a = __fadd_rn(r[u], d[u]);
+                if (!isfinite(a)) {
+                    atomicMax(first_non_finite, ~(start + i));
+                }
+                out[i] = a;
+                if (staged) {
+                    stage[i] = a;
+                }
+                local_max = max(local_max, magnitude(a));
+                digit = magnitude(a) >> 24;
+            }
+            add_to_histogram(hist, digit);
         }
-        local_max = max(local_max, magnitude(a));
     }
     const u32 absmax_bits = block_max(local_max, warp_scratch);
     if (k == 0) {
@@ -175,18 +304,21 @@ extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
         return;
     }
 
-    // 2. The k-th largest magnitude `threshold`, a byte at a time, and how
-    // many entries equal to it are kept (the lowest-indexed ones).
-    u32 prefix = 0, mask = 0, remaining = k;
+    // 2. Radix select, a byte of the magnitude at a time: the bin holding the
+    // k-th largest entry (`prefix` under `mask`), how many entries it holds
+    // (`in_bin`) and how many of them are kept (`remaining`); stop once the
+    // bin is small enough to rank directly.
+    u32 prefix = 0, mask = 0, remaining = k, in_bin = n;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        for (u32 b = threadIdx.x; b < 256; b += THREADS) {
-            hist[b] = 0;
-        }
-        __syncthreads();
-        for (u32 i = threadIdx.x; i < n; i += THREADS) {
-            const u32 m = magnitude(acc[i]);
-            if ((m & mask) == prefix) {
-                atomicAdd(&hist[(m >> shift) & 0xffu], 1u);
+        if (shift != 24) {
+            for (u32 b = threadIdx.x; b < 256; b += THREADS) {
+                hist[b] = 0;
+            }
+            __syncthreads();
+            for (u32 base = 0; base < n; base += THREADS) {
+                const u32 i = base + threadIdx.x;
+                const u32 m = i < n ? magnitude(acc[i]) : 0;
+                add_to_histogram(hist, i < n && (m & mask) == prefix ? (m >> shift) & 0xffu : 0x100u);
             }
         }
         __syncthreads();
@@ -210,6 +342,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
                     if (before + counts[j] >= remaining) {
                         chosen_digit = 255 - 8 * lane - j;
                         chosen_remaining = remaining - before;
+                        chosen_count = counts[j];
                         break;
                     }
                     before += counts[j];
@@ -220,11 +353,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
         prefix |= chosen_digit << shift;
         mask |= 0xffu << shift;
         remaining = chosen_remaining;
+        in_bin = chosen_count;
         __syncthreads();
+        if (in_bin <= CANDIDATES) {
+            break;
+        }
     }
-    const u32 threshold = prefix;
-    const u32 equal_kept = remaining;
-
     // 3. The kept entries in index order: quantized, their error left in the
     // residual, their index and code noted for packing.
     const float scale = __fdiv_rn(__uint_as_float(absmax_bits), half);
@@ -233,25 +367,34 @@ extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
     }
     u32* chunk_index = kept_index + (u64)c * k_full;
     u32* chunk_code = kept_code + (u64)c * k_full;
-    u32 equal_seen = 0, kept = 0;
-    for (u32 base = 0; base < n && kept < k; base += THREADS) {
-        const u32 i = base + threadIdx.x;
-        const u32 m = i < n ? magnitude(acc[i]) : 0;
-        const bool above = i < n && m > threshold;
-        const bool equal = i < n && m == threshold;
-        u32 equal_total, kept_total;
-        const u32 equal_rank = equal_seen + block_count_before(equal, warp_scratch, &equal_total);
-        const bool keep = above || (equal && equal_rank < equal_kept);
-        const u32 slot = kept + block_count_before(keep, warp_scratch, &kept_total);
-        if (keep) {
-            const float a = acc[i];
-            const u32 code = quantize(a, scale, half, max_code);
-            out[i] = __fsub_rn(a, dequantize(code, scale, half));
-            chunk_index[slot] = i;
-            chunk_code[slot] = code;
+    if (in_bin <= CANDIDATES) {
+        // Every entry above the bin is kept, none below; inside it, the
+        // `remaining` best keys. Rank the bin's keys to find the last kept.
+        if (threadIdx.x == 0) {
+            candidate_total = 0;
         }
-        equal_seen += equal_total;
-        kept += kept_total;
+        __syncthreads();
+        for (u32 i = threadIdx.x; i < n; i += THREADS) {
+            const u32 m = magnitude(acc[i]);
+            if ((m & mask) == prefix) {
+                candidate_keys[atomicAdd(&candidate_total, 1u)] = selection_key(m, i);
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < in_bin) {
+            const u64 key = candidate_keys[threadIdx.x];
+            u32 better = 0;
+            for (u32 j = 0; j < in_bin; ++j) {
+                better += candidate_keys[j] > key ? 1 : 0;
+            }
+            if (better == remaining - 1) {
+                cutoff_key = key;
+            }
+        }
+        __syncthreads();
+        select_by_cutoff(acc, out, n, cutoff_key, scale, half, max_code, chunk_index, chunk_code, warp_scratch);
+    } else {
+        select_by_scan(acc, out, n, k, prefix, remaining, scale, half, max_code, chunk_index, chunk_code, warp_scratch);
     }
     __syncthreads();
 

@@ -29,13 +29,13 @@
 mod compress;
 mod decompress;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use cudarc;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DriverError};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DriverError, PinnedHostSlice};
 use cudarc::nvrtc::{CompileError, CompileOptions};
 
-pub use compress::DeviceResidual;
+pub use compress::{DevicePayload, DeviceResidual};
 
 use crate::KernelError;
 
@@ -51,6 +51,7 @@ pub struct DeviceKernels {
     stream: Arc<CudaStream>,
     compress_chunks: CudaFunction,
     add_payload: CudaFunction,
+    staging: Arc<Staging>,
 }
 
 impl std::fmt::Debug for DeviceKernels {
@@ -83,6 +84,7 @@ impl DeviceKernels {
                 .map_err(device_error)?,
             add_payload: module.load_function("add_payload").map_err(device_error)?,
             stream,
+            staging: Arc::default(),
         })
     }
 
@@ -98,6 +100,51 @@ impl DeviceKernels {
         len: usize,
     ) -> Result<CudaSlice<T>, KernelError> {
         self.stream.alloc_zeros(len.max(1)).map_err(device_error)
+    }
+}
+
+/// Page-locked host memory that payloads are copied into from the device:
+/// copies into ordinary (pageable) memory go through the driver's own
+/// bounce buffers, several times slower. Grown as needed, reused after.
+#[derive(Default)]
+struct Staging(Mutex<Option<PinnedHostSlice<u8>>>);
+
+impl Staging {
+    /// Copies `source` to the host and hands its bytes to `read`.
+    fn download<T>(
+        &self,
+        stream: &Arc<CudaStream>,
+        source: &CudaSlice<u8>,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, KernelError> {
+        let mut guard = self
+            .0
+            .lock()
+            .map_err(|_| KernelError::Device("staging buffer poisoned".to_owned()))?;
+        if guard
+            .as_ref()
+            .is_none_or(|pinned| pinned.len() < source.len())
+        {
+            *guard = None;
+            // SAFETY: the memory is written by the copy below before it is
+            // read, and only the first `source.len()` bytes are read.
+            let pinned = unsafe {
+                stream
+                    .context()
+                    .alloc_pinned_with_flags::<u8>(source.len(), 0)
+            }
+            .map_err(device_error)?;
+            *guard = Some(pinned);
+        }
+        let pinned = guard
+            .as_mut()
+            .ok_or_else(|| KernelError::Device("no staging buffer".to_owned()))?;
+        let len = source.len();
+        let bytes = &mut pinned.as_mut_slice().map_err(device_error)?[..len];
+        stream.memcpy_dtoh(source, bytes).map_err(device_error)?;
+        // The copy into page-locked memory is asynchronous: wait for it.
+        stream.synchronize().map_err(device_error)?;
+        Ok(read(bytes))
     }
 }
 
