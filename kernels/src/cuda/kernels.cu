@@ -14,9 +14,7 @@ typedef unsigned char u8;
 #define FULL_MASK 0xffffffffu
 // Most entries of a chunk ranked directly once the radix passes have
 // narrowed the k-th largest down to one bin.
-#define CANDIDATES THREADS
-// Loads of each input per thread issued together.
-#define UNROLL 4
+#define CANDIDATES 64
 
 // The magnitude of `x` as an integer that orders like |x| (finite x).
 __device__ __forceinline__ u32 magnitude(float x) {
@@ -215,7 +213,7 @@ __device__ void select_by_scan(const float* acc, float* out, u32 n, u32 k, u32 t
 // the bitwise complement of the lowest index whose sum is NaN or infinite,
 // or stays 0 (the caller then discards everything). `stage` is dynamic
 // shared memory of chunk_len floats, used when `staged` is set.
-extern "C" __global__ void __launch_bounds__(THREADS, 8) compress_chunks(
+extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
     const float* __restrict__ delta,
     const float* __restrict__ residual_in,
     float* __restrict__ residual_out,
@@ -267,34 +265,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, 8) compress_chunks(
         hist[b] = 0;
     }
     __syncthreads();
-    // Four loads of each input in flight per thread before the first use.
     u32 local_max = 0;
-    for (u32 base = 0; base < n; base += UNROLL * THREADS) {
-        float r[UNROLL], d[UNROLL];
-#pragma unroll
-        for (u32 u = 0; u < UNROLL; ++u) {
-            const u32 i = base + u * THREADS + threadIdx.x;
-            r[u] = i < n ? residual_in[start + i] : 0.0f;
-            d[u] = i < n ? delta[start + i] : 0.0f;
-        }
-#pragma unroll
-        for (u32 u = 0; u < UNROLL; ++u) {
-            const u32 i = base + u * THREADS + threadIdx.x;
-            u32 digit = 0x100u;
-            if (i < n) {
-                const float a = __fadd_rn(r[u], d[u]);
-                if (!isfinite(a)) {
-                    atomicMax(first_non_finite, ~(start + i));
-                }
-                out[i] = a;
-                if (staged) {
-                    stage[i] = a;
-                }
-                local_max = max(local_max, magnitude(a));
-                digit = magnitude(a) >> 24;
+    for (u32 base = 0; base < n; base += THREADS) {
+        const u32 i = base + threadIdx.x;
+        u32 digit = 0x100u;
+        if (i < n) {
+            const float a = __fadd_rn(residual_in[start + i], delta[start + i]);
+            if (!isfinite(a)) {
+                atomicMax(first_non_finite, ~(start + i));
             }
-            add_to_histogram(hist, digit);
+            out[i] = a;
+            if (staged) {
+                stage[i] = a;
+            }
+            local_max = max(local_max, magnitude(a));
+            digit = magnitude(a) >> 24;
         }
+        add_to_histogram(hist, digit);
     }
     const u32 absmax_bits = block_max(local_max, warp_scratch);
     if (k == 0) {
