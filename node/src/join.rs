@@ -56,6 +56,12 @@ pub struct JoinArgs {
     /// Do not look for peers on the LAN.
     #[arg(long)]
     no_mdns: bool,
+    /// Where to train: `cpu`, `cuda:N` or `auto` (the first GPU if this
+    /// build has `--features cuda` and one is present). The update is
+    /// compressed where the model lives, with the same bytes either way, so
+    /// CPU and GPU peers share a run.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Stop once the chain holds this many rounds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     rounds: u64,
@@ -104,6 +110,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         },
         listen: args.listen.clone(),
         tokens,
+        device: args.device.clone(),
     };
     let (events_tx, mut events) = mpsc::channel(256);
     let node = Node::new(setup, events_tx).context("starting the node")?;

@@ -56,6 +56,7 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
             },
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             tokens: corpus.shard(usize::from(i), 3).unwrap().to_vec(),
+            device: "cpu".to_owned(),
         };
         let (node_events, mut from_node) = mpsc::channel(64);
         let node = Node::new(setup, node_events).unwrap();

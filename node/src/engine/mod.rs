@@ -180,6 +180,17 @@ impl<C: Checker> Engine<C> {
         &self.members
     }
 
+    /// This peer's own contribution to the current round, if it has one: to
+    /// announce again to a peer that joins the topic after it was first
+    /// sent (gossip keeps no history for latecomers).
+    pub fn own_announcement(&self) -> Option<Signed<Contribution>> {
+        let id = self.round.mine?;
+        self.round
+            .entries
+            .get(&id)
+            .map(|entry| entry.signed.clone())
+    }
+
     /// A contribution and its payload, if held (this round or the last), to
     /// serve a peer that asks.
     pub fn payload(&self, id: &Digest) -> Option<(Signed<Contribution>, Arc<[u8]>)> {

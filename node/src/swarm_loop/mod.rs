@@ -104,6 +104,9 @@ pub struct NodeSetup {
     pub listen: Vec<Multiaddr>,
     /// Its training data (one token per byte).
     pub tokens: Vec<u8>,
+    /// Where it trains: `cpu`, `cuda:N` or `auto` (a GPU needs a build
+    /// with `--features cuda`).
+    pub device: String,
 }
 
 /// A running node. See the module docs.
@@ -161,6 +164,7 @@ impl Node {
             setup.tokens,
             seed,
             1_000 * u64::from(manifest.inner_steps),
+            &setup.device,
         )?;
         let mut config = EngineConfig::new(manifest.clone(), setup.key, params);
         config.allow_list = setup.net.allow_list.map(|keys| keys.into_iter().collect());
@@ -414,6 +418,17 @@ impl Node {
                     if let Ok(signed) = codec::decode::<Signed<Commit>>(&message.data) {
                         self.feed(Input::CommitReceived(signed)).await?;
                     }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                topic,
+                ..
+            })) if topic == self.topics.announce.hash() => {
+                // A peer that subscribes after this round's announcement went
+                // out never got it: send it again (a new message, by its
+                // sequence number).
+                if let Some(signed) = self.engine.own_announcement() {
+                    self.publish(&self.topics.announce.clone(), &signed);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event).await?,

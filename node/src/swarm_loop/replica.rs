@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use p2ptrain_kernels::{compress, decompress_into, Payload};
+use p2ptrain_kernels::Payload;
 use p2ptrain_protocol::RunManifest;
-use p2ptrain_trainer::{device, LocalTrainer, Sampler};
+use p2ptrain_trainer::device::{self, ErrorFeedback};
+use p2ptrain_trainer::{LocalTrainer, Sampler};
 
 use crate::engine::LocalUpdate;
 
@@ -26,49 +27,49 @@ pub enum ReplicaError {
     Codec(#[from] p2ptrain_protocol::CodecError),
 }
 
-/// The replica a node trains: its trainer, its data, its residual.
+/// The replica a node trains: its trainer, its data, its residual (kept on
+/// the device it trains on).
 pub struct Replica {
     trainer: LocalTrainer,
     sampler: Sampler,
     manifest: RunManifest,
-    residual: Vec<f32>,
+    feedback: ErrorFeedback,
 }
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
-            .field("params", &self.residual.len())
+            .field("device", self.trainer.device())
             .finish_non_exhaustive()
     }
 }
 
 impl Replica {
-    /// A replica of `manifest`'s model at `params`, training on `tokens`
-    /// (one per byte), its batches drawn with `seed`.
+    /// A replica of `manifest`'s model at `params` on `device` (`cpu`,
+    /// `cuda:N` or `auto`), training on `tokens` (one per byte), its batches
+    /// drawn with `seed`.
     ///
     /// # Errors
     ///
-    /// [`ReplicaError`] if the model cannot be built.
+    /// [`ReplicaError`] if the device is unusable or the model cannot be
+    /// built.
     pub fn new(
         manifest: &RunManifest,
         params: Vec<f32>,
         tokens: Vec<u8>,
         seed: u64,
         total_steps: u64,
+        device: &str,
     ) -> Result<Self, ReplicaError> {
-        let residual = vec![0.0; params.len()];
-        let trainer = LocalTrainer::new(
-            manifest.model,
-            params,
-            manifest.inner,
-            total_steps,
-            &device::parse("cpu")?,
-        )?;
+        let device = device::parse(device)?;
+        let feedback = ErrorFeedback::new(&device, params.len())?;
+        let trainer =
+            LocalTrainer::new(manifest.model, params, manifest.inner, total_steps, &device)?;
         Ok(Self {
             trainer,
             sampler: Sampler::new(tokens, seed),
             manifest: manifest.clone(),
-            residual,
+            feedback,
         })
     }
 
@@ -86,12 +87,9 @@ impl Replica {
             let b = self.sampler.next_batch(batch, context)?;
             self.trainer.step(&b.inputs, &b.targets)?;
         }
-        let delta: Vec<f32> = start
-            .iter()
-            .zip(self.trainer.params()?.iter())
-            .map(|(s, t)| s - t)
-            .collect();
-        let payload = compress(&delta, &mut self.residual, &self.manifest.compression)?;
+        let payload = self
+            .trainer
+            .compress_update(&mut self.feedback, &self.manifest.compression)?;
         let tokens = u64::from(self.manifest.inner_steps) * (batch * context) as u64;
         Ok(LocalUpdate {
             payload: Arc::from(payload.encode()?),
@@ -106,7 +104,7 @@ impl Replica {
     /// [`ReplicaError`] if the payload does not decode or fit.
     pub fn return_to_residual(&mut self, payload: &[u8]) -> Result<(), ReplicaError> {
         let payload = Payload::decode(payload)?;
-        decompress_into(&payload, 1.0, &mut self.residual)?;
+        self.feedback.add_back(&payload)?;
         Ok(())
     }
 }
