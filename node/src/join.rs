@@ -184,8 +184,12 @@ fn tell(me: &PeerKey, event: NodeEvent) -> Option<u64> {
             round,
             checkpoint,
             contributions,
+            train_loss,
         } => {
-            println!("round {round}: checkpoint {checkpoint} ({contributions} contributions)");
+            let loss = train_loss.map_or(String::new(), |l| format!(", train loss {l:.3}"));
+            println!(
+                "round {round}: checkpoint {checkpoint} ({contributions} contributions{loss})"
+            );
             return Some(round);
         }
         NodeEvent::Adopted { round, checkpoint } => {

@@ -71,6 +71,9 @@ pub enum NodeEvent {
         checkpoint: Digest,
         /// Contributions applied.
         contributions: usize,
+        /// This node's mean training loss in its last session (nats per
+        /// byte), if it has trained.
+        train_loss: Option<f32>,
     },
     /// This node took a heavier chain's checkpoint from a peer: it now
     /// holds the result of `round`.
@@ -119,6 +122,8 @@ pub struct Node {
     state: ChainState,
     tentative: HashMap<Digest, ChainState>,
     replica: Option<Replica>,
+    /// The replica's mean loss in its last finished session.
+    train_loss: Option<f32>,
     trained_tx: mpsc::Sender<(Replica, Result<crate::engine::LocalUpdate, ReplicaError>)>,
     trained_rx: mpsc::Receiver<(Replica, Result<crate::engine::LocalUpdate, ReplicaError>)>,
     fetches: HashMap<OutboundRequestId, Digest>,
@@ -179,6 +184,7 @@ impl Node {
             state,
             tentative: HashMap::new(),
             replica: Some(replica),
+            train_loss: None,
             trained_tx,
             trained_rx,
             fetches: HashMap::new(),
@@ -228,6 +234,7 @@ impl Node {
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await?,
                 Some((replica, update)) = self.trained_rx.recv() => {
+                    self.train_loss = replica.last_loss().or(self.train_loss);
                     self.replica = Some(replica);
                     self.feed(Input::Trained(update?)).await?;
                 }
@@ -307,6 +314,7 @@ impl Node {
                         round: head.round - 1,
                         checkpoint: head.base,
                         contributions: record.contributions.len(),
+                        train_loss: self.train_loss,
                     })
                     .await;
             }

@@ -34,6 +34,8 @@ pub struct Replica {
     sampler: Sampler,
     manifest: RunManifest,
     feedback: ErrorFeedback,
+    /// Mean training loss of the last session.
+    last_loss: Option<f32>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -70,6 +72,7 @@ impl Replica {
             sampler: Sampler::new(tokens, seed),
             manifest: manifest.clone(),
             feedback,
+            last_loss: None,
         })
     }
 
@@ -83,10 +86,12 @@ impl Replica {
         self.trainer.set_params(start)?;
         let batch = self.trainer.batch_size();
         let context = self.manifest.model.context_len as usize;
+        let mut total = 0.0f64;
         for _ in 0..self.manifest.inner_steps {
             let b = self.sampler.next_batch(batch, context)?;
-            self.trainer.step(&b.inputs, &b.targets)?;
+            total += f64::from(self.trainer.step(&b.inputs, &b.targets)?.loss);
         }
+        self.last_loss = Some((total / f64::from(self.manifest.inner_steps.max(1))) as f32);
         let payload = self
             .trainer
             .compress_update(&mut self.feedback, &self.manifest.compression)?;
@@ -95,6 +100,11 @@ impl Replica {
             payload: Arc::from(payload.encode()?),
             tokens,
         })
+    }
+
+    /// Mean training loss (nats per byte) over the last session's steps.
+    pub fn last_loss(&self) -> Option<f32> {
+        self.last_loss
     }
 
     /// Puts an update that was not applied back into the residual.
