@@ -1,0 +1,170 @@
+//! Payload transfer between two nodes on loopback — the fetch protocol over
+//! TCP, noise and yamux, as nodes move payloads — beside raw TCP on
+//! loopback in the same run.
+//!
+//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 64] [--runs 10]`
+//!
+//! Prints MB/s at the median transfer for each, and the ratio.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
+use p2ptrain_node::net::{build_swarm, BehaviourEvent, NetConfig};
+use p2ptrain_protocol::{Digest, SigningKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Error = Box<dyn std::error::Error>;
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let bytes = arg(&args, "--mb", 64) << 20;
+    let runs = arg(&args, "--runs", 10).max(1);
+    let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let raw = median(raw_tcp(&payload, runs).await?);
+    let fetch = median(fetch(&payload, runs).await?);
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "raw TCP on loopback: {:.0} MB/s ({:.1} ms per {mb:.0} MB)",
+        mb / raw,
+        raw * 1e3
+    );
+    println!(
+        "p2pnode fetch (TCP + noise + yamux): {:.0} MB/s ({:.1} ms)",
+        mb / fetch,
+        fetch * 1e3
+    );
+    println!(
+        "fetch / raw TCP = {:.0}% (target >= 50%)",
+        100.0 * raw / fetch
+    );
+    Ok(())
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// One warm-up and `runs` timed transfers of `payload` over a plain socket:
+/// a one-byte request, then a length prefix and the bytes, read in full.
+async fn raw_tcp(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let to_send = payload.to_vec();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        let mut request = [0u8; 1];
+        for _ in 0..=runs {
+            socket.read_exact(&mut request).await?;
+            socket
+                .write_all(&(to_send.len() as u64).to_le_bytes())
+                .await?;
+            socket.write_all(&to_send).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut socket = TcpStream::connect(address).await?;
+    socket.set_nodelay(true)?;
+    let mut times = Vec::new();
+    let mut buffer = vec![0u8; payload.len()];
+    for run in 0..=runs {
+        let started = Instant::now();
+        socket.write_all(&[1]).await?;
+        let mut len = [0u8; 8];
+        socket.read_exact(&mut len).await?;
+        socket.read_exact(&mut buffer).await?;
+        if run > 0 {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    server.await??;
+    if buffer != payload {
+        return Err("raw TCP delivered other bytes".into());
+    }
+    Ok(times)
+}
+
+/// One warm-up and `runs` timed fetches of `payload` from one swarm by
+/// another, each from the request to the whole response.
+async fn fetch(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
+    let config = NetConfig {
+        mdns: false,
+        fetch_timeout: Duration::from_secs(120),
+        ..NetConfig::default()
+    };
+    let mut server = build_swarm(&SigningKey::from_bytes(&[1; 32]), &config)?;
+    let mut client = build_swarm(&SigningKey::from_bytes(&[2; 32]), &config)?;
+    server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let server_id = *server.local_peer_id();
+    let id = Digest::of(payload);
+    let mut times = Vec::new();
+    let mut responses = 0usize;
+    let mut started = Instant::now();
+    let deadline = tokio::time::sleep(Duration::from_secs(600));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return Err("the transfers did not finish in 10 minutes".into()),
+            event = server.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => client.dial(address)?,
+                SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
+                    message: Message::Request { channel, .. }, ..
+                })) => {
+                    let found = FetchResponse::Found { header: Vec::new(), body: payload.to_vec() };
+                    if server.behaviour_mut().fetch.send_response(channel, found).is_err() {
+                        return Err("the response channel closed".into());
+                    }
+                }
+                _ => {}
+            },
+            event = client.select_next_some() => match event {
+                SwarmEvent::ConnectionEstablished { .. } => {
+                    started = Instant::now();
+                    client.behaviour_mut().fetch.send_request(&server_id, FetchRequest::Payload(id));
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
+                    message: Message::Response { response, .. }, ..
+                })) => {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    // The bytes are checked once, outside the timed runs.
+                    let delivered = match &response {
+                        FetchResponse::Found { body, .. } if responses > 0 => body.len() == payload.len(),
+                        FetchResponse::Found { body, .. } => body == payload,
+                        FetchResponse::Missing => false,
+                    };
+                    if !delivered {
+                        return Err("the fetch delivered other bytes".into());
+                    }
+                    // The first transfer warms the connection up.
+                    if responses > 0 {
+                        times.push(elapsed);
+                    }
+                    responses += 1;
+                    if times.len() == runs {
+                        return Ok(times);
+                    }
+                    started = Instant::now();
+                    client.behaviour_mut().fetch.send_request(&server_id, FetchRequest::Payload(id));
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Fetch(
+                    request_response::Event::OutboundFailure { error, .. },
+                )) => return Err(format!("fetch failed: {error}").into()),
+                _ => {}
+            },
+        }
+    }
+}
