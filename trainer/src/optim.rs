@@ -109,26 +109,16 @@ impl AdamW {
         if !norm.is_finite() {
             return Err(TrainerError::NonFinite("gradient norm"));
         }
-        let clip = self.settings.grad_clip;
-        let coef = if clip > 0.0 && norm > clip {
-            clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
-        let lr = self.lr_at(self.step);
-        self.step += 1;
-        let InnerOptimizer {
+        let StepScalars {
+            coef,
             beta1,
             beta2,
             eps,
-            weight_decay,
-            ..
-        } = self.settings;
-        let t = self.step as i32;
-        let bias1 = 1.0 - beta1.powi(t);
-        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
-        let step_size = lr / bias1;
-        let decay = 1.0 - lr * weight_decay;
+            bias2_sqrt,
+            step_size,
+            decay,
+        } = StepScalars::new(&self.settings, self.total_steps, self.step, norm);
+        self.step += 1;
         for (((p, &g), m), v) in params
             .iter_mut()
             .zip(grads)
@@ -142,6 +132,48 @@ impl AdamW {
             *p = *p * decay - step_size * *m / denom;
         }
         Ok(norm)
+    }
+}
+
+/// The numbers one AdamW step uses, the same for every entry: the clipping
+/// coefficient for a gradient of norm `norm`, the betas and epsilon, and the
+/// bias-corrected step size and weight decay of step `step` (from 0).
+pub(crate) struct StepScalars {
+    pub coef: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub bias2_sqrt: f32,
+    pub step_size: f32,
+    pub decay: f32,
+}
+
+impl StepScalars {
+    pub fn new(settings: &InnerOptimizer, total_steps: u64, step: u64, norm: f32) -> Self {
+        let clip = settings.grad_clip;
+        let coef = if clip > 0.0 && norm > clip {
+            clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        let lr = scheduled_lr(settings, total_steps, step);
+        let InnerOptimizer {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } = *settings;
+        let t = (step + 1) as i32;
+        Self {
+            coef,
+            beta1,
+            beta2,
+            eps,
+            bias2_sqrt: (1.0 - beta2.powi(t)).sqrt(),
+            step_size: lr / (1.0 - beta1.powi(t)),
+            decay: 1.0 - lr * weight_decay,
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 use candle_core::{backprop::GradStore, Tensor, Var};
 use p2ptrain_protocol::InnerOptimizer;
 
-use crate::optim::{scheduled_lr, AdamW};
+use crate::optim::{AdamW, StepScalars};
 use crate::params::ParamLayout;
 use crate::{Result, TrainerError};
 
@@ -97,26 +97,16 @@ impl TensorAdamW {
         if !norm.is_finite() {
             return Err(TrainerError::NonFinite("gradient norm"));
         }
-        let clip = self.settings.grad_clip;
-        let coef = if clip > 0.0 && norm > clip {
-            clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
-        let lr = scheduled_lr(&self.settings, self.total_steps, self.step);
-        self.step += 1;
-        let InnerOptimizer {
+        let StepScalars {
+            coef,
             beta1,
             beta2,
             eps,
-            weight_decay,
-            ..
-        } = self.settings;
-        let t = self.step as i32;
-        let bias1 = 1.0 - beta1.powi(t);
-        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
-        let step_size = lr / bias1;
-        let decay = 1.0 - lr * weight_decay;
+            bias2_sqrt,
+            step_size,
+            decay,
+        } = StepScalars::new(&self.settings, self.total_steps, self.step, norm);
+        self.step += 1;
         for (((var, g), m), v) in vars.iter().zip(&grads).zip(&mut self.m).zip(&mut self.v) {
             let g = g.affine(f64::from(coef), 0.0)?;
             *m = (m.affine(f64::from(beta1), 0.0)? + g.affine(f64::from(1.0 - beta1), 0.0)?)?;
