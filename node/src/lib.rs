@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //!
+//! - [`control`] — a running node's status for `p2pnode status` and its
+//!   Prometheus metrics.
 //! - [`chain`] — the shared checkpoint, the outer step, the data directory
 //!   of round records, and the replay that verifies it.
 //! - [`engine`] — the sans-IO round engine: a round's protocol as a
@@ -31,6 +33,7 @@
 //! ```
 
 pub mod chain;
+pub mod control;
 pub mod engine;
 pub mod keyfile;
 pub mod net;

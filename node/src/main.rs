@@ -2,6 +2,7 @@
 
 mod init;
 mod join;
+mod status;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,27 @@ enum Command {
         /// The data directory.
         dir: PathBuf,
     },
+    /// Show what the node running on a data directory is doing: round,
+    /// inner step, loss, peers, bytes in and out, dropped contributions.
+    Status {
+        /// The running node's data directory.
+        #[arg(long, default_value = "p2ptrain-data")]
+        dir: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a data directory's latest checkpoint as a Hugging Face GPT-2
+    /// folder (config.json + model.safetensors) that
+    /// `transformers.GPT2LMHeadModel.from_pretrained` loads. Safe to run
+    /// beside a node working on the directory.
+    Export {
+        /// The data directory.
+        dir: PathBuf,
+        /// The folder to create (it must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a data directory's round records: run, base, result, committer
     /// and each contribution's author, payload and signature, in hex.
     History {
@@ -90,6 +112,10 @@ fn main() -> anyhow::Result<()> {
         Command::Init(args) => init(&DataDir::new(&args.dir), &args)?,
         Command::Verify { dir } => verify(&DataDir::new(dir))?,
         Command::History { dir, json } => history(&DataDir::new(dir), json)?,
+        Command::Status { dir, json } => {
+            tokio::runtime::Runtime::new()?.block_on(status::show(&dir, json))?;
+        }
+        Command::Export { dir, out } => export(&DataDir::new(dir), &out)?,
     }
     Ok(())
 }
@@ -124,6 +150,29 @@ fn verify(dir: &DataDir) -> anyhow::Result<()> {
     println!(
         "ok: {} rounds, {} contributions, {} tokens; checkpoint {}",
         verified.rounds, verified.contributions, verified.chain_tokens, verified.head
+    );
+    Ok(())
+}
+
+fn export(dir: &DataDir, out: &std::path::Path) -> anyhow::Result<()> {
+    let manifest = dir
+        .manifest()
+        .with_context(|| format!("{} is not a data directory", dir.root().display()))?;
+    if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
+        anyhow::bail!(
+            "{} exists and is not empty: choose a new folder",
+            out.display()
+        );
+    }
+    let latest = chain::latest(dir, params_of(&manifest))
+        .with_context(|| format!("reading the latest checkpoint of {}", dir.root().display()))?;
+    p2ptrain_trainer::hf::export(out, &manifest.model, &latest.state.params)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "exported round {} (checkpoint {}) to {}",
+        latest.round.saturating_sub(1),
+        latest.state.hash(),
+        out.display()
     );
     Ok(())
 }

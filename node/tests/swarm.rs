@@ -8,7 +8,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use p2ptrain_node::chain::{replay, ChainState, DataDir};
 use p2ptrain_node::net::NetConfig;
-use p2ptrain_node::swarm_loop::{Command, Node, NodeEvent, NodeSetup};
+use p2ptrain_node::swarm_loop::{Command, Node, NodeEvent, NodeSetup, Training};
 use p2ptrain_protocol::{Digest, RunManifest, SigningKey};
 use p2ptrain_trainer::{Corpus, ParamLayout};
 use tokio::sync::mpsc;
@@ -55,8 +55,10 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
                 ..NetConfig::default()
             },
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            tokens: corpus.shard(usize::from(i), 3).unwrap().to_vec(),
-            device: "cpu".to_owned(),
+            training: Training::Replica {
+                tokens: corpus.shard(usize::from(i), 3).unwrap().to_vec(),
+                device: "cpu".to_owned(),
+            },
         };
         let (node_events, mut from_node) = mpsc::channel(64);
         let node = Node::new(setup, node_events).unwrap();

@@ -16,7 +16,7 @@ use p2ptrain_protocol::{CodecError, Digest};
 
 pub use datadir::DataDir;
 pub use history::history;
-pub use resume::{resume, Resumed, ResumedFrom};
+pub use resume::{latest, resume, Resumed, ResumedFrom};
 pub use state::{ChainState, StepInput};
 pub use verify::{replay, Verified};
 

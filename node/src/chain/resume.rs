@@ -68,6 +68,20 @@ impl Resumed {
 /// names the first bad round).
 pub fn resume(dir: &DataDir, params: usize) -> Result<Resumed, ChainError> {
     dir.remove_temporaries()?;
+    let resumed = latest(dir, params)?;
+    if let ResumedFrom::Replayed { .. } = resumed.from {
+        dir.write_head(&resumed.state)?;
+    }
+    Ok(resumed)
+}
+
+/// The last finalized state of `dir`, as [`resume`] finds it, without
+/// writing anything: safe beside a node running on the directory.
+///
+/// # Errors
+///
+/// As [`resume`].
+pub fn latest(dir: &DataDir, params: usize) -> Result<Resumed, ChainError> {
     let manifest = dir.manifest()?;
     let Some(last) = dir.last_record()? else {
         let state = dir.genesis(params)?;
@@ -106,7 +120,6 @@ pub fn resume(dir: &DataDir, params: usize) -> Result<Resumed, ChainError> {
         }
     }
     let (verified, state) = replay_records(dir, params)?;
-    dir.write_head(&state)?;
     Ok(Resumed {
         state,
         round: verified.rounds,

@@ -25,6 +25,9 @@ impl Node {
                 ..
             } => {
                 let response = self.serve(request);
+                if let FetchResponse::Found { header, body } = &response {
+                    self.count_bytes(0, header.len() + body.len());
+                }
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -39,6 +42,9 @@ impl Node {
                     },
                 ..
             } => {
+                if let FetchResponse::Found { header, body } = &response {
+                    self.count_bytes(header.len() + body.len(), 0);
+                }
                 if let Some(id) = self.fetches.remove(&request_id) {
                     let input = match response {
                         FetchResponse::Found { header, body } => match codec::decode(&header) {
@@ -108,6 +114,7 @@ impl Node {
         }
         self.state = state;
         self.data.write_head(&self.state)?;
+        self.round_done(head, None);
         let _ = self
             .events
             .send(NodeEvent::Adopted {

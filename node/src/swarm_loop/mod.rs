@@ -5,6 +5,8 @@
 
 mod fetch;
 mod replica;
+mod status;
+mod worker;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use libp2p::{allow_block_list, gossipsub, mdns, Multiaddr, PeerId, Swarm};
 use p2ptrain_protocol::{
     codec, Commit, Contribution, Digest, PeerKey, RunManifest, Signed, SigningKey,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::chain::{self, ChainError, ChainState, DataDir, ResumedFrom, StepInput};
@@ -28,6 +30,8 @@ use crate::net::{
     build_swarm, peer_id, peer_key, topics, Behaviour, BehaviourEvent, NetConfig, NetError, Topics,
 };
 pub use replica::{Replica, ReplicaError};
+pub use status::{Phase, Status};
+pub use worker::{StepProgress, Worker};
 
 /// Why a node stopped.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,16 @@ pub enum Command {
 pub enum NodeEvent {
     /// Listening on an address.
     Listening(Multiaddr),
+    /// This node computed the outer step of a round: its result, which it
+    /// commits to (final once the commit window has passed).
+    Aggregated {
+        /// The round.
+        round: u64,
+        /// The checkpoint the step produced.
+        checkpoint: Digest,
+        /// Contributions in the step.
+        contributions: usize,
+    },
     /// A round ended on this checkpoint.
     Finalized {
         /// The round.
@@ -105,12 +119,29 @@ pub struct NodeSetup {
     pub net: NetConfig,
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
-    /// Its training data (one token per byte).
-    pub tokens: Vec<u8>,
-    /// Where it trains: `cpu`, `cuda:N` or `auto` (a GPU needs a build
-    /// with `--features cuda`).
-    pub device: String,
+    /// What makes its update each round.
+    pub training: Training,
 }
+
+/// What makes a node's update each round.
+pub enum Training {
+    /// Its own replica of the run's model.
+    Replica {
+        /// Its training data (one token per byte).
+        tokens: Vec<u8>,
+        /// Where it trains: `cpu`, `cuda:N` or `auto` (a GPU needs a build
+        /// with `--features cuda`).
+        device: String,
+    },
+    /// Any other source of updates.
+    Worker(Box<dyn Worker>),
+}
+
+/// A worker back from a session, with its update.
+type Trained = (
+    Box<dyn Worker>,
+    Result<crate::engine::LocalUpdate, ReplicaError>,
+);
 
 /// A running node. See the module docs.
 pub struct Node {
@@ -121,11 +152,13 @@ pub struct Node {
     manifest: RunManifest,
     state: ChainState,
     tentative: HashMap<Digest, ChainState>,
-    replica: Option<Replica>,
-    /// The replica's mean loss in its last finished session.
+    /// The worker, while it is not in a session.
+    worker: Option<Box<dyn Worker>>,
+    /// The worker's mean loss in its last finished session.
     train_loss: Option<f32>,
-    trained_tx: mpsc::Sender<(Replica, Result<crate::engine::LocalUpdate, ReplicaError>)>,
-    trained_rx: mpsc::Receiver<(Replica, Result<crate::engine::LocalUpdate, ReplicaError>)>,
+    trained_tx: mpsc::Sender<Trained>,
+    trained_rx: mpsc::Receiver<Trained>,
+    status: watch::Sender<Status>,
     fetches: HashMap<OutboundRequestId, Digest>,
     checkpoints: HashMap<OutboundRequestId, Head>,
     events: mpsc::Sender<NodeEvent>,
@@ -162,15 +195,28 @@ impl Node {
                 .listen_on(address.clone())
                 .map_err(|e| NodeError::Address(address.clone(), e.to_string()))?;
         }
-        let seed = u64::from_le_bytes(setup.key.to_bytes()[..8].try_into().unwrap_or([0; 8]));
-        let replica = Replica::new(
-            &manifest,
-            state.params.clone(),
-            setup.tokens,
-            seed,
-            1_000 * u64::from(manifest.inner_steps),
-            &setup.device,
-        )?;
+        let worker: Box<dyn Worker> = match setup.training {
+            Training::Replica { tokens, device } => {
+                let seed =
+                    u64::from_le_bytes(setup.key.to_bytes()[..8].try_into().unwrap_or([0; 8]));
+                Box::new(Replica::new(
+                    &manifest,
+                    state.params.clone(),
+                    tokens,
+                    seed,
+                    1_000 * u64::from(manifest.inner_steps),
+                    &device,
+                )?)
+            }
+            Training::Worker(worker) => worker,
+        };
+        let (status, _) = watch::channel(Status {
+            key: PeerKey::from(&setup.key).to_string(),
+            round: head.round,
+            checkpoint: head.base.to_string(),
+            inner_steps: manifest.inner_steps,
+            ..Status::default()
+        });
         let mut config = EngineConfig::new(manifest.clone(), setup.key, params);
         config.allow_list = setup.net.allow_list.map(|keys| keys.into_iter().collect());
         let engine = Engine::with_checker(config, head, Verify)?;
@@ -183,10 +229,11 @@ impl Node {
             manifest,
             state,
             tentative: HashMap::new(),
-            replica: Some(replica),
+            worker: Some(worker),
             train_loss: None,
             trained_tx,
             trained_rx,
+            status,
             fetches: HashMap::new(),
             checkpoints: HashMap::new(),
             events,
@@ -198,6 +245,11 @@ impl Node {
     /// Where the chain stands: the round to work on and its checkpoint.
     pub fn head(&self) -> Head {
         self.engine.head()
+    }
+
+    /// A live view of what the node is doing.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
     }
 
     /// How the starting state was found in the data directory.
@@ -233,9 +285,14 @@ impl Node {
                     Some(Command::Shutdown) | None => return Ok(()),
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await?,
-                Some((replica, update)) = self.trained_rx.recv() => {
-                    self.train_loss = replica.last_loss().or(self.train_loss);
-                    self.replica = Some(replica);
+                Some((worker, update)) = self.trained_rx.recv() => {
+                    self.train_loss = worker.last_loss().or(self.train_loss);
+                    self.worker = Some(worker);
+                    let train_loss = self.train_loss;
+                    self.status.send_modify(|s| {
+                        s.phase = Phase::Exchanging;
+                        s.train_loss = train_loss;
+                    });
                     self.feed(Input::Trained(update?)).await?;
                 }
                 () = tokio::time::sleep_until(wake) => self.feed(Input::Tick).await?,
@@ -260,13 +317,27 @@ impl Node {
 
     async fn output(&mut self, output: Output) -> Result<Option<Input>, NodeError> {
         match output {
-            Output::StartTraining { .. } => {
-                if let Some(mut replica) = self.replica.take() {
+            Output::StartTraining { round } => {
+                if let Some(mut worker) = self.worker.take() {
                     let start = self.state.params.clone();
                     let tx = self.trained_tx.clone();
+                    let status = self.status.clone();
+                    let base = self.engine.head().base.to_string();
+                    status.send_modify(|s| {
+                        s.phase = Phase::Training;
+                        s.round = round;
+                        s.checkpoint = base;
+                        s.inner_step = 0;
+                    });
                     tokio::task::spawn_blocking(move || {
-                        let update = replica.session(&start);
-                        let _ = tx.blocking_send((replica, update));
+                        let update = worker.session(&start, &mut |p| {
+                            status.send_modify(|s| {
+                                s.inner_step = p.step;
+                                s.inner_steps = p.steps;
+                                s.step_loss = Some(p.loss);
+                            });
+                        });
+                        let _ = tx.blocking_send((worker, update));
                     });
                 }
             }
@@ -294,6 +365,12 @@ impl Node {
                 let next = self.state.outer_step(&inputs, &self.manifest.outer)?;
                 let result = next.hash();
                 self.tentative.insert(result, next);
+                self.report(NodeEvent::Aggregated {
+                    round,
+                    checkpoint: result,
+                    contributions: inputs.len(),
+                })
+                .await;
                 return Ok(Some(Input::Applied { round, result }));
             }
             Output::Finalized { record, head } => {
@@ -308,6 +385,8 @@ impl Node {
                 }
                 self.tentative.clear();
                 self.data.write_head(&self.state)?;
+                let contributions = record.contributions.len();
+                self.round_done(head, Some(contributions));
                 let _ = self
                     .events
                     .send(NodeEvent::Finalized {
@@ -319,8 +398,8 @@ impl Node {
                     .await;
             }
             Output::ReturnToResidual { payload } => {
-                if let Some(replica) = self.replica.as_mut() {
-                    replica.return_to_residual(&payload)?;
+                if let Some(worker) = self.worker.as_mut() {
+                    worker.return_to_residual(&payload)?;
                 }
             }
             Output::RequestCheckpoint { head, from } => {
@@ -334,14 +413,43 @@ impl Node {
                 }
             }
             Output::Rejected { reason, .. } => {
+                let rejected = self.engine.rejected().clone();
+                self.status.send_modify(|s| {
+                    s.rejected = rejected
+                        .iter()
+                        .map(|(reason, n)| (reason.as_str().to_owned(), *n))
+                        .collect();
+                });
                 let _ = self.events.send(NodeEvent::Rejected(reason)).await;
             }
         }
         Ok(None)
     }
 
+    /// Notes in the status that a round ended on `head` (`contributions`
+    /// applied, when this node finalized it).
+    fn round_done(&self, head: Head, contributions: Option<usize>) {
+        self.status.send_modify(|s| {
+            s.rounds_done += 1;
+            s.round = head.round;
+            s.checkpoint = head.base.to_string();
+            if let Some(n) = contributions {
+                s.last_contributions = n;
+            }
+        });
+    }
+
+    /// Adds to the status' byte counters.
+    fn count_bytes(&self, received: usize, sent: usize) {
+        self.status.send_modify(|s| {
+            s.bytes_in += received as u64;
+            s.bytes_out += sent as u64;
+        });
+    }
+
     fn publish<T: codec::Message>(&mut self, topic: &gossipsub::IdentTopic, value: &T) {
         if let Ok(bytes) = codec::encode(value) {
+            self.count_bytes(0, bytes.len());
             // No peer subscribed yet is not an error: the round's deadline
             // and the commits carry on without this message.
             let _ = self
@@ -374,6 +482,7 @@ impl Node {
             } => {
                 if let Some(key) = peer_key(&peer_id) {
                     if num_established.get() == 1 {
+                        self.status.send_modify(|s| s.peers += 1);
                         self.report(NodeEvent::PeerConnected(key)).await;
                     }
                     self.feed(Input::PeerSeen(key)).await?;
@@ -385,6 +494,8 @@ impl Node {
                 ..
             } => {
                 if let Some(key) = peer_key(&peer_id) {
+                    self.status
+                        .send_modify(|s| s.peers = s.peers.saturating_sub(1));
                     self.report(NodeEvent::PeerLeft(key)).await;
                     self.feed(Input::PeerGone(key)).await?;
                 }
@@ -418,6 +529,7 @@ impl Node {
                 message,
                 ..
             })) => {
+                self.count_bytes(message.data.len(), 0);
                 if message.topic == self.topics.announce.hash() {
                     if let Ok(signed) = codec::decode::<Signed<Contribution>>(&message.data) {
                         self.feed(Input::Announced(signed)).await?;

@@ -8,6 +8,7 @@ use p2ptrain_protocol::RunManifest;
 use p2ptrain_trainer::device::{self, ErrorFeedback};
 use p2ptrain_trainer::{LocalTrainer, Sampler};
 
+use super::worker::{StepProgress, Worker};
 use crate::engine::LocalUpdate;
 
 /// Why training failed.
@@ -75,21 +76,26 @@ impl Replica {
             last_loss: None,
         })
     }
+}
 
+impl Worker for Replica {
     /// One session: `inner_steps` steps from `start`, then the compressed
     /// pseudo-gradient `start − trained` (plus the residual).
-    ///
-    /// # Errors
-    ///
-    /// [`ReplicaError`] when training or compression fails.
-    pub fn session(&mut self, start: &[f32]) -> Result<LocalUpdate, ReplicaError> {
+    fn session(
+        &mut self,
+        start: &[f32],
+        progress: &mut dyn FnMut(StepProgress),
+    ) -> Result<LocalUpdate, ReplicaError> {
         self.trainer.set_params(start)?;
         let batch = self.trainer.batch_size();
         let context = self.manifest.model.context_len as usize;
+        let steps = self.manifest.inner_steps;
         let mut total = 0.0f64;
-        for _ in 0..self.manifest.inner_steps {
+        for step in 1..=steps {
             let b = self.sampler.next_batch(batch, context)?;
-            total += f64::from(self.trainer.step(&b.inputs, &b.targets)?.loss);
+            let loss = self.trainer.step(&b.inputs, &b.targets)?.loss;
+            total += f64::from(loss);
+            progress(StepProgress { step, steps, loss });
         }
         self.last_loss = Some((total / f64::from(self.manifest.inner_steps.max(1))) as f32);
         let payload = self
@@ -103,16 +109,12 @@ impl Replica {
     }
 
     /// Mean training loss (nats per byte) over the last session's steps.
-    pub fn last_loss(&self) -> Option<f32> {
+    fn last_loss(&self) -> Option<f32> {
         self.last_loss
     }
 
     /// Puts an update that was not applied back into the residual.
-    ///
-    /// # Errors
-    ///
-    /// [`ReplicaError`] if the payload does not decode or fit.
-    pub fn return_to_residual(&mut self, payload: &[u8]) -> Result<(), ReplicaError> {
+    fn return_to_residual(&mut self, payload: &[u8]) -> Result<(), ReplicaError> {
         let payload = Payload::decode(payload)?;
         self.feedback.add_back(&payload)?;
         Ok(())

@@ -3,6 +3,7 @@
 //! lines the nodes print.
 
 mod harness;
+mod observe;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -10,17 +10,23 @@
 //!
 //! and everything else (peers, refusals, dropped contributions) on stderr.
 
+mod report;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use libp2p::Multiaddr;
 use p2ptrain_node::chain::{DataDir, ResumedFrom};
+use p2ptrain_node::control;
 use p2ptrain_node::keyfile;
 use p2ptrain_node::net::{access, NetConfig};
-use p2ptrain_node::swarm_loop::{Command, Node, NodeEvent, NodeSetup};
+use p2ptrain_node::swarm_loop::{Command, Node, NodeSetup, Status, Training};
 use p2ptrain_protocol::PeerKey;
 use p2ptrain_trainer::Corpus;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+pub use report::LogFormat;
+use report::Report;
 
 /// The options of `p2pnode join`.
 #[derive(clap::Args)]
@@ -65,18 +71,31 @@ pub struct JoinArgs {
     /// Stop once the chain holds this many rounds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     rounds: u64,
+    /// How to report: `text` for people (a progress bar when stderr is a
+    /// terminal), `json` for one object per line on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Serve Prometheus metrics (round, loss, peers, bytes, dropped
+    /// contributions) at http://ADDR/metrics, e.g. `127.0.0.1:9464`.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let key = load_or_create_key(&args.key)?;
+    let me = PeerKey::from(&key);
+    let report = Report::new(args.log_format, me);
     let data = DataDir::new(&args.dir);
     if data.manifest().is_err() {
-        eprintln!(
-            "no run in {}: starting a new one on the bundled defaults",
-            args.dir.display()
+        report.note(
+            "new_run",
+            &format!(
+                "no run in {}: starting a new one on the bundled defaults",
+                args.dir.display()
+            ),
         );
         crate::init(&data, &crate::InitArgs::default())?;
     }
-    let key = load_or_create_key(&args.key)?;
     let tokens = match &args.data {
         Some(path) => Corpus::load(path, 0)
             .with_context(|| format!("reading --data {}", path.display()))?
@@ -97,11 +116,11 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         .transpose()
         .context("reading --allow")?;
     if let Some(keys) = &allow_list {
-        eprintln!("allow-list: {} peers", keys.len());
+        report.note("allow_list", &format!("allow-list: {} peers", keys.len()));
     }
     let setup = NodeSetup {
-        data,
-        key: key.clone(),
+        data: data.clone(),
+        key,
         net: NetConfig {
             mdns: !args.no_mdns,
             psk,
@@ -109,100 +128,115 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             ..NetConfig::default()
         },
         listen: args.listen.clone(),
-        tokens,
-        device: args.device.clone(),
+        training: Training::Replica {
+            tokens,
+            device: args.device.clone(),
+        },
     };
     let (events_tx, mut events) = mpsc::channel(256);
     let node = Node::new(setup, events_tx).context("starting the node")?;
-    tell_start(&node);
+    tell_start(&report, &node);
     if args.rounds > 0 && node.head().round >= args.rounds {
-        eprintln!("the chain already holds {} rounds", node.head().round);
+        report.note(
+            "done",
+            &format!("the chain already holds {} rounds", node.head().round),
+        );
         return Ok(());
     }
+    let mut status = node.status();
+    serve(&args, &data, &report, &status).await?;
     let (commands, command_rx) = mpsc::channel(16);
     let running = tokio::spawn(node.run(command_rx));
     for address in args.bootstrap {
         commands.send(Command::Dial(address)).await?;
     }
-    let me = PeerKey::from(&key);
-    eprintln!("node {me} — waiting for peers; it trains alone until some join");
+    report.note(
+        "waiting",
+        &format!("node {me} — waiting for peers; it trains alone until some join"),
+    );
     loop {
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
-                if let Some(round) = tell(&me, event) {
+                if let Some(round) = report.event(event) {
                     if args.rounds > 0 && round + 1 >= args.rounds {
                         break;
                     }
                 }
             }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                report.refresh(&status.borrow_and_update());
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    report.finish();
     let _ = commands.send(Command::Shutdown).await;
     running.await?.context("the node stopped with an error")?;
+    let _ = std::fs::remove_file(data.root().join(control::STATUS_SOCKET));
+    Ok(())
+}
+
+/// Starts the status socket in the data directory and, with `--metrics`,
+/// the Prometheus endpoint.
+async fn serve(
+    args: &JoinArgs,
+    data: &DataDir,
+    report: &Report,
+    status: &watch::Receiver<Status>,
+) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let socket = data.root().join(control::STATUS_SOCKET);
+        let listener = control::bind_status(&socket)?;
+        tokio::spawn(control::serve_status(listener, status.clone()));
+    }
+    #[cfg(not(unix))]
+    let _ = data;
+    if let Some(address) = args.metrics {
+        let listener = control::bind_metrics(address)
+            .await
+            .with_context(|| format!("serving metrics on {address}"))?;
+        report.note(
+            "metrics",
+            &format!("metrics on http://{}/metrics", listener.local_addr()?),
+        );
+        tokio::spawn(control::serve_metrics(listener, status.clone()));
+    }
     Ok(())
 }
 
 /// Says where the chain starts: genesis, or a resumed round.
-fn tell_start(node: &Node) {
+fn tell_start(report: &Report, node: &Node) {
     let head = node.head();
     match node.resumed_from() {
-        ResumedFrom::Genesis => eprintln!("starting at genesis, checkpoint {}", head.base),
-        ResumedFrom::Head => {
-            eprintln!(
+        ResumedFrom::Genesis => report.note(
+            "start",
+            &format!("starting at genesis, checkpoint {}", head.base),
+        ),
+        ResumedFrom::Head => report.note(
+            "resume",
+            &format!(
                 "resuming from round {}, checkpoint {}",
                 head.round, head.base
-            );
-        }
+            ),
+        ),
         ResumedFrom::Replayed { last_record, found } => {
             let found = found.map_or_else(|| "missing".to_owned(), |h| h.to_string());
-            eprintln!(
-                "head.ckpt ({found}) is not the result of round {last_record}: \
-                 replayed the records from genesis"
-            );
-            eprintln!(
-                "resuming from round {}, checkpoint {}",
-                head.round, head.base
+            report.note(
+                "resume",
+                &format!(
+                    "head.ckpt ({found}) is not the result of round {last_record}: \
+                     replayed the records from genesis\n\
+                     resuming from round {}, checkpoint {}",
+                    head.round, head.base
+                ),
             );
         }
     }
-}
-
-/// Prints one event; returns the round whose result the node now holds,
-/// if it is such an event.
-fn tell(me: &PeerKey, event: NodeEvent) -> Option<u64> {
-    match event {
-        NodeEvent::Listening(address) => {
-            let id = p2ptrain_node::net::peer_id(me).map(|p| p.to_string());
-            eprintln!("listening on {address}/p2p/{}", id.unwrap_or_default());
-            eprintln!(
-                "  add a peer: p2pnode join --dir OTHER_DIR --key OTHER.key --bootstrap {address}"
-            );
-        }
-        NodeEvent::Finalized {
-            round,
-            checkpoint,
-            contributions,
-            train_loss,
-        } => {
-            let loss = train_loss.map_or(String::new(), |l| format!(", train loss {l:.3}"));
-            println!(
-                "round {round}: checkpoint {checkpoint} ({contributions} contributions{loss})"
-            );
-            return Some(round);
-        }
-        NodeEvent::Adopted { round, checkpoint } => {
-            println!("round {round}: checkpoint {checkpoint} (adopted from a peer)");
-            return Some(round);
-        }
-        NodeEvent::Rejected(reason) => eprintln!("dropped a contribution: {reason}"),
-        NodeEvent::PeerConnected(peer) => eprintln!("peer {peer} connected"),
-        NodeEvent::PeerLeft(peer) => eprintln!("peer {peer} left"),
-        NodeEvent::Refused(peer) => eprintln!("refused peer {peer}: not on the allow-list"),
-        NodeEvent::DialFailed(error) => eprintln!("could not connect: {error}"),
-    }
-    None
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<p2ptrain_protocol::SigningKey> {

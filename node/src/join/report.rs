@@ -1,0 +1,184 @@
+//! How `p2pnode join` shows what its node does: lines for people (a round
+//! line on stdout per round, everything else on stderr, under a progress
+//! bar when stderr is a terminal), or one JSON object per line on stdout
+//! for log collectors.
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use p2ptrain_node::swarm_loop::{NodeEvent, Phase, Status};
+use p2ptrain_protocol::PeerKey;
+use serde_json::json;
+
+/// The output format of `p2pnode join`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people, and a progress bar on a terminal.
+    Text,
+    /// One JSON object per line on stdout, each with an `event` field.
+    Json,
+}
+
+/// Writes a node's events in the chosen format.
+pub struct Report {
+    format: LogFormat,
+    bar: ProgressBar,
+    me: PeerKey,
+}
+
+impl Report {
+    /// A report for node `me`; the bar draws only on a terminal, and never
+    /// in JSON.
+    pub fn new(format: LogFormat, me: PeerKey) -> Self {
+        let target = match format {
+            LogFormat::Text => ProgressDrawTarget::stderr(),
+            LogFormat::Json => ProgressDrawTarget::hidden(),
+        };
+        let bar = ProgressBar::with_draw_target(Some(1), target);
+        let style = ProgressStyle::with_template(
+            "{spinner} round {prefix} [{bar:24}] step {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Self { format, bar, me }
+    }
+
+    /// A message for people (`kind` names it in JSON).
+    pub fn note(&self, kind: &str, text: &str) {
+        match self.format {
+            LogFormat::Text => self.bar.suspend(|| eprintln!("{text}")),
+            LogFormat::Json => line(json!({ "event": kind, "message": text })),
+        }
+    }
+
+    /// Shows the node's state on the bar.
+    pub fn refresh(&self, status: &Status) {
+        self.bar.set_prefix(status.round.to_string());
+        self.bar.set_length(u64::from(status.inner_steps.max(1)));
+        self.bar.set_position(u64::from(status.inner_step));
+        let loss = status
+            .step_loss
+            .map_or_else(String::new, |l| format!("loss {l:.3} "));
+        self.bar.set_message(format!(
+            "{loss}· {} · {} peers · in {} out {}",
+            match status.phase {
+                Phase::Exchanging => "exchanging",
+                phase => phase.as_str(),
+            },
+            status.peers,
+            indicatif::HumanBytes(status.bytes_in),
+            indicatif::HumanBytes(status.bytes_out),
+        ));
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    /// Shows one event; returns the round whose result the node now holds,
+    /// if it is such an event.
+    pub fn event(&self, event: NodeEvent) -> Option<u64> {
+        let round = match &event {
+            NodeEvent::Finalized { round, .. } | NodeEvent::Adopted { round, .. } => Some(*round),
+            _ => None,
+        };
+        match self.format {
+            LogFormat::Text => self.text(event),
+            LogFormat::Json => line(self.json(event)),
+        }
+        round
+    }
+
+    fn text(&self, event: NodeEvent) {
+        let out = |text: String| self.bar.suspend(|| println!("{text}"));
+        let err = |text: String| self.bar.suspend(|| eprintln!("{text}"));
+        match event {
+            NodeEvent::Listening(address) => {
+                let id = p2ptrain_node::net::peer_id(&self.me).map(|p| p.to_string());
+                err(format!(
+                    "listening on {address}/p2p/{}\n  add a peer: p2pnode join --dir OTHER_DIR \
+                     --key OTHER.key --bootstrap {address}",
+                    id.unwrap_or_default()
+                ));
+            }
+            NodeEvent::Aggregated { .. } => {}
+            NodeEvent::Finalized {
+                round,
+                checkpoint,
+                contributions,
+                train_loss,
+            } => {
+                let loss = train_loss.map_or(String::new(), |l| format!(", train loss {l:.3}"));
+                out(format!(
+                    "round {round}: checkpoint {checkpoint} ({contributions} contributions{loss})"
+                ));
+            }
+            NodeEvent::Adopted { round, checkpoint } => {
+                out(format!(
+                    "round {round}: checkpoint {checkpoint} (adopted from a peer)"
+                ));
+            }
+            NodeEvent::Rejected(reason) => err(format!("dropped a contribution: {reason}")),
+            NodeEvent::PeerConnected(peer) => err(format!("peer {peer} connected")),
+            NodeEvent::PeerLeft(peer) => err(format!("peer {peer} left")),
+            NodeEvent::Refused(peer) => {
+                err(format!("refused peer {peer}: not on the allow-list"));
+            }
+            NodeEvent::DialFailed(error) => err(format!("could not connect: {error}")),
+        }
+    }
+
+    fn json(&self, event: NodeEvent) -> serde_json::Value {
+        match event {
+            NodeEvent::Listening(address) => json!({
+                "event": "listening",
+                "address": address.to_string(),
+                "peer_id": p2ptrain_node::net::peer_id(&self.me).map(|p| p.to_string()),
+            }),
+            NodeEvent::Aggregated {
+                round,
+                checkpoint,
+                contributions,
+            } => json!({
+                "event": "aggregated",
+                "round": round,
+                "checkpoint": checkpoint.to_string(),
+                "contributions": contributions,
+            }),
+            NodeEvent::Finalized {
+                round,
+                checkpoint,
+                contributions,
+                train_loss,
+            } => json!({
+                "event": "finalized",
+                "round": round,
+                "checkpoint": checkpoint.to_string(),
+                "contributions": contributions,
+                "train_loss": train_loss,
+            }),
+            NodeEvent::Adopted { round, checkpoint } => json!({
+                "event": "adopted",
+                "round": round,
+                "checkpoint": checkpoint.to_string(),
+            }),
+            NodeEvent::Rejected(reason) => {
+                json!({ "event": "rejected", "reason": reason.as_str() })
+            }
+            NodeEvent::PeerConnected(peer) => {
+                json!({ "event": "peer_connected", "peer": peer.to_string() })
+            }
+            NodeEvent::PeerLeft(peer) => json!({ "event": "peer_left", "peer": peer.to_string() }),
+            NodeEvent::Refused(peer) => json!({ "event": "refused", "peer": peer.to_string() }),
+            NodeEvent::DialFailed(error) => json!({ "event": "dial_failed", "error": error }),
+        }
+    }
+}
+
+/// Writes one JSON line on stdout.
+fn line(value: serde_json::Value) {
+    println!("{value}");
+}

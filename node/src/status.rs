@@ -1,0 +1,78 @@
+//! `p2pnode status`: ask the node running on a data directory what it is
+//! doing.
+
+use std::path::Path;
+
+use anyhow::Context;
+use p2ptrain_node::control;
+use p2ptrain_node::swarm_loop::{Phase, Status};
+
+/// Prints the status of the node running on `dir`.
+pub async fn show(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let socket = dir.join(control::STATUS_SOCKET);
+    let status = control::read_status(&socket)
+        .await
+        .with_context(|| format!("asking the node on {}", dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", describe(&status));
+    }
+    Ok(())
+}
+
+/// The status for people, a few lines.
+fn describe(s: &Status) -> String {
+    let doing = match s.phase {
+        Phase::Training => {
+            let loss = s
+                .step_loss
+                .map_or_else(String::new, |l| format!(", loss {l:.3}"));
+            format!("training, step {}/{}{loss}", s.inner_step, s.inner_steps)
+        }
+        Phase::Exchanging => "exchanging updates and commits".to_owned(),
+        Phase::Starting => "starting".to_owned(),
+    };
+    let mut text = format!(
+        "node        {}\nround       {} ({doing})\ncheckpoint  {}\n",
+        s.key, s.round, s.checkpoint
+    );
+    if let Some(loss) = s.train_loss {
+        text.push_str(&format!("train loss  {loss:.3} (last session)\n"));
+    }
+    text.push_str(&format!(
+        "peers       {}\nrounds      {} ended since start, {} contributions in the last\n\
+         traffic     {} in, {} out\n",
+        s.peers,
+        s.rounds_done,
+        s.last_contributions,
+        indicatif::HumanBytes(s.bytes_in),
+        indicatif::HumanBytes(s.bytes_out)
+    ));
+    if !s.rejected.is_empty() {
+        let dropped: Vec<String> = s.rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        text.push_str(&format!("dropped     {}\n", dropped.join(", ")));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_training_node_shows_its_step_and_what_it_dropped() {
+        let status = Status {
+            round: 3,
+            phase: Phase::Training,
+            inner_step: 12,
+            inner_steps: 50,
+            step_loss: Some(2.5),
+            rejected: [("payload_mismatch".to_owned(), 2)].into(),
+            ..Status::default()
+        };
+        let text = describe(&status);
+        assert!(text.contains("round       3 (training, step 12/50, loss 2.500)"));
+        assert!(text.contains("dropped     payload_mismatch 2"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Watching a running node from outside: `status`, `--metrics`,
+//! `--log-format json`, and `export` of its checkpoint.
+
+use std::io::{Read, Write};
+
+use p2ptrain_node::chain::{latest, DataDir};
+use p2ptrain_protocol::RunManifest;
+use p2ptrain_trainer::ParamLayout;
+
+use crate::harness::{exclusive, init, run, run_ok, scratch, Node, Stream};
+
+/// GET `path` from `address` (host:port); the whole answer.
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_running_node_answers_status_and_metrics_and_its_checkpoint_exports() {
+    let _machine = exclusive();
+    let root = scratch("observe");
+    let dir = root.join("solo");
+    init(&dir, 1);
+    let dir_arg = dir.to_str().unwrap();
+    let mut node = Node::join(
+        "solo",
+        &dir,
+        &root.join("solo.key"),
+        &["--log-format", "json", "--metrics", "127.0.0.1:0"],
+    );
+    let metrics = node.wait_for("the metrics address", |s, line| {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        assert_eq!(s, Stream::Out, "{line}");
+        let message = event["message"].as_str()?;
+        Some(
+            message
+                .strip_prefix("metrics on http://")?
+                .strip_suffix("/metrics")?
+                .to_owned(),
+        )
+    });
+    let finalized = |round: u64| {
+        move |_: Stream, line: &str| {
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            (event["event"] == "finalized" && event["round"] == round)
+                .then(|| event["checkpoint"].as_str().map(str::to_owned))
+                .flatten()
+        }
+    };
+    node.wait_for("round 1 finalized", finalized(1));
+
+    let status: serde_json::Value =
+        serde_json::from_str(&run_ok(&["status", "--dir", dir_arg, "--json"])).unwrap();
+    assert!(status["round"].as_u64().unwrap() >= 2, "{status}");
+    assert!(status["rounds_done"].as_u64().unwrap() >= 2, "{status}");
+    assert_eq!(status["last_contributions"], 1, "{status}");
+    let text = run_ok(&["status", "--dir", dir_arg]);
+    assert!(text.contains("peers       0"), "{text}");
+
+    let answer = http_get(&metrics, "/metrics");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let round: u64 = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("p2ptrain_round "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no round metric in {answer}"));
+    assert!(round >= 2, "{answer}");
+    assert!(http_get(&metrics, "/other").starts_with("HTTP/1.1 404"));
+
+    // Killed: its socket stays behind, and status says nobody answers.
+    node.kill();
+    let asked = run(&["status", "--dir", dir_arg]);
+    assert!(!asked.status.success());
+    let said = String::from_utf8_lossy(&asked.stderr);
+    assert!(said.contains("no node is running"), "{said}");
+
+    let out = root.join("hf");
+    let exported = run_ok(&["export", dir_arg, "--out", out.to_str().unwrap()]);
+    let data = DataDir::new(&dir);
+    let manifest: RunManifest = data.manifest().unwrap();
+    let head = latest(&data, ParamLayout::gpt2(&manifest.model).len())
+        .unwrap()
+        .state;
+    assert!(exported.contains(&head.hash().to_string()), "{exported}");
+    let (config, values) = p2ptrain_trainer::hf::import(&out).unwrap();
+    assert_eq!(config, manifest.model);
+    assert_eq!(values, head.params);
+    // A second export never overwrites the first.
+    let again = run(&["export", dir_arg, "--out", out.to_str().unwrap()]);
+    assert!(!again.status.success());
+    std::fs::remove_dir_all(root).unwrap();
+}
