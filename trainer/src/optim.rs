@@ -231,6 +231,11 @@ impl OuterNesterov {
         &self.buffer
     }
 
+    /// The momentum buffer, taken out without a copy.
+    pub fn into_momentum(self) -> Vec<f32> {
+        self.buffer
+    }
+
     /// `buf = μ·buf + Δ; θ −= lr·(Δ + μ·buf)`, for each entry in index order.
     pub fn step(&mut self, theta: &mut [f32], delta: &[f32]) -> Result<()> {
         for len in [theta.len(), delta.len()] {

@@ -8,7 +8,7 @@
 
 use p2ptrain_protocol::Digest;
 
-use super::verify::replay_records;
+use super::verify::{replay_after, replay_records, Verified};
 use super::{ChainError, ChainState, DataDir};
 use crate::engine::Head;
 
@@ -35,13 +35,17 @@ pub enum ResumedFrom {
     Genesis,
     /// head.ckpt, which hashes to the last record's result.
     Head,
-    /// A replay of the records from genesis, since head.ckpt did not match
-    /// the last record.
+    /// A replay of the records after head.ckpt's round (or from genesis),
+    /// since head.ckpt was not the last record's result.
     Replayed {
         /// The last record's round.
         last_record: u64,
         /// head.ckpt's hash; `None` if it is missing or unreadable.
         found: Option<Digest>,
+        /// The round head.ckpt is the result of, where the replay started;
+        /// `None` when it matched no record and the replay started at
+        /// genesis.
+        head_round: Option<u64>,
     },
 }
 
@@ -103,33 +107,74 @@ pub fn latest(dir: &DataDir, params: usize) -> Result<Resumed, ChainError> {
     // A file that cannot be read is one more reason to replay.
     let head = dir.head(params).ok().flatten();
     let run = manifest.id()?;
-    let commit = dir
-        .record(last)
-        .ok()
-        .flatten()
-        .and_then(|record| Some((record.verify().ok()?.0, record.contributions.len())));
-    if let (Some(state), Some((commit, applied))) = (&head, commit) {
-        if commit.run == run && commit.round == last && state.hash() == commit.result {
-            return Ok(Resumed {
-                state: state.clone(),
-                round: last + 1,
+    let commit_of = |round: u64| {
+        let record = dir.record(round).ok().flatten()?;
+        let applied = record.contributions.len();
+        let commit = record.verify().ok()?.0;
+        (commit.run == run && commit.round == round).then_some((commit, applied))
+    };
+    let Some(state) = head else {
+        return from_genesis(dir, params, last, None);
+    };
+    let found = state.hash();
+    // head.ckpt is written every round or, for large models, every few
+    // rounds: find the round it is the result of, newest first.
+    let mut round = last;
+    loop {
+        let Some((commit, applied)) = commit_of(round) else {
+            break;
+        };
+        if commit.result == found {
+            let at = Verified {
+                rounds: round + 1,
+                contributions: 0,
                 chain_tokens: commit.chain_tokens,
-                last_contributors: u32::try_from(applied).unwrap_or(u32::MAX),
-                from: ResumedFrom::Head,
-            });
+                head: found,
+                last_contributors: applied,
+            };
+            if round == last {
+                return Ok(resumed(state, &at, ResumedFrom::Head));
+            }
+            let (verified, state) = replay_after(dir, &manifest, at, state)?;
+            let from = ResumedFrom::Replayed {
+                last_record: last,
+                found: Some(found),
+                head_round: Some(round),
+            };
+            return Ok(resumed(state, &verified, from));
         }
+        if round == 0 {
+            break;
+        }
+        round -= 1;
     }
+    from_genesis(dir, params, last, Some(found))
+}
+
+/// Replays every record from genesis.
+fn from_genesis(
+    dir: &DataDir,
+    params: usize,
+    last_record: u64,
+    found: Option<Digest>,
+) -> Result<Resumed, ChainError> {
     let (verified, state) = replay_records(dir, params)?;
-    Ok(Resumed {
+    let from = ResumedFrom::Replayed {
+        last_record,
+        found,
+        head_round: None,
+    };
+    Ok(resumed(state, &verified, from))
+}
+
+fn resumed(state: ChainState, verified: &Verified, from: ResumedFrom) -> Resumed {
+    Resumed {
         state,
         round: verified.rounds,
         chain_tokens: verified.chain_tokens,
         last_contributors: u32::try_from(verified.last_contributors).unwrap_or(u32::MAX),
-        from: ResumedFrom::Replayed {
-            last_record: last,
-            found: head.map(|h| h.hash()),
-        },
-    })
+        from,
+    }
 }
 
 #[cfg(test)]
@@ -236,12 +281,65 @@ mod tests {
             resumed.from,
             ResumedFrom::Replayed {
                 last_record: 2,
-                found: Some(states[2].hash())
+                found: Some(states[2].hash()),
+                head_round: Some(1),
             }
         );
         assert_eq!(resumed.state, states[3]);
         assert_eq!(resumed.head(), resume(&dir, PARAMS).unwrap().head());
         assert_eq!(dir.head(PARAMS).unwrap(), Some(states[3].clone()));
+        std::fs::remove_dir_all(dir.root()).unwrap();
+    }
+
+    #[test]
+    fn a_head_several_rounds_behind_replays_only_the_records_after_it() {
+        let dir = scratch("several");
+        let states = write_chain(&dir, 4);
+        // head.ckpt last written after round 0, as for a large model.
+        dir.write_head(&states[1]).unwrap();
+        let resumed = latest(&dir, PARAMS).unwrap();
+        assert_eq!(
+            resumed.from,
+            ResumedFrom::Replayed {
+                last_record: 3,
+                found: Some(states[1].hash()),
+                head_round: Some(0),
+            }
+        );
+        assert_eq!(resumed.state, states[4]);
+        let head = resumed.head();
+        assert_eq!(
+            (head.round, head.chain_tokens, head.last_contributors),
+            (4, 400, 1)
+        );
+        // `latest` writes nothing.
+        assert_eq!(dir.head(PARAMS).unwrap(), Some(states[1].clone()));
+
+        // A record after the head that does not hold is named.
+        let mut record = dir.record(2).unwrap().unwrap();
+        record.contributions.clear();
+        dir.write_record(2, &record).unwrap();
+        let error = latest(&dir, PARAMS).unwrap_err().to_string();
+        assert!(error.contains("round 2"), "{error}");
+        std::fs::remove_dir_all(dir.root()).unwrap();
+    }
+
+    #[test]
+    fn a_head_that_is_no_record_s_result_replays_from_genesis() {
+        let dir = scratch("stranger");
+        let states = write_chain(&dir, 2);
+        let stranger = ChainState::genesis(vec![0.5; PARAMS]);
+        dir.write_head(&stranger).unwrap();
+        let resumed = resume(&dir, PARAMS).unwrap();
+        assert_eq!(
+            resumed.from,
+            ResumedFrom::Replayed {
+                last_record: 1,
+                found: Some(stranger.hash()),
+                head_round: None,
+            }
+        );
+        assert_eq!(resumed.state, states[2]);
         std::fs::remove_dir_all(dir.root()).unwrap();
     }
 

@@ -61,11 +61,22 @@ impl ChainState {
 
     /// The state's bytes (see the type's docs).
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.params
-            .iter()
-            .chain(&self.momentum)
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
+        let mut bytes = Vec::with_capacity(8 * self.params.len());
+        self.for_each_block(|block| bytes.extend_from_slice(block));
+        bytes
+    }
+
+    /// Calls `f` on the state's bytes in order, a block at a time.
+    fn for_each_block(&self, mut f: impl FnMut(&[u8])) {
+        const BLOCK: usize = 16 * 1024;
+        let mut block = Vec::with_capacity(4 * BLOCK);
+        for values in [&self.params, &self.momentum] {
+            for chunk in values.chunks(BLOCK) {
+                block.clear();
+                block.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+                f(&block);
+            }
+        }
     }
 
     /// Reads a state of `len` parameters from its bytes.
@@ -94,9 +105,9 @@ impl ChainState {
     /// The checkpoint hash: blake3 of [`to_bytes`](Self::to_bytes).
     pub fn hash(&self) -> Digest {
         let mut hasher = blake3::Hasher::new();
-        for v in self.params.iter().chain(&self.momentum) {
-            hasher.update(&v.to_le_bytes());
-        }
+        self.for_each_block(|block| {
+            hasher.update(block);
+        });
         Digest::from_bytes(*hasher.finalize().as_bytes())
     }
 
@@ -133,7 +144,7 @@ impl ChainState {
         let momentum = std::mem::take(&mut next.momentum);
         let mut step = OuterNesterov::from_state(outer.lr, outer.momentum, momentum);
         step.step(&mut next.params, &mean)?;
-        next.momentum = step.momentum_buffer().to_vec();
+        next.momentum = step.into_momentum();
         Ok(next)
     }
 }

@@ -50,20 +50,41 @@ pub(super) fn replay_records(
     params: usize,
 ) -> Result<(Verified, ChainState), ChainError> {
     let manifest = dir.manifest()?;
-    let run = manifest.id()?;
-    let mut state = dir.genesis(params)?;
-    let mut hash = state.hash();
+    let state = dir.genesis(params)?;
+    let hash = state.hash();
     if hash != manifest.genesis {
         return Err(ChainError::Genesis {
             expected: manifest.genesis,
             found: hash,
         });
     }
+    let genesis = Verified {
+        rounds: 0,
+        contributions: 0,
+        chain_tokens: 0,
+        head: hash,
+        last_contributors: 0,
+    };
+    replay_after(dir, &manifest, genesis, state)
+}
+
+/// Replays the records that follow `from` (the chain up to round
+/// `from.rounds - 1`, ending on `state`), checking each as
+/// [`replay`] does; `from.contributions` counts only what `from` says.
+pub(super) fn replay_after(
+    dir: &DataDir,
+    manifest: &RunManifest,
+    from: Verified,
+    mut state: ChainState,
+) -> Result<(Verified, ChainState), ChainError> {
+    let run = manifest.id()?;
+    let mut hash = from.head;
     let max_tokens = u64::from(manifest.inner_steps)
         * u64::from(manifest.inner.batch_size)
         * u64::from(manifest.model.context_len);
-    let (mut rounds, mut contributions, mut chain_tokens) = (0u64, 0u64, 0u64);
-    let mut last_contributors = 0;
+    let (mut rounds, mut contributions, mut chain_tokens) =
+        (from.rounds, from.contributions, from.chain_tokens);
+    let mut last_contributors = from.last_contributors;
     while let Some(record) = dir.record(rounds).map_err(|e| ChainError::Record {
         round: rounds,
         what: e.to_string(),
@@ -87,7 +108,7 @@ pub(super) fn replay_records(
         }
         let mut payloads = Vec::with_capacity(applied.len());
         for (c, signed) in applied.iter().zip(&record.contributions) {
-            check_contribution(&manifest, c, max_tokens).map_err(&bad)?;
+            check_contribution(manifest, c, max_tokens).map_err(&bad)?;
             let bytes = dir
                 .payload(&c.payload.hash)
                 .map_err(|e| bad(format!("payload {}: {e}", c.payload.hash)))?;

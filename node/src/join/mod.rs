@@ -224,14 +224,29 @@ fn tell_start(report: &Report, node: &Node) {
                 head.round, head.base
             ),
         ),
-        ResumedFrom::Replayed { last_record, found } => {
-            let found = found.map_or_else(|| "missing".to_owned(), |h| h.to_string());
+        ResumedFrom::Replayed {
+            last_record,
+            found,
+            head_round,
+        } => {
+            let replayed = match head_round {
+                Some(r) => format!(
+                    "head.ckpt is the result of round {r}: replayed rounds {}..={last_record} \
+                     after it",
+                    r + 1
+                ),
+                None => {
+                    let found = found.map_or_else(|| "missing".to_owned(), |h| h.to_string());
+                    format!(
+                        "head.ckpt ({found}) is not the result of round {last_record}: \
+                         replayed the records from genesis"
+                    )
+                }
+            };
             report.note(
                 "resume",
                 &format!(
-                    "head.ckpt ({found}) is not the result of round {last_record}: \
-                     replayed the records from genesis\n\
-                     resuming from round {}, checkpoint {}",
+                    "{replayed}\nresuming from round {}, checkpoint {}",
                     head.round, head.base
                 ),
             );

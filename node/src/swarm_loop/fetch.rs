@@ -85,7 +85,7 @@ impl Node {
                 None => FetchResponse::Missing,
             },
             FetchRequest::Checkpoint(hash) => {
-                let state = if self.state.hash() == hash {
+                let state = if self.state_hash == hash {
                     Some(&self.state)
                 } else {
                     self.tentative.get(&hash)
@@ -112,8 +112,7 @@ impl Node {
         if state.hash() != head.base {
             return Ok(());
         }
-        self.state = state;
-        self.data.write_head(&self.state)?;
+        self.set_state(Arc::new(state), head.base, true).await?;
         self.round_done(head, None);
         let _ = self
             .events

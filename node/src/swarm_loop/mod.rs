@@ -9,6 +9,7 @@ mod status;
 mod worker;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -143,6 +144,21 @@ type Trained = (
     Result<crate::engine::LocalUpdate, ReplicaError>,
 );
 
+/// A head.ckpt write that took less than this is done in line.
+const QUICK_HEAD_WRITE: Duration = Duration::from_millis(50);
+
+/// The node's writes of head.ckpt (see `Node::set_state`).
+struct HeadWrites {
+    /// The hash of the state last written or being written.
+    written: Option<Digest>,
+    /// The write under way: its duration when done.
+    pending: Option<tokio::task::JoinHandle<Result<Duration, ChainError>>>,
+    /// How long the last write took.
+    last_cost: Duration,
+    /// When it finished.
+    last_done: std::time::Instant,
+}
+
 /// A running node. See the module docs.
 pub struct Node {
     swarm: Swarm<Behaviour>,
@@ -150,8 +166,14 @@ pub struct Node {
     topics: Topics,
     data: DataDir,
     manifest: RunManifest,
-    state: ChainState,
-    tentative: HashMap<Digest, ChainState>,
+    /// The checkpoint of the last finalized (or adopted) round, and its
+    /// hash.
+    state: Arc<ChainState>,
+    state_hash: Digest,
+    /// Outer-step results of the current round, by hash, until it ends.
+    tentative: HashMap<Digest, Arc<ChainState>>,
+    /// Writes of head.ckpt.
+    head: HeadWrites,
     /// The worker, while it is not in a session.
     worker: Option<Box<dyn Worker>>,
     /// The worker's mean loss in its last finished session.
@@ -179,7 +201,7 @@ impl Node {
         let params = p2ptrain_trainer::ParamLayout::gpt2(&manifest.model).len();
         let resumed = chain::resume(&setup.data, params)?;
         let head = resumed.head();
-        let state = resumed.state;
+        let state = Arc::new(resumed.state);
         let mut swarm = build_swarm(&setup.key, &setup.net)?;
         let run = manifest.id().map_err(ChainError::from)?;
         let topics = topics(&run);
@@ -228,7 +250,14 @@ impl Node {
             data: setup.data,
             manifest,
             state,
+            state_hash: head.base,
             tentative: HashMap::new(),
+            head: HeadWrites {
+                written: None,
+                pending: None,
+                last_cost: Duration::ZERO,
+                last_done: std::time::Instant::now(),
+            },
             worker: Some(worker),
             train_loss: None,
             trained_tx,
@@ -282,7 +311,7 @@ impl Node {
                             .dial(address.clone())
                             .map_err(|e| NodeError::Address(address, e.to_string()))?;
                     }
-                    Some(Command::Shutdown) | None => return Ok(()),
+                    Some(Command::Shutdown) | None => return self.flush_head().await,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await?,
                 Some((worker, update)) = self.trained_rx.recv() => {
@@ -319,7 +348,7 @@ impl Node {
         match output {
             Output::StartTraining { round } => {
                 if let Some(mut worker) = self.worker.take() {
-                    let start = self.state.params.clone();
+                    let start = self.state.clone();
                     let tx = self.trained_tx.clone();
                     let status = self.status.clone();
                     let base = self.engine.head().base.to_string();
@@ -330,7 +359,7 @@ impl Node {
                         s.inner_step = 0;
                     });
                     tokio::task::spawn_blocking(move || {
-                        let update = worker.session(&start, &mut |p| {
+                        let update = worker.session(&start.params, &mut |p| {
                             status.send_modify(|s| {
                                 s.inner_step = p.step;
                                 s.inner_steps = p.steps;
@@ -364,7 +393,7 @@ impl Node {
                     contributions.iter().map(StepInput::from).collect();
                 let next = self.state.outer_step(&inputs, &self.manifest.outer)?;
                 let result = next.hash();
-                self.tentative.insert(result, next);
+                self.tentative.insert(result, Arc::new(next));
                 self.report(NodeEvent::Aggregated {
                     round,
                     checkpoint: result,
@@ -381,10 +410,9 @@ impl Node {
                 }
                 self.data.write_record(head.round - 1, &record)?;
                 if let Some(next) = self.tentative.remove(&head.base) {
-                    self.state = next;
+                    self.set_state(next, head.base, false).await?;
                 }
                 self.tentative.clear();
-                self.data.write_head(&self.state)?;
                 let contributions = record.contributions.len();
                 self.round_done(head, Some(contributions));
                 let _ = self
@@ -424,6 +452,69 @@ impl Node {
             }
         }
         Ok(None)
+    }
+
+    /// Takes `state` (whose hash is `hash`) as the chain's checkpoint, and
+    /// writes it to head.ckpt in the background when `must_write` (an
+    /// adopted checkpoint has no records to replay) or when a write is due:
+    /// writing may take a tenth of the node's time at most, so a small
+    /// model's head is written every round (in line) and a large one's
+    /// every few (in the background).
+    /// The records are written every round, and a restarted node replays
+    /// those after head.ckpt (see [`chain::resume`]).
+    async fn set_state(
+        &mut self,
+        state: Arc<ChainState>,
+        hash: Digest,
+        must_write: bool,
+    ) -> Result<(), NodeError> {
+        self.state = state;
+        self.state_hash = hash;
+        let due = self.head.last_done + self.head.last_cost * 10 <= std::time::Instant::now();
+        if must_write || (due && self.head.pending.is_none()) {
+            self.write_head().await?;
+            // A quick write (a small model's) is waited for, so head.ckpt
+            // is current when the round is reported.
+            if self.head.last_cost < QUICK_HEAD_WRITE {
+                self.finish_head_write().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the current state to head.ckpt in the background, after the
+    /// write under way (if any) has finished.
+    async fn write_head(&mut self) -> Result<(), NodeError> {
+        self.finish_head_write().await?;
+        if self.head.written == Some(self.state_hash) {
+            return Ok(());
+        }
+        let (data, state) = (self.data.clone(), self.state.clone());
+        self.head.written = Some(self.state_hash);
+        self.head.pending = Some(tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            data.write_head(&state).map(|()| started.elapsed())
+        }));
+        Ok(())
+    }
+
+    /// Waits for the background write of head.ckpt, if any.
+    async fn finish_head_write(&mut self) -> Result<(), NodeError> {
+        if let Some(write) = self.head.pending.take() {
+            let cost = write.await.map_err(|e| ChainError::Write {
+                path: self.data.root().join("head.ckpt").display().to_string(),
+                reason: e.to_string(),
+            })??;
+            self.head.last_cost = cost;
+            self.head.last_done = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes head.ckpt if it is behind, and waits for it: before stopping.
+    async fn flush_head(&mut self) -> Result<(), NodeError> {
+        self.write_head().await?;
+        self.finish_head_write().await
     }
 
     /// Notes in the status that a round ended on `head` (`contributions`

@@ -1,0 +1,328 @@
+//! Round sync among 4 peers on loopback with a 25M-parameter model: each
+//! peer compresses its pseudo-gradient (top-1% at 8 bits with error
+//! feedback, the run's defaults), announces it, fetches and verifies the
+//! others' payloads, aggregates them in the outer step and commits the
+//! result — the work Hivemind's all-reduce does for its peers.
+//!
+//! `cargo run --release -p p2ptrain-node --example bench_round_sync -- [--rounds 6] [--peers 4] [--density 0.01]`
+//!
+//! The peers are full nodes (`swarm_loop::Node`) in one process, each with
+//! its own data directory, TCP + noise + yamux on 127.0.0.1; only training
+//! is replaced, by a fixed random pseudo-gradient, so the clock measures the
+//! exchange. Per round it prints the time from the first peer starting its
+//! compression to the last peer holding the agreed checkpoint, and the
+//! median over the rounds after the first (connections and allocations
+//! settle in round 0). `scripts/bench-round-sync.sh` runs Hivemind beside it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use p2ptrain_kernels::compress;
+use p2ptrain_node::chain::{ChainState, DataDir};
+use p2ptrain_node::engine::LocalUpdate;
+use p2ptrain_node::net::NetConfig;
+use p2ptrain_node::swarm_loop::{
+    Command, Node, NodeEvent, NodeSetup, ReplicaError, StepProgress, Training, Worker,
+};
+use p2ptrain_protocol::{CompressionSettings, Digest, ModelConfig, RunManifest, SigningKey};
+use p2ptrain_trainer::ParamLayout;
+use tokio::sync::mpsc;
+
+type Error = Box<dyn std::error::Error>;
+
+/// A GPT-2 shape of 25.4M parameters.
+const MODEL: ModelConfig = ModelConfig {
+    vocab_size: 256,
+    context_len: 256,
+    n_layer: 8,
+    n_head: 8,
+    d_model: 512,
+};
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// When a peer started and finished compressing its update for a round.
+#[derive(Debug, Clone, Copy)]
+struct Compressed {
+    peer: usize,
+    round: u64,
+    started: Instant,
+    finished: Instant,
+    bytes: usize,
+}
+
+/// A peer's "training": the same random pseudo-gradient every round,
+/// compressed with error feedback as a trained replica's would be.
+struct FixedDelta {
+    peer: usize,
+    sessions: u64,
+    delta: Vec<f32>,
+    residual: Vec<f32>,
+    settings: CompressionSettings,
+    log: Arc<Mutex<Vec<Compressed>>>,
+}
+
+impl FixedDelta {
+    fn new(
+        peer: usize,
+        len: usize,
+        settings: CompressionSettings,
+        log: Arc<Mutex<Vec<Compressed>>>,
+    ) -> Self {
+        // xorshift64*: uniform in [-1e-3, 1e-3), different for every peer.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (peer as u64 + 1);
+        let delta = (0..len)
+            .map(|_| {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+                (bits as f32 / (1u64 << 24) as f32 - 0.5) * 2e-3
+            })
+            .collect();
+        Self {
+            peer,
+            sessions: 0,
+            delta,
+            residual: vec![0.0; len],
+            settings,
+            log,
+        }
+    }
+}
+
+impl Worker for FixedDelta {
+    fn session(
+        &mut self,
+        _start: &[f32],
+        _progress: &mut dyn FnMut(StepProgress),
+    ) -> Result<LocalUpdate, ReplicaError> {
+        let started = Instant::now();
+        let payload = compress(&self.delta, &mut self.residual, &self.settings)?.encode()?;
+        let entry = Compressed {
+            peer: self.peer,
+            round: self.sessions,
+            started,
+            finished: Instant::now(),
+            bytes: payload.len(),
+        };
+        if let Ok(mut log) = self.log.lock() {
+            log.push(entry);
+        }
+        self.sessions += 1;
+        Ok(LocalUpdate {
+            payload: Arc::from(payload),
+            tokens: 1_000,
+        })
+    }
+
+    fn last_loss(&self) -> Option<f32> {
+        None
+    }
+
+    fn return_to_residual(&mut self, payload: &[u8]) -> Result<(), ReplicaError> {
+        let payload = p2ptrain_kernels::Payload::decode(payload)?;
+        p2ptrain_kernels::decompress_into(&payload, 1.0, &mut self.residual)?;
+        Ok(())
+    }
+}
+
+/// What the collector saw of one round.
+#[derive(Debug, Default)]
+struct RoundSeen {
+    /// Each peer's result and when it reported it.
+    aggregated: BTreeMap<usize, (Digest, Instant, usize)>,
+    finalized: BTreeMap<usize, Instant>,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: u64 = arg(&args, "--rounds", 6).max(2);
+    let peers: usize = arg(&args, "--peers", 4).max(2);
+    let density: f32 = arg(&args, "--density", 0.01);
+
+    let mut manifest = RunManifest {
+        name: "bench-round-sync".to_owned(),
+        model: MODEL,
+        ..RunManifest::default()
+    };
+    manifest.compression.density = density;
+    manifest.rounds.min_contributors = u32::try_from(peers)?;
+    manifest.rounds.deadline_ms = 60_000;
+    manifest.rounds.commit_window_ms = 200;
+    let layout = ParamLayout::gpt2(&MODEL);
+    let params = layout.len();
+    eprintln!(
+        "{peers} peers, {:.1}M parameters, top-{:.0}% at {} bits, {rounds} rounds",
+        params as f64 / 1e6,
+        density * 100.0,
+        manifest.compression.value_bits.bits()
+    );
+    let genesis = ChainState::genesis(layout.initial_values(1));
+    manifest.genesis = genesis.hash();
+
+    let root = std::env::temp_dir().join(format!("p2ptrain-round-sync-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (events_tx, mut events) = mpsc::channel(1024);
+    let mut commands = Vec::new();
+    let mut running = Vec::new();
+    for peer in 0..peers {
+        let dir = DataDir::new(root.join(format!("peer{peer}")));
+        dir.write_manifest(&manifest)?;
+        dir.write_genesis(&genesis)?;
+        let worker = FixedDelta::new(peer, params, manifest.compression, log.clone());
+        let setup = NodeSetup {
+            data: dir,
+            key: SigningKey::from_bytes(&[u8::try_from(peer)? + 1; 32]),
+            net: NetConfig {
+                mdns: false,
+                ..NetConfig::default()
+            },
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            training: Training::Worker(Box::new(worker)),
+        };
+        let (node_events, mut from_node) = mpsc::channel(256);
+        let node = Node::new(setup, node_events)?;
+        let (command_tx, command_rx) = mpsc::channel(8);
+        commands.push(command_tx);
+        running.push(tokio::spawn(node.run(command_rx)));
+        let tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = from_node.recv().await {
+                if tx.send((peer, event, Instant::now())).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    let mut listening: BTreeMap<usize, Multiaddr> = BTreeMap::new();
+    let mut seen: BTreeMap<u64, RoundSeen> = BTreeMap::new();
+    let limit = Duration::from_secs(60 + 30 * rounds);
+    let finished = tokio::time::timeout(limit, async {
+        while let Some((peer, event, at)) = events.recv().await {
+            match event {
+                NodeEvent::Listening(address) => {
+                    for (&other, address) in &listening {
+                        if other != peer {
+                            let _ = commands[peer].send(Command::Dial(address.clone())).await;
+                        }
+                    }
+                    listening.insert(peer, address);
+                }
+                NodeEvent::Aggregated {
+                    round,
+                    checkpoint,
+                    contributions,
+                } => {
+                    seen.entry(round)
+                        .or_default()
+                        .aggregated
+                        .insert(peer, (checkpoint, at, contributions));
+                }
+                NodeEvent::Finalized { round, .. } => {
+                    let round_seen = seen.entry(round).or_default();
+                    round_seen.finalized.insert(peer, at);
+                    if round + 1 >= rounds
+                        && (0..rounds)
+                            .all(|r| seen.get(&r).is_some_and(|s| s.finalized.len() == peers))
+                    {
+                        return true;
+                    }
+                }
+                NodeEvent::Rejected(reason) => {
+                    eprintln!("peer {peer} dropped a contribution: {reason}")
+                }
+                NodeEvent::Adopted { round, .. } => eprintln!("peer {peer} adopted round {round}"),
+                _ => {}
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    for command in &commands {
+        let _ = command.send(Command::Shutdown).await;
+    }
+    for node in running {
+        node.await??;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    if !finished {
+        return Err(format!("the {rounds} rounds did not all finish within {limit:?}").into());
+    }
+    let compressed = log.lock().map_err(|_| "log poisoned")?.clone();
+    report(&seen, &compressed, peers)
+}
+
+/// Prints each round and the median of the rounds after the first.
+fn report(seen: &BTreeMap<u64, RoundSeen>, log: &[Compressed], peers: usize) -> Result<(), Error> {
+    let mut syncs = Vec::new();
+    for (&round, round_seen) in seen {
+        let compressed: Vec<&Compressed> = log.iter().filter(|c| c.round == round).collect();
+        let results: Vec<&Digest> = round_seen.aggregated.values().map(|(d, _, _)| d).collect();
+        if results.len() != peers || results.windows(2).any(|w| w[0] != w[1]) {
+            return Err(format!("round {round}: peers did not agree: {results:?}").into());
+        }
+        let start = compressed
+            .iter()
+            .map(|c| c.started)
+            .min()
+            .ok_or("no start")?;
+        let compress_ms = compressed
+            .iter()
+            .map(|c| (c.finished - c.started).as_secs_f64() * 1e3)
+            .fold(0.0, f64::max);
+        let agreed = round_seen
+            .aggregated
+            .values()
+            .map(|(_, at, _)| *at)
+            .max()
+            .ok_or("no result")?;
+        let last_compressed = compressed
+            .iter()
+            .map(|c| c.finished)
+            .max()
+            .ok_or("no end")?;
+        let sync = (agreed - start).as_secs_f64();
+        let bytes = compressed.iter().map(|c| c.bytes).max().unwrap_or(0);
+        let applied = round_seen
+            .aggregated
+            .values()
+            .map(|(_, _, n)| *n)
+            .max()
+            .unwrap_or(0);
+        println!(
+            "round {round}: compress {compress_ms:6.1} ms, exchange+aggregate {:6.1} ms, \
+             all {peers} on one checkpoint after {:6.1} ms ({applied} contributions, \
+             payload {:.2} MB per peer; {})",
+            (agreed - last_compressed).as_secs_f64() * 1e3,
+            sync * 1e3,
+            bytes as f64 / 1e6,
+            &results[0].to_string()[..16],
+        );
+        if round > 0 {
+            syncs.push(sync);
+        }
+        // Peers read by log order: one entry per peer per round.
+        debug_assert!(compressed.iter().all(|c| c.peer < peers));
+    }
+    syncs.sort_by(f64::total_cmp);
+    let median = syncs[syncs.len() / 2];
+    println!(
+        "SUMMARY p2ptrain peers={peers}: round sync median {median:.3}s (min {:.3}s) over {} rounds",
+        syncs[0],
+        syncs.len()
+    );
+    Ok(())
+}
