@@ -120,10 +120,7 @@ pub fn latest(dir: &DataDir, params: usize) -> Result<Resumed, ChainError> {
     // head.ckpt is written every round or, for large models, every few
     // rounds: find the round it is the result of, newest first.
     let mut round = last;
-    loop {
-        let Some((commit, applied)) = commit_of(round) else {
-            break;
-        };
+    while let Some((commit, applied)) = commit_of(round) {
         if commit.result == found {
             let at = Verified {
                 rounds: round + 1,
