@@ -37,6 +37,13 @@ fn describe(s: &Status) -> String {
         "node        {}\nround       {} ({doing})\ncheckpoint  {}\n",
         s.key, s.round, s.checkpoint
     );
+    if let Some((held, total)) = s.downloading {
+        text.push_str(&format!(
+            "catching up {} of {} of the swarm's checkpoint\n",
+            indicatif::HumanBytes(held),
+            indicatif::HumanBytes(total)
+        ));
+    }
     if let Some(loss) = s.train_loss {
         text.push_str(&format!("train loss  {loss:.3} (last session)\n"));
     }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2ptrain_node::swarm_loop::{NodeEvent, Phase, Status};
+use p2ptrain_node::swarm_loop::{NodeEvent, Status};
 use p2ptrain_protocol::PeerKey;
 use serde_json::json;
 
@@ -61,12 +61,16 @@ impl Report {
         let loss = status
             .step_loss
             .map_or_else(String::new, |l| format!("loss {l:.3} "));
+        let doing = match status.downloading {
+            Some((held, total)) => format!(
+                "catching up {}/{}",
+                indicatif::HumanBytes(held),
+                indicatif::HumanBytes(total)
+            ),
+            None => status.phase.as_str().to_owned(),
+        };
         self.bar.set_message(format!(
-            "{loss}· {} · {} peers · in {} out {}",
-            match status.phase {
-                Phase::Exchanging => "exchanging",
-                phase => phase.as_str(),
-            },
+            "{loss}· {doing} · {} peers · in {} out {}",
             status.peers,
             indicatif::HumanBytes(status.bytes_in),
             indicatif::HumanBytes(status.bytes_out),

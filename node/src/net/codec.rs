@@ -2,8 +2,10 @@
 //! and checkpoints between peers, in a raw length-prefixed framing.
 //!
 //! ```text
-//! request  = tag:u8 id:[u8;32]                 tag 1: a contribution and its payload
-//!                                              tag 2: a checkpoint (by hash)
+//! request  = 1u8 id:[u8;32]                    a contribution and its payload
+//!          | 3u8 hash:[u8;32] start:u64le len:u64le
+//!                                              a slice of a checkpoint, with the
+//!                                              hashes that prove it (`slices`)
 //! response = 0u8                               not held here
 //!          | 1u8 len:u32le header len:u64le body
 //! ```
@@ -33,8 +35,16 @@ pub const MAX_BODY: u64 = 1 << 30;
 pub enum FetchRequest {
     /// A contribution (by id) and its payload.
     Payload(Digest),
-    /// A checkpoint (by hash).
-    Checkpoint(Digest),
+    /// Bytes `start..start + len` of a checkpoint (by hash), as a
+    /// verifiable slice ([`super::slices`]).
+    CheckpointSlice {
+        /// The checkpoint hash.
+        hash: Digest,
+        /// First byte.
+        start: u64,
+        /// Bytes.
+        len: u64,
+    },
 }
 
 /// The answer.
@@ -43,11 +53,11 @@ pub enum FetchResponse {
     /// Not held here.
     Missing,
     /// Found: for a payload, the encoded signed contribution and the payload
-    /// bytes; for a checkpoint, an empty header and its bytes.
+    /// bytes; for a checkpoint slice, an empty header and the slice.
     Found {
         /// Encoded `Signed<Contribution>` (empty for a checkpoint).
         header: Vec<u8>,
-        /// The payload or checkpoint bytes.
+        /// The payload or the checkpoint slice.
         body: Vec<u8>,
     },
 }
@@ -81,7 +91,17 @@ impl Codec for FetchCodec {
         id.copy_from_slice(&frame[1..]);
         match frame[0] {
             1 => Ok(FetchRequest::Payload(Digest::from_bytes(id))),
-            2 => Ok(FetchRequest::Checkpoint(Digest::from_bytes(id))),
+            3 => {
+                let mut range = [0u8; 16];
+                io.read_exact(&mut range).await?;
+                let [start, len] = [&range[..8], &range[8..]]
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+                Ok(FetchRequest::CheckpointSlice {
+                    hash: Digest::from_bytes(id),
+                    start,
+                    len,
+                })
+            }
             _ => Err(invalid("unknown fetch request")),
         }
     }
@@ -129,12 +149,18 @@ impl Codec for FetchCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let (tag, id) = match request {
-            FetchRequest::Payload(id) => (1u8, id),
-            FetchRequest::Checkpoint(id) => (2u8, id),
-        };
-        io.write_all(&[tag]).await?;
-        io.write_all(id.as_bytes()).await?;
+        match request {
+            FetchRequest::Payload(id) => {
+                io.write_all(&[1]).await?;
+                io.write_all(id.as_bytes()).await?;
+            }
+            FetchRequest::CheckpointSlice { hash, start, len } => {
+                io.write_all(&[3]).await?;
+                io.write_all(hash.as_bytes()).await?;
+                io.write_all(&start.to_le_bytes()).await?;
+                io.write_all(&len.to_le_bytes()).await?;
+            }
+        }
         io.close().await
     }
 
@@ -187,7 +213,11 @@ mod tests {
     fn requests_and_responses_round_trip() {
         for request in [
             FetchRequest::Payload(Digest::of(b"a")),
-            FetchRequest::Checkpoint(Digest::of(b"b")),
+            FetchRequest::CheckpointSlice {
+                hash: Digest::of(b"b"),
+                start: 1 << 40,
+                len: 1 << 20,
+            },
         ] {
             let back = block_on(async {
                 let mut wire = Cursor::new(Vec::new());

@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod codec;
+pub mod slices;
 mod swarm;
 
 use libp2p::identity;

@@ -1,15 +1,20 @@
 //! The fetch protocol's side of the event loop: serving payloads and
-//! checkpoints, taking fetched ones, adopting a heavier chain's checkpoint.
+//! checkpoint slices, taking fetched payloads, and downloading a heavier
+//! chain's checkpoint in slices from several peers to adopt it.
 
 use std::sync::Arc;
 
-use libp2p::request_response::{self, Message};
+use libp2p::request_response::{self, Message, OutboundRequestId};
+use libp2p::PeerId;
 use p2ptrain_protocol::codec;
 
+use super::download::{Download, Progress};
 use super::{Node, NodeError, NodeEvent};
 use crate::chain::ChainState;
 use crate::engine::{Head, Input};
 use crate::net::codec::{FetchRequest, FetchResponse};
+use crate::net::slices::Outboard;
+use crate::net::{peer_id, peer_key};
 
 impl Node {
     pub(super) async fn on_fetch(
@@ -57,22 +62,27 @@ impl Node {
                         FetchResponse::Missing => Input::FetchFailed { id },
                     };
                     self.feed(input).await?;
-                } else if let Some(head) = self.checkpoints.remove(&request_id) {
-                    self.adopt(head, response).await?;
+                } else {
+                    let slice = match &response {
+                        FetchResponse::Found { body, .. } => Some(&body[..]),
+                        FetchResponse::Missing => None,
+                    };
+                    self.on_slice(request_id, slice).await?;
                 }
             }
             request_response::Event::OutboundFailure { request_id, .. } => {
                 if let Some(id) = self.fetches.remove(&request_id) {
                     self.feed(Input::FetchFailed { id }).await?;
+                } else {
+                    self.on_slice(request_id, None).await?;
                 }
-                self.checkpoints.remove(&request_id);
             }
             _ => {}
         }
         Ok(())
     }
 
-    fn serve(&self, request: FetchRequest) -> FetchResponse {
+    fn serve(&mut self, request: FetchRequest) -> FetchResponse {
         match request {
             FetchRequest::Payload(id) => match self.engine.payload(&id) {
                 Some((signed, bytes)) => match codec::encode(&signed) {
@@ -84,34 +94,128 @@ impl Node {
                 },
                 None => FetchResponse::Missing,
             },
-            FetchRequest::Checkpoint(hash) => {
-                let state = if self.state_hash == hash {
-                    Some(&self.state)
-                } else {
-                    self.tentative.get(&hash)
+            FetchRequest::CheckpointSlice { hash, start, len } => {
+                let Some(served) = self.outboard(hash) else {
+                    return FetchResponse::Missing;
                 };
-                match state {
-                    Some(state) => FetchResponse::Found {
+                match served.slice(start, len) {
+                    Ok(body) => FetchResponse::Found {
                         header: Vec::new(),
-                        body: state.to_bytes(),
+                        body,
                     },
-                    None => FetchResponse::Missing,
+                    Err(_) => FetchResponse::Missing,
                 }
             }
         }
     }
 
-    /// Takes a fetched checkpoint if it hashes to what the commit named.
-    async fn adopt(&mut self, head: Head, response: FetchResponse) -> Result<(), NodeError> {
-        let FetchResponse::Found { body, .. } = response else {
-            return Ok(());
-        };
-        let Ok(state) = ChainState::from_bytes(&body, self.state.params.len()) else {
-            return Ok(());
-        };
-        if state.hash() != head.base {
-            return Ok(());
+    /// The checkpoint `hash` ready to slice, if this node holds it (its
+    /// head, or a result of the current round); the last one is kept.
+    fn outboard(&mut self, hash: p2ptrain_protocol::Digest) -> Option<Arc<Outboard>> {
+        if let Some(served) = self.serving.as_ref().filter(|s| s.hash() == hash) {
+            return Some(served.clone());
         }
+        let state = if self.state_hash == hash {
+            &self.state
+        } else {
+            self.tentative.get(&hash)?
+        };
+        let served = Arc::new(Outboard::new(state.to_bytes()));
+        self.serving = Some(served.clone());
+        Some(served)
+    }
+
+    /// Starts downloading `head`'s checkpoint, named by `from`'s commit,
+    /// from `from` and every connected peer; the engine's input if it
+    /// cannot start.
+    pub(super) fn start_download(
+        &mut self,
+        head: Head,
+        from: p2ptrain_protocol::PeerKey,
+    ) -> Option<Input> {
+        if self
+            .download
+            .as_ref()
+            .is_some_and(|d| d.hash() == head.base)
+        {
+            return None;
+        }
+        let Some(from) = peer_id(&from) else {
+            return Some(Input::CheckpointUnavailable {
+                result: head.base,
+                from,
+            });
+        };
+        let total = 8 * self.state.params.len() as u64;
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        self.download = Some(Download::new(head, total, from, peers));
+        self.pump_download();
+        None
+    }
+
+    /// Sends the download's next slice requests.
+    pub(super) fn pump_download(&mut self) {
+        let Some(download) = &mut self.download else {
+            return;
+        };
+        let fetch = &mut self.swarm.behaviour_mut().fetch;
+        let hash = download.hash();
+        download.pump(|peer, start, len| {
+            Some(fetch.send_request(&peer, FetchRequest::CheckpointSlice { hash, start, len }))
+        });
+        let progress = download.progress();
+        self.status.send_modify(|s| s.downloading = Some(progress));
+    }
+
+    /// Takes a slice (or the lack of one) for the download.
+    async fn on_slice(
+        &mut self,
+        request: OutboundRequestId,
+        slice: Option<&[u8]>,
+    ) -> Result<(), NodeError> {
+        let Some(download) = self.download.as_mut().filter(|d| d.owns(&request)) else {
+            return Ok(());
+        };
+        match download.answer(request, slice) {
+            Progress::Going => self.pump_download(),
+            Progress::Done(bytes) => {
+                let Some(download) = self.download.take() else {
+                    return Ok(());
+                };
+                self.status.send_modify(|s| s.downloading = None);
+                self.adopt(download.head, download.from, &bytes).await?;
+            }
+            Progress::Failed => {
+                let Some(download) = self.download.take() else {
+                    return Ok(());
+                };
+                self.status.send_modify(|s| s.downloading = None);
+                if let Some(from) = peer_key(&download.from) {
+                    self.feed(Input::CheckpointUnavailable {
+                        result: download.hash(),
+                        from,
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a downloaded checkpoint (every slice already checked against
+    /// its hash) and trains from it.
+    async fn adopt(&mut self, head: Head, from: PeerId, bytes: &[u8]) -> Result<(), NodeError> {
+        let state = ChainState::from_bytes(bytes, self.state.params.len());
+        let Some(state) = state.ok().filter(|s| s.hash() == head.base) else {
+            if let Some(from) = peer_key(&from) {
+                self.feed(Input::CheckpointUnavailable {
+                    result: head.base,
+                    from,
+                })
+                .await?;
+            }
+            return Ok(());
+        };
         self.set_state(Arc::new(state), head.base, true).await?;
         self.round_done(head, None);
         let _ = self

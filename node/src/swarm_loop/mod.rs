@@ -3,6 +3,7 @@
 //! asks — train, announce, fetch, apply, commit, record. Everything else
 //! talks to it through bounded channels ([`Command`] in, [`NodeEvent`] out).
 
+mod download;
 mod fetch;
 mod replica;
 mod status;
@@ -182,7 +183,10 @@ pub struct Node {
     trained_rx: mpsc::Receiver<Trained>,
     status: watch::Sender<Status>,
     fetches: HashMap<OutboundRequestId, Digest>,
-    checkpoints: HashMap<OutboundRequestId, Head>,
+    /// The checkpoint being downloaded to adopt, if any.
+    download: Option<download::Download<OutboundRequestId>>,
+    /// The last checkpoint sliced for peers.
+    serving: Option<Arc<crate::net::slices::Outboard>>,
     events: mpsc::Sender<NodeEvent>,
     epoch: Instant,
     resumed_from: ResumedFrom,
@@ -264,7 +268,8 @@ impl Node {
             trained_rx,
             status,
             fetches: HashMap::new(),
-            checkpoints: HashMap::new(),
+            download: None,
+            serving: None,
             events,
             epoch: Instant::now(),
             resumed_from: resumed.from,
@@ -430,16 +435,7 @@ impl Node {
                     worker.return_to_residual(&payload)?;
                 }
             }
-            Output::RequestCheckpoint { head, from } => {
-                if let Some(peer) = peer_id(&from) {
-                    let request = self
-                        .swarm
-                        .behaviour_mut()
-                        .fetch
-                        .send_request(&peer, FetchRequest::Checkpoint(head.base));
-                    self.checkpoints.insert(request, head);
-                }
-            }
+            Output::RequestCheckpoint { head, from } => return Ok(self.start_download(head, from)),
             Output::Rejected { reason, .. } => {
                 let rejected = self.engine.rejected().clone();
                 self.status.send_modify(|s| {
@@ -574,6 +570,10 @@ impl Node {
                 if let Some(key) = peer_key(&peer_id) {
                     if num_established.get() == 1 {
                         self.status.send_modify(|s| s.peers += 1);
+                        if let Some(download) = &mut self.download {
+                            download.add_peer(peer_id);
+                            self.pump_download();
+                        }
                         self.report(NodeEvent::PeerConnected(key)).await;
                     }
                     self.feed(Input::PeerSeen(key)).await?;

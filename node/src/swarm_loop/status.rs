@@ -59,6 +59,9 @@ pub struct Status {
     pub bytes_in: u64,
     /// Payload and checkpoint bytes served to peers, plus gossip published.
     pub bytes_out: u64,
+    /// A checkpoint being downloaded to catch up: bytes held, and its
+    /// length.
+    pub downloading: Option<(u64, u64)>,
     /// Contributions dropped since start, by reason.
     pub rejected: BTreeMap<String, u64>,
 }

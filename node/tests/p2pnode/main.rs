@@ -4,6 +4,7 @@
 
 mod harness;
 mod observe;
+mod rogue;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -115,6 +116,40 @@ fn a_node_killed_mid_round_resumes_from_its_directory_and_agrees_again() {
         assert_eq!(c.round(r), nodes[1].round(r), "round {r}");
     }
     nodes.push(c);
+    assert_agree(&nodes);
+    drop(nodes);
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_fourth_node_started_late_downloads_the_checkpoint_and_agrees() {
+    let _machine = exclusive();
+    let root = scratch("late");
+    let mut nodes = three_nodes(&root, &[]);
+    let reached = nodes[0].round(2);
+    assert_eq!(nodes[1].round(2), reached);
+    let addresses: Vec<String> = nodes.iter_mut().map(Node::address).collect();
+    let dir = root.join("d");
+    init(&dir, 2);
+    let mut args = vec![];
+    for address in &addresses {
+        args.extend(["--bootstrap", address.as_str()]);
+    }
+    let mut d = Node::join("d", &dir, &root.join("d.key"), &args);
+    // It starts at genesis, takes the swarm's checkpoint (in slices from
+    // the three), then closes rounds with them.
+    let (adopted, hash, _) = d.wait_for("the adopted checkpoint", |s, line| {
+        harness::round_line(s, line).filter(|(_, _, adopted)| *adopted)
+    });
+    assert!(adopted >= 2, "it adopted round {adopted}");
+    assert_eq!(hash, nodes[0].round(adopted));
+    let (closed, hash, _) = d.wait_for("a round closed with the others", |s, line| {
+        harness::round_line(s, line).filter(|(r, _, was_adopted)| !was_adopted && *r > adopted)
+    });
+    for node in &mut nodes {
+        assert_eq!(node.round(closed), hash, "round {closed}");
+    }
+    nodes.push(d);
     assert_agree(&nodes);
     drop(nodes);
     std::fs::remove_dir_all(root).unwrap();

@@ -1,0 +1,211 @@
+//! Checkpoints in verifiable slices: a joiner fetches a checkpoint a slice
+//! at a time from several peers and checks every slice, as it arrives,
+//! against the checkpoint hash that signed commits name.
+//!
+//! The checkpoint hash is the BLAKE3 of the state's bytes, and BLAKE3 is a
+//! tree: a slice sent with the hashes of the subtrees beside its path (the
+//! Bao slice format) proves itself against the root alone. A server keeps
+//! the tree's inner nodes (the outboard, about 6% of the state) beside the
+//! bytes and cuts slices from them.
+//!
+//! ```
+//! use p2ptrain_node::net::slices::{plan, verify_slice, Outboard};
+//! use p2ptrain_protocol::Digest;
+//!
+//! let state: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+//! let served = Outboard::new(state.clone());
+//! assert_eq!(served.hash(), Digest::of(&state));
+//!
+//! let mut rebuilt = vec![0u8; state.len()];
+//! for (start, len) in plan(state.len() as u64) {
+//!     let slice = served.slice(start, len)?;
+//!     let bytes = verify_slice(&served.hash(), state.len() as u64, start, len, &slice)?;
+//!     rebuilt[start as usize..][..bytes.len()].copy_from_slice(&bytes);
+//! }
+//! assert_eq!(rebuilt, state);
+//! # Ok::<(), p2ptrain_node::net::slices::SliceError>(())
+//! ```
+
+use std::io::{Cursor, Read};
+
+use p2ptrain_protocol::Digest;
+
+/// Checkpoint bytes per slice request: 1 MiB (a multiple of BLAKE3's
+/// 1 KiB chunk, so a slice carries no partial chunk).
+pub const SLICE_LEN: u64 = 1 << 20;
+
+/// Why a slice was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SliceError {
+    /// The slice does not prove itself against the hash.
+    #[error("the slice does not match the checkpoint hash: {0}")]
+    Invalid(std::io::Error),
+    /// The slice asked for lies outside the checkpoint.
+    #[error("slice {start}+{len} is outside a checkpoint of {total} bytes")]
+    OutOfRange {
+        /// First byte.
+        start: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The checkpoint's length.
+        total: u64,
+    },
+}
+
+/// A checkpoint's bytes with its BLAKE3 tree, ready to serve slices.
+#[derive(Debug, Clone)]
+pub struct Outboard {
+    content: Vec<u8>,
+    tree: Vec<u8>,
+    hash: Digest,
+}
+
+impl Outboard {
+    /// Hashes `content` and keeps its tree.
+    pub fn new(content: Vec<u8>) -> Self {
+        let (tree, hash) = bao::encode::outboard(&content);
+        Self {
+            content,
+            tree,
+            hash: Digest::from_bytes(*hash.as_bytes()),
+        }
+    }
+
+    /// The BLAKE3 of the content: the checkpoint hash.
+    pub fn hash(&self) -> Digest {
+        self.hash
+    }
+
+    /// The content's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.content.len() as u64
+    }
+
+    /// Whether the content is empty.
+    pub fn is_empty(&self) -> bool {
+        self.content.is_empty()
+    }
+
+    /// The slice of `len` bytes from `start`, with the hashes that prove it.
+    ///
+    /// # Errors
+    ///
+    /// [`SliceError::OutOfRange`] unless the range lies in the content.
+    pub fn slice(&self, start: u64, len: u64) -> Result<Vec<u8>, SliceError> {
+        check_range(start, len, self.len())?;
+        let mut slice = Vec::new();
+        bao::encode::SliceExtractor::new_outboard(
+            Cursor::new(&self.content),
+            Cursor::new(&self.tree),
+            start,
+            len,
+        )
+        .read_to_end(&mut slice)
+        .map_err(SliceError::Invalid)?;
+        Ok(slice)
+    }
+}
+
+fn check_range(start: u64, len: u64, total: u64) -> Result<(), SliceError> {
+    match start.checked_add(len) {
+        Some(end) if len > 0 && end <= total => Ok(()),
+        _ => Err(SliceError::OutOfRange { start, len, total }),
+    }
+}
+
+/// The slices a checkpoint of `total` bytes is fetched in: `(start, len)`,
+/// in order, [`SLICE_LEN`] each but the last.
+pub fn plan(total: u64) -> Vec<(u64, u64)> {
+    (0..total.div_ceil(SLICE_LEN))
+        .map(|i| {
+            let start = i * SLICE_LEN;
+            (start, SLICE_LEN.min(total - start))
+        })
+        .collect()
+}
+
+/// Checks a slice received for bytes `start..start + len` of a checkpoint
+/// of `total` bytes hashing to `hash`; returns those bytes.
+///
+/// # Errors
+///
+/// [`SliceError::Invalid`] if any byte or hash in it does not match, or it
+/// is for a checkpoint of another length; [`SliceError::OutOfRange`] for a
+/// range outside the checkpoint.
+pub fn verify_slice(
+    hash: &Digest,
+    total: u64,
+    start: u64,
+    len: u64,
+    slice: &[u8],
+) -> Result<Vec<u8>, SliceError> {
+    check_range(start, len, total)?;
+    // The slice's first 8 bytes are the content length, covered by the
+    // root hash; a server's claim of another length is a mismatch.
+    let claimed = slice
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes);
+    if claimed != Some(total) {
+        return Err(SliceError::Invalid(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the slice is for a checkpoint of another length",
+        )));
+    }
+    let root = bao::Hash::from(*hash.as_bytes());
+    let mut bytes = Vec::with_capacity(len as usize);
+    bao::decode::SliceDecoder::new(slice, &root, start, len)
+        .read_to_end(&mut bytes)
+        .map_err(SliceError::Invalid)?;
+    if bytes.len() as u64 != len {
+        return Err(SliceError::Invalid(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the slice is short",
+        )));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 253) as u8).collect()
+    }
+
+    #[test]
+    fn the_plan_covers_the_checkpoint_once_in_order() {
+        assert_eq!(plan(0), vec![]);
+        assert_eq!(plan(10), vec![(0, 10)]);
+        let total = 3 * SLICE_LEN + 5;
+        let slices = plan(total);
+        assert_eq!(slices.len(), 4);
+        assert_eq!(slices[3], (3 * SLICE_LEN, 5));
+        assert_eq!(slices.iter().map(|s| s.1).sum::<u64>(), total);
+    }
+
+    #[test]
+    fn a_flipped_byte_or_a_wrong_hash_or_length_is_refused() {
+        let bytes = content(2 * SLICE_LEN as usize + 100);
+        let total = bytes.len() as u64;
+        let served = Outboard::new(bytes);
+        let slice = served.slice(SLICE_LEN, SLICE_LEN).unwrap();
+        assert!(verify_slice(&served.hash(), total, SLICE_LEN, SLICE_LEN, &slice).is_ok());
+        for at in [20, slice.len() / 2, slice.len() - 1] {
+            let mut bad = slice.clone();
+            bad[at] ^= 1;
+            let result = verify_slice(&served.hash(), total, SLICE_LEN, SLICE_LEN, &bad);
+            assert!(matches!(result, Err(SliceError::Invalid(_))), "byte {at}");
+        }
+        let other = Digest::of(b"another checkpoint");
+        assert!(verify_slice(&other, total, SLICE_LEN, SLICE_LEN, &slice).is_err());
+        assert!(verify_slice(&served.hash(), total + 1, SLICE_LEN, SLICE_LEN, &slice).is_err());
+        // A slice served for another range does not pass for this one.
+        assert!(verify_slice(&served.hash(), total, 0, SLICE_LEN, &slice).is_err());
+        assert!(matches!(
+            served.slice(total, 1),
+            Err(SliceError::OutOfRange { .. })
+        ));
+    }
+}

@@ -1,0 +1,132 @@
+//! A dishonest peer against a real `p2pnode`: it announces a signed
+//! contribution, then serves other bytes than the ones it named. The node
+//! drops it as `payload_mismatch`, counts it, and trains on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, Multiaddr};
+use p2ptrain_kernels::compress;
+use p2ptrain_node::chain::DataDir;
+use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
+use p2ptrain_node::net::{build_swarm, topics, BehaviourEvent, NetConfig};
+use p2ptrain_protocol::{codec, Contribution, Digest, PayloadRef, PeerKey, Signed, SigningKey};
+use p2ptrain_trainer::ParamLayout;
+
+use crate::harness::{exclusive, init, run_ok, scratch, Node, Stream};
+
+/// Runs the rogue peer until `stop`: dials `node`, announces a round-0
+/// contribution of the run in `dir`, and answers its fetch with a payload
+/// one byte off.
+fn rogue(dir: &DataDir, node: Multiaddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let manifest = dir.manifest().unwrap();
+    let run = manifest.id().unwrap();
+    let params = ParamLayout::gpt2(&manifest.model).len();
+    let key = SigningKey::from_bytes(&[0xbd; 32]);
+    let payload = compress(
+        &vec![1e-3; params],
+        &mut vec![0.0; params],
+        &manifest.compression,
+    )
+    .unwrap()
+    .encode()
+    .unwrap();
+    let contribution = Contribution {
+        run,
+        round: 0,
+        base: manifest.genesis,
+        author: PeerKey::from(&key),
+        tokens: 100,
+        payload: PayloadRef {
+            hash: Digest::of(&payload),
+            len: payload.len() as u64,
+        },
+        compression: manifest.compression,
+    };
+    let signed = Signed::sign(&contribution, &key).unwrap();
+    let mut tampered = payload.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x40;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let config = NetConfig {
+                mdns: false,
+                ..NetConfig::default()
+            };
+            let mut swarm = build_swarm(&key, &config).unwrap();
+            let topics = topics(&run);
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&topics.announce)
+                .unwrap();
+            swarm.dial(node).unwrap();
+            let announcement = codec::encode(&signed).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let event = tokio::time::timeout(Duration::from_millis(100), swarm.next()).await;
+                let Ok(Some(event)) = event else { continue };
+                match event {
+                    SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                        gossipsub::Event::Subscribed { topic, .. },
+                    )) if topic == topics.announce.hash() => {
+                        let _ = swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .publish(topics.announce.clone(), announcement.clone());
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(
+                        request_response::Event::Message {
+                            message:
+                                Message::Request {
+                                    request: FetchRequest::Payload(_),
+                                    channel,
+                                    ..
+                                },
+                            ..
+                        },
+                    )) => {
+                        let response = FetchResponse::Found {
+                            header: announcement.clone(),
+                            body: tampered.clone(),
+                        };
+                        let _ = swarm.behaviour_mut().fetch.send_response(channel, response);
+                    }
+                    _ => {}
+                }
+            }
+        });
+    })
+}
+
+#[test]
+fn a_tampered_payload_is_dropped_and_counted() {
+    let _machine = exclusive();
+    let root = scratch("rogue");
+    let dir = root.join("honest");
+    // Two contributions per round: the honest node waits for the rogue's.
+    init(&dir, 2);
+    let mut node = Node::join("honest", &dir, &root.join("honest.key"), &[]);
+    let address: Multiaddr = node.address().parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rogue = rogue(&DataDir::new(&dir), address, stop.clone());
+    node.wait_for("the tampered payload dropped", |s, line| {
+        (s == Stream::Err && line == "dropped a contribution: payload_mismatch").then_some(())
+    });
+    let status = run_ok(&["status", "--dir", dir.to_str().unwrap(), "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["rejected"]["payload_mismatch"], 1, "{status}");
+    // Nothing of it reached the chain: no round closed on one contribution.
+    assert_eq!(status["round"], 0, "{status}");
+    stop.store(true, Ordering::Relaxed);
+    rogue.join().unwrap();
+    drop(node);
+    std::fs::remove_dir_all(root).unwrap();
+}
