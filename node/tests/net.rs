@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
@@ -136,4 +137,76 @@ async fn a_node_with_another_pre_shared_key_cannot_connect() {
     })
     .await
     .expect("both dials end within a minute");
+}
+
+#[tokio::test]
+async fn a_node_reached_only_through_a_relay_serves_a_fetch() {
+    let config = NetConfig {
+        mdns: false,
+        ..NetConfig::default()
+    };
+    let swarm = |byte| build_swarm(&SigningKey::from_bytes(&[byte; 32]), &config).unwrap();
+    let (mut relay, mut hidden, mut dialer) = (swarm(11), swarm(12), swarm(13));
+    let (relay_id, hidden_id) = (*relay.local_peer_id(), *hidden.local_peer_id());
+    relay
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let body = vec![5u8; 4096];
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                event = relay.select_next_some() => {
+                    if let SwarmEvent::NewListenAddr { address, .. } = event {
+                        // A node relays once its address is confirmed
+                        // reachable (AutoNAT does that on the internet).
+                        relay.add_external_address(address.clone());
+                        // The hidden node listens only through the relay.
+                        let circuit = address
+                            .with(Protocol::P2p(relay_id))
+                            .with(Protocol::P2pCircuit);
+                        hidden.listen_on(circuit).unwrap();
+                    }
+                }
+                event = hidden.select_next_some() => match event {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        // The relay accepted the reservation: dial through it
+                        // (the address ends in the hidden node's id).
+                        assert!(address.iter().any(|p| p == Protocol::P2pCircuit), "{address}");
+                        dialer.dial(address).unwrap();
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
+                        message: Message::Request { channel, .. }, ..
+                    })) => {
+                        let found = FetchResponse::Found { header: vec![], body: body.clone() };
+                        hidden.behaviour_mut().fetch.send_response(channel, found).unwrap();
+                    }
+                    _ => {}
+                },
+                event = dialer.select_next_some() => match event {
+                    SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. }
+                        if peer_id == hidden_id =>
+                    {
+                        assert!(endpoint.is_relayed(), "{endpoint:?}");
+                        dialer
+                            .behaviour_mut()
+                            .fetch
+                            .send_request(&hidden_id, FetchRequest::Payload(Digest::of(b"x")));
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
+                        message: Message::Response { response, .. }, ..
+                    })) => return response,
+                    _ => {}
+                },
+            }
+        }
+    })
+    .await
+    .expect("the relayed fetch ends within a minute");
+    assert_eq!(
+        outcome,
+        FetchResponse::Found {
+            header: vec![],
+            body
+        }
+    );
 }

@@ -132,6 +132,21 @@ impl Report {
                 err(format!("refused peer {peer}: not on the allow-list"));
             }
             NodeEvent::DialFailed(error) => err(format!("could not connect: {error}")),
+            NodeEvent::Reachability { public: true } => {
+                err("peers can reach this node directly".to_owned());
+            }
+            NodeEvent::Reachability { public: false } => err(
+                "peers cannot reach this node directly (NAT or firewall): it listens \
+                 through a connected peer's relay when one offers it"
+                    .to_owned(),
+            ),
+            NodeEvent::HolePunch { peer, direct: true } => {
+                err(format!("direct connection to {peer} after hole punching"));
+            }
+            NodeEvent::HolePunch {
+                peer,
+                direct: false,
+            } => err(format!("hole punching to {peer} failed: staying relayed")),
         }
     }
 
@@ -178,6 +193,14 @@ impl Report {
             NodeEvent::PeerLeft(peer) => json!({ "event": "peer_left", "peer": peer.to_string() }),
             NodeEvent::Refused(peer) => json!({ "event": "refused", "peer": peer.to_string() }),
             NodeEvent::DialFailed(error) => json!({ "event": "dial_failed", "error": error }),
+            NodeEvent::Reachability { public } => {
+                json!({ "event": "reachability", "public": public })
+            }
+            NodeEvent::HolePunch { peer, direct } => json!({
+                "event": "hole_punch",
+                "peer": peer.to_string(),
+                "direct": direct,
+            }),
         }
     }
 }

@@ -10,8 +10,8 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux,
-    Swarm,
+    allow_block_list, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay,
+    request_response, tcp, yamux, Swarm,
 };
 use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
@@ -75,10 +75,21 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Liveness.
     pub ping: ping::Behaviour,
-    /// Peer routing from bootstrap addresses.
+    /// Peer routing: peers learned from those already known (bootstrap,
+    /// mDNS, identify) are dialed, so one bootstrap address is enough.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Peers on the LAN.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Whether this node is reachable from outside, as other peers see it.
+    pub autonat: autonat::Behaviour,
+    /// Relays connections for peers behind NAT (circuit relay v2, with
+    /// libp2p's default limits).
+    pub relay: relay::Behaviour,
+    /// Listens and dials through another peer's relay
+    /// (`…/p2p/RELAY/p2p-circuit` addresses).
+    pub relay_client: relay::client::Behaviour,
+    /// Upgrades a relayed connection to a direct one by hole punching.
+    pub dcutr: dcutr::Behaviour,
 }
 
 /// The gossip topics of one run.
@@ -119,14 +130,18 @@ pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behavio
             )
             .map_err(|e| transport(&e))?
             .with_quic()
-            .with_behaviour(|key| behaviour(key, config))
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport(&e))?
+            .with_behaviour(|key, relay_client| behaviour(key, relay_client, config))
             .map_err(|e| behaviour_error(&e))?
             .with_swarm_config(idle)
             .build(),
         Some(psk) => builder
             .with_other_transport(|key| private_tcp(key, psk))
             .map_err(|e| transport(&e))?
-            .with_behaviour(|key| behaviour(key, config))
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport(&e))?
+            .with_behaviour(|key, relay_client| behaviour(key, relay_client, config))
             .map_err(|e| behaviour_error(&e))?
             .with_swarm_config(idle)
             .build(),
@@ -155,6 +170,7 @@ fn private_tcp(
 
 fn behaviour(
     key: &libp2p::identity::Keypair,
+    relay_client: relay::client::Behaviour,
     config: &NetConfig,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
@@ -176,7 +192,11 @@ fn behaviour(
         "/p2ptrain/1.0.0".to_owned(),
         key.public(),
     ));
-    let kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+    let mut kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+    // Every node is an equal peer: each answers routing queries, on a LAN
+    // or loopback too (libp2p's default waits for a confirmed public
+    // address).
+    kad.set_mode(Some(kad::Mode::Server));
     let allow = match &config.allow_list {
         Some(keys) => {
             let mut allow =
@@ -203,5 +223,9 @@ fn behaviour(
         ping: ping::Behaviour::default(),
         kad,
         mdns: mdns.into(),
+        autonat: autonat::Behaviour::new(peer, autonat::Config::default()),
+        relay: relay::Behaviour::new(peer, relay::Config::default()),
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer),
     })
 }

@@ -3,6 +3,7 @@
 //! asks — train, announce, fetch, apply, commit, record. Everything else
 //! talks to it through bounded channels ([`Command`] in, [`NodeEvent`] out).
 
+mod discovery;
 mod download;
 mod fetch;
 mod replica;
@@ -109,6 +110,18 @@ pub enum NodeEvent {
     Refused(PeerKey),
     /// A dial failed.
     DialFailed(String),
+    /// AutoNAT's verdict on whether peers can dial this node directly.
+    Reachability {
+        /// Reachable from outside.
+        public: bool,
+    },
+    /// A hole punch to a peer reached over a relay ended.
+    HolePunch {
+        /// The peer.
+        peer: PeerKey,
+        /// Whether a direct connection now replaces the relayed one.
+        direct: bool,
+    },
 }
 
 /// Everything a node needs to run.
@@ -185,6 +198,10 @@ pub struct Node {
     fetches: HashMap<OutboundRequestId, Digest>,
     /// The checkpoint being downloaded to adopt, if any.
     download: Option<download::Download<OutboundRequestId>>,
+    /// Peers that relay, with their public addresses.
+    relays: discovery::Relays,
+    /// Whether this node listens through a relay.
+    relayed: bool,
     /// The last checkpoint sliced for peers.
     serving: Option<Arc<crate::net::slices::Outboard>>,
     events: mpsc::Sender<NodeEvent>,
@@ -269,6 +286,8 @@ impl Node {
             status,
             fetches: HashMap::new(),
             download: None,
+            relays: discovery::Relays::new(),
+            relayed: false,
             serving: None,
             events,
             epoch: Instant::now(),
@@ -643,6 +662,10 @@ impl Node {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event).await?,
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat(event).await,
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr(event).await,
             _ => {}
         }
         Ok(())

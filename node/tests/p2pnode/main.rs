@@ -156,6 +156,40 @@ fn a_fourth_node_started_late_downloads_the_checkpoint_and_agrees() {
 }
 
 #[test]
+fn one_bootstrap_address_is_enough_to_meet_the_swarm() {
+    let _machine = exclusive();
+    let root = scratch("discovery");
+    let start = |name: &str, bootstrap: &[&str]| {
+        let dir = root.join(name);
+        init(&dir, 1);
+        let mut args = vec![];
+        for address in bootstrap {
+            args.extend(["--bootstrap", *address]);
+        }
+        Node::join(name, &dir, &root.join(format!("{name}.key")), &args)
+    };
+    let mut a = start("a", &[]);
+    let address = a.address();
+    let mut b = start("b", &[&address]);
+    b.address();
+    let mut c = start("c", &[&address]);
+    c.address();
+    // c was told only of a; Kademlia, through a, tells it of b.
+    let key_of = |name: &str| {
+        let key = root.join(format!("{name}.key"));
+        run_ok(&["pubkey", "--key", key.to_str().unwrap()])
+            .trim()
+            .to_owned()
+    };
+    let b_key = key_of("b");
+    c.wait_for("b connected", |s, line| {
+        (s == Stream::Err && line == format!("peer {b_key} connected")).then_some(())
+    });
+    drop((a, b, c));
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn a_node_with_another_pre_shared_key_cannot_connect() {
     let _machine = exclusive();
     let root = scratch("psk");

@@ -1,0 +1,123 @@
+//! Finding peers and staying reachable: addresses learned by identify feed
+//! Kademlia, peers Kademlia learns are dialed, a node that AutoNAT finds
+//! private listens through a connected peer's relay, and DCUtR turns a
+//! relayed connection into a direct one.
+
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{autonat, dcutr, identify, kad, relay, Multiaddr, PeerId};
+
+use super::{Node, NodeEvent};
+use crate::net::peer_key;
+
+impl Node {
+    /// A peer said who it is: remember where it listens, and whether it
+    /// relays.
+    pub(super) fn on_identify(&mut self, event: identify::Event) {
+        let identify::Event::Received { peer_id, info, .. } = event else {
+            return;
+        };
+        if info.protocols.contains(&kad::PROTOCOL_NAME) {
+            for address in &info.listen_addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer_id, address.clone());
+            }
+        }
+        if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+            let public: Vec<Multiaddr> = info.listen_addrs.into_iter().filter(is_public).collect();
+            if !public.is_empty() {
+                self.relays.insert(peer_id, public);
+            }
+        }
+    }
+
+    /// Kademlia learned a peer: connect to it, so that one bootstrap
+    /// address is enough to meet the whole swarm.
+    pub(super) fn on_kad(&mut self, event: kad::Event) {
+        if let kad::Event::RoutingUpdated {
+            peer,
+            is_new_peer: true,
+            addresses,
+            ..
+        } = event
+        {
+            if !self.swarm.is_connected(&peer) {
+                let dial = DialOpts::peer_id(peer)
+                    .addresses(addresses.into_vec())
+                    .build();
+                // A failed dial is reported by the swarm's own event.
+                let _ = self.swarm.dial(dial);
+            }
+        }
+    }
+
+    /// AutoNAT's verdict: a private node listens through a relay.
+    pub(super) async fn on_autonat(&mut self, event: autonat::Event) {
+        let autonat::Event::StatusChanged { new, .. } = event else {
+            return;
+        };
+        let public = matches!(new, autonat::NatStatus::Public(_));
+        self.report(NodeEvent::Reachability { public }).await;
+        if public || self.relayed {
+            return;
+        }
+        let Some((relay, address)) = self
+            .relays
+            .iter()
+            .find(|(peer, _)| self.swarm.is_connected(peer))
+            .and_then(|(peer, addresses)| Some((*peer, addresses.first()?.clone())))
+        else {
+            return;
+        };
+        let circuit = address
+            .with(Protocol::P2p(relay))
+            .with(Protocol::P2pCircuit);
+        if self.swarm.listen_on(circuit).is_ok() {
+            self.relayed = true;
+        }
+    }
+
+    /// The outcome of a hole punch.
+    pub(super) async fn on_dcutr(&mut self, event: dcutr::Event) {
+        if let Some(peer) = peer_key(&event.remote_peer_id) {
+            self.report(NodeEvent::HolePunch {
+                peer,
+                direct: event.result.is_ok(),
+            })
+            .await;
+        }
+    }
+}
+
+/// Whether `address` can be reached from the internet (not loopback,
+/// private or link-local).
+fn is_public(address: &Multiaddr) -> bool {
+    address.iter().all(|p| match p {
+        Protocol::Ip4(ip) => !(ip.is_loopback() || ip.is_private() || ip.is_link_local()),
+        Protocol::Ip6(ip) => !(ip.is_loopback() || ip.is_unicast_link_local()),
+        _ => true,
+    })
+}
+
+/// Peers that relay, and their public addresses.
+pub(super) type Relays = std::collections::HashMap<PeerId, Vec<Multiaddr>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_internet_addresses_are_public() {
+        let public: Multiaddr = "/ip4/8.8.8.8/tcp/4001".parse().unwrap();
+        assert!(is_public(&public));
+        for private in [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/192.168.1.5/udp/4001/quic-v1",
+            "/ip6/::1/tcp/1",
+        ] {
+            assert!(!is_public(&private.parse().unwrap()), "{private}");
+        }
+    }
+}
