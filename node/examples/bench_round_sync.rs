@@ -103,7 +103,7 @@ impl Worker for FixedDelta {
     fn session(
         &mut self,
         _start: &[f32],
-        _progress: &mut dyn FnMut(StepProgress),
+        _progress: &mut dyn FnMut(StepProgress) -> std::ops::ControlFlow<()>,
     ) -> Result<LocalUpdate, ReplicaError> {
         let started = Instant::now();
         let payload = compress(&self.delta, &mut self.residual, &self.settings)?.encode()?;
@@ -131,6 +131,15 @@ impl Worker for FixedDelta {
     fn return_to_residual(&mut self, payload: &[u8]) -> Result<(), ReplicaError> {
         let payload = p2ptrain_kernels::Payload::decode(payload)?;
         p2ptrain_kernels::decompress_into(&payload, 1.0, &mut self.residual)?;
+        Ok(())
+    }
+
+    fn residual(&self) -> Result<Option<Vec<f32>>, ReplicaError> {
+        Ok(Some(self.residual.clone()))
+    }
+
+    fn restore_residual(&mut self, values: &[f32]) -> Result<(), ReplicaError> {
+        self.residual.copy_from_slice(values);
         Ok(())
     }
 }

@@ -126,6 +126,45 @@ impl DataDir {
         ChainState::from_bytes(&self.read(&path)?, len).map(Some)
     }
 
+    /// Writes this node's error-feedback residual, tagged with the
+    /// checkpoint it goes with (see [`residual`](Self::residual)).
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] on an I/O failure.
+    pub fn write_residual(&self, checkpoint: &Digest, values: &[f32]) -> Result<(), ChainError> {
+        let mut bytes = Vec::with_capacity(32 + 4 * values.len());
+        bytes.extend_from_slice(checkpoint.as_bytes());
+        for v in values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        self.write(&self.file("residual.bin"), &bytes)
+    }
+
+    /// The saved residual of a `len`-parameter model and the checkpoint it
+    /// goes with, if one was saved; `None` too for a file of another size.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] if it exists but cannot be read.
+    pub fn residual(&self, len: usize) -> Result<Option<(Digest, Vec<f32>)>, ChainError> {
+        let path = self.file("residual.bin");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = self.read(&path)?;
+        if bytes.len() != 32 + 4 * len {
+            return Ok(None);
+        }
+        let (tag, values) = bytes.split_at(32);
+        let tag = Digest::from_bytes(tag.try_into().unwrap_or([0; 32]));
+        let values = values
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Some((tag, values)))
+    }
+
     /// Writes round `round`'s record.
     ///
     /// # Errors
@@ -240,4 +279,28 @@ fn is_temporary(path: &Path) -> bool {
     name.rsplit_once(".tmp").is_some_and(|(stem, pid)| {
         !stem.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_residual_comes_back_with_its_tag_and_a_wrong_size_is_ignored() {
+        let root = std::env::temp_dir().join(format!("p2ptrain-residual-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = DataDir::new(&root);
+        assert_eq!(dir.residual(3).unwrap(), None);
+        let tag = Digest::of(b"checkpoint");
+        let values = [1.5f32, -0.0, f32::MIN_POSITIVE];
+        dir.write_residual(&tag, &values).unwrap();
+        let (found, back) = dir.residual(3).unwrap().unwrap();
+        assert_eq!(found, tag);
+        assert_eq!(
+            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(dir.residual(4).unwrap(), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -191,6 +191,21 @@ impl<C: Checker> Engine<C> {
             .map(|entry| entry.signed.clone())
     }
 
+    /// This node's updates that no finalized round has applied: its
+    /// contribution to the round under way and an update still waiting for
+    /// a round. A node that stops puts them back into its residual.
+    pub fn unapplied_own_payloads(&self) -> Vec<Arc<[u8]>> {
+        let mine = self
+            .round
+            .mine
+            .and_then(|id| match &self.round.entries.get(&id)?.state {
+                EntryState::Held { payload, .. } => Some(payload.clone()),
+                _ => None,
+            });
+        let waiting = self.pending.as_ref().map(|update| update.payload.clone());
+        mine.into_iter().chain(waiting).collect()
+    }
+
     /// A contribution and its payload, if held (this round or the last), to
     /// serve a peer that asks.
     pub fn payload(&self, id: &Digest) -> Option<(Signed<Contribution>, Arc<[u8]>)> {

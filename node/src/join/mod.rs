@@ -212,6 +212,12 @@ async fn serve(
 /// Says where the chain starts: genesis, or a resumed round.
 fn tell_start(report: &Report, node: &Node) {
     let head = node.head();
+    if node.restored_residual() {
+        report.note(
+            "residual",
+            "restored the error-feedback residual saved when this node last stopped",
+        );
+    }
     match node.resumed_from() {
         ResumedFrom::Genesis => report.note(
             "start",

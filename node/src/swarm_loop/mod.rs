@@ -152,6 +152,23 @@ pub enum Training {
     Worker(Box<dyn Worker>),
 }
 
+/// Gives `worker` the residual saved in `data` if it goes with
+/// `checkpoint`; whether it did.
+fn restore_residual(
+    data: &DataDir,
+    params: usize,
+    checkpoint: Digest,
+    worker: &mut dyn Worker,
+) -> Result<bool, NodeError> {
+    match data.residual(params)? {
+        Some((tag, values)) if tag == checkpoint => {
+            worker.restore_residual(&values)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
 /// A worker back from a session, with its update.
 type Trained = (
     Box<dyn Worker>,
@@ -207,6 +224,9 @@ pub struct Node {
     events: mpsc::Sender<NodeEvent>,
     epoch: Instant,
     resumed_from: ResumedFrom,
+    restored_residual: bool,
+    /// Set when the node stops: a session under way ends after its step.
+    stop_training: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -253,6 +273,8 @@ impl Node {
             }
             Training::Worker(worker) => worker,
         };
+        let mut worker = worker;
+        let restored = restore_residual(&setup.data, params, head.base, worker.as_mut())?;
         let (status, _) = watch::channel(Status {
             key: PeerKey::from(&setup.key).to_string(),
             round: head.round,
@@ -292,12 +314,20 @@ impl Node {
             events,
             epoch: Instant::now(),
             resumed_from: resumed.from,
+            restored_residual: restored,
+            stop_training: Arc::default(),
         })
     }
 
     /// Where the chain stands: the round to work on and its checkpoint.
     pub fn head(&self) -> Head {
         self.engine.head()
+    }
+
+    /// Whether the residual saved when the node last stopped was restored
+    /// (it is only when it goes with the checkpoint resumed from).
+    pub fn restored_residual(&self) -> bool {
+        self.restored_residual
     }
 
     /// A live view of what the node is doing.
@@ -335,7 +365,7 @@ impl Node {
                             .dial(address.clone())
                             .map_err(|e| NodeError::Address(address, e.to_string()))?;
                     }
-                    Some(Command::Shutdown) | None => return self.flush_head().await,
+                    Some(Command::Shutdown) | None => return self.stop().await,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await?,
                 Some((worker, update)) = self.trained_rx.recv() => {
@@ -382,6 +412,7 @@ impl Node {
                         s.checkpoint = base;
                         s.inner_step = 0;
                     });
+                    let stop = self.stop_training.clone();
                     tokio::task::spawn_blocking(move || {
                         let update = worker.session(&start.params, &mut |p| {
                             status.send_modify(|s| {
@@ -389,6 +420,11 @@ impl Node {
                                 s.inner_steps = p.steps;
                                 s.step_loss = Some(p.loss);
                             });
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                std::ops::ControlFlow::Break(())
+                            } else {
+                                std::ops::ControlFlow::Continue(())
+                            }
                         });
                         let _ = tx.blocking_send((worker, update));
                     });
@@ -530,6 +566,43 @@ impl Node {
     async fn flush_head(&mut self) -> Result<(), NodeError> {
         self.write_head().await?;
         self.finish_head_write().await
+    }
+
+    /// Stops: ends a session under way after its current step, writes
+    /// head.ckpt if it is behind, and saves the residual.
+    async fn stop(&mut self) -> Result<(), NodeError> {
+        self.stop_training
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if self.worker.is_none() {
+            if let Some((mut worker, update)) = self.trained_rx.recv().await {
+                // A session that finished anyway: its update was never
+                // announced, so it goes back whole.
+                if let Ok(update) = update {
+                    worker.return_to_residual(&update.payload)?;
+                }
+                self.worker = Some(worker);
+            }
+        }
+        self.flush_head().await?;
+        self.save_residual()
+    }
+
+    /// Saves the worker's residual with this node's own updates that no
+    /// finalized round applied put back in, tagged with the checkpoint, so
+    /// that a restart from that checkpoint loses nothing it trained.
+    fn save_residual(&mut self) -> Result<(), NodeError> {
+        let Some(worker) = self.worker.as_mut() else {
+            // Stopped mid-session: the update in training is lost, as in a
+            // kill; the next start begins with a zero residual.
+            return Ok(());
+        };
+        for payload in self.engine.unapplied_own_payloads() {
+            worker.return_to_residual(&payload)?;
+        }
+        if let Some(values) = worker.residual()? {
+            self.data.write_residual(&self.state_hash, &values)?;
+        }
+        Ok(())
     }
 
     /// Notes in the status that a round ended on `head` (`contributions`

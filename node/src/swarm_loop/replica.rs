@@ -1,6 +1,7 @@
 //! A node's own replica: inner training on its data, the pseudo-gradient,
 //! compression with error feedback.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use p2ptrain_kernels::Payload;
@@ -26,6 +27,9 @@ pub enum ReplicaError {
     /// Encoding the payload failed.
     #[error("encoding: {0}")]
     Codec(#[from] p2ptrain_protocol::CodecError),
+    /// The node is stopping: the session ended early, without an update.
+    #[error("stopped")]
+    Stopped,
 }
 
 /// The replica a node trains: its trainer, its data, its residual (kept on
@@ -84,7 +88,7 @@ impl Worker for Replica {
     fn session(
         &mut self,
         start: &[f32],
-        progress: &mut dyn FnMut(StepProgress),
+        progress: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
     ) -> Result<LocalUpdate, ReplicaError> {
         self.trainer.set_params(start)?;
         let batch = self.trainer.batch_size();
@@ -95,7 +99,9 @@ impl Worker for Replica {
             let b = self.sampler.next_batch(batch, context)?;
             let loss = self.trainer.step(&b.inputs, &b.targets)?.loss;
             total += f64::from(loss);
-            progress(StepProgress { step, steps, loss });
+            if progress(StepProgress { step, steps, loss }).is_break() {
+                return Err(ReplicaError::Stopped);
+            }
         }
         self.last_loss = Some((total / f64::from(self.manifest.inner_steps.max(1))) as f32);
         let payload = self
@@ -117,6 +123,16 @@ impl Worker for Replica {
     fn return_to_residual(&mut self, payload: &[u8]) -> Result<(), ReplicaError> {
         let payload = Payload::decode(payload)?;
         self.feedback.add_back(&payload)?;
+        Ok(())
+    }
+
+    fn residual(&self) -> Result<Option<Vec<f32>>, ReplicaError> {
+        Ok(Some(self.feedback.values()?))
+    }
+
+    fn restore_residual(&mut self, values: &[f32]) -> Result<(), ReplicaError> {
+        let device = self.trainer.device().clone();
+        self.feedback = ErrorFeedback::from_values(&device, values)?;
         Ok(())
     }
 }

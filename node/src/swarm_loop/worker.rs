@@ -3,6 +3,8 @@
 //! update (a benchmark's fixed pseudo-gradient, a test's poisoned one) plugs
 //! in through [`Worker`].
 
+use std::ops::ControlFlow;
+
 use super::ReplicaError;
 use crate::engine::LocalUpdate;
 
@@ -25,15 +27,18 @@ pub struct StepProgress {
 /// [`return_to_residual`](Worker::return_to_residual).
 pub trait Worker: Send + 'static {
     /// Produces the compressed update for one round from the parameters
-    /// `start`, calling `progress` after each inner step.
+    /// `start`, calling `progress` after each inner step; when `progress`
+    /// breaks, the session ends at once with [`ReplicaError::Stopped`],
+    /// its residual untouched.
     ///
     /// # Errors
     ///
-    /// [`ReplicaError`] when training or compression fails.
+    /// [`ReplicaError`] when training or compression fails, or the session
+    /// was stopped.
     fn session(
         &mut self,
         start: &[f32],
-        progress: &mut dyn FnMut(StepProgress),
+        progress: &mut dyn FnMut(StepProgress) -> ControlFlow<()>,
     ) -> Result<LocalUpdate, ReplicaError>;
 
     /// Mean training loss of the last session, if it trained.
@@ -45,4 +50,19 @@ pub trait Worker: Send + 'static {
     ///
     /// [`ReplicaError`] if the payload does not decode or fit.
     fn return_to_residual(&mut self, payload: &[u8]) -> Result<(), ReplicaError>;
+
+    /// The error-feedback residual, to save when the node stops; `None` for
+    /// a worker that keeps none.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicaError`] if it cannot be read (from a GPU).
+    fn residual(&self) -> Result<Option<Vec<f32>>, ReplicaError>;
+
+    /// Restores a saved residual.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplicaError`] if it does not fit.
+    fn restore_residual(&mut self, values: &[f32]) -> Result<(), ReplicaError>;
 }

@@ -297,6 +297,7 @@ fn a_restarted_node_resumes_after_its_last_round_and_replays_a_lost_head() {
     let mut second = Node::join("second", &dir, &key, &["--rounds", "4"]);
     assert!(second.exit().success());
     assert!(second.said(&format!("resuming from round 2, checkpoint {round1}")));
+    assert!(second.said("restored the error-feedback residual"));
     assert_eq!(second.rounds().first().map(|r| r.0), Some(2));
     let round3 = second.round(3);
 
