@@ -126,6 +126,11 @@ impl DataDir {
         ChainState::from_bytes(&self.read(&path)?, len).map(Some)
     }
 
+    /// Whether round `round`'s record is on disk (not read or checked).
+    pub fn has_record(&self, round: u64) -> bool {
+        self.record_path(round).exists()
+    }
+
     /// Writes this node's error-feedback residual, tagged with the
     /// checkpoint it goes with (see [`residual`](Self::residual)).
     ///

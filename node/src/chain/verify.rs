@@ -28,12 +28,14 @@ pub struct Verified {
 ///
 /// [`ChainError::Record`] naming the first round whose record does not hold
 /// (with what is wrong), or another [`ChainError`] for the manifest, the
-/// genesis or the head checkpoint.
+/// genesis, or a head checkpoint that is no result of the chain.
 pub fn replay(dir: &DataDir, params: usize) -> Result<Verified, ChainError> {
     let (verified, _) = replay_records(dir, params)?;
     if let Some(head) = dir.head(params)? {
         let found = head.hash();
-        if found != verified.head {
+        // head.ckpt is the last result, or, for a model large enough that
+        // it is written every few rounds, an earlier one of this chain.
+        if found != verified.head && !is_result_on_chain(dir, &found, verified.rounds) {
             return Err(ChainError::Head {
                 expected: verified.head,
                 found,
@@ -41,6 +43,17 @@ pub fn replay(dir: &DataDir, params: usize) -> Result<Verified, ChainError> {
         }
     }
     Ok(verified)
+}
+
+/// Whether `hash` is the result of one of the first `rounds` records.
+fn is_result_on_chain(dir: &DataDir, hash: &Digest, rounds: u64) -> bool {
+    (0..rounds).rev().any(|round| {
+        dir.record(round)
+            .ok()
+            .flatten()
+            .and_then(|record| record.verify().ok())
+            .is_some_and(|(commit, _)| commit.result == *hash)
+    })
 }
 
 /// The replay of every record from genesis, head.ckpt left aside: what it

@@ -132,6 +132,13 @@ impl Report {
                 err(format!("refused peer {peer}: not on the allow-list"));
             }
             NodeEvent::DialFailed(error) => err(format!("could not connect: {error}")),
+            NodeEvent::Backfilled { rounds, missing: 0 } => err(format!(
+                "fetched the records of {rounds} adopted rounds: verify replays the whole chain"
+            )),
+            NodeEvent::Backfilled { rounds, missing } => err(format!(
+                "fetched the records of {rounds} adopted rounds; {missing} are still missing \
+                 (no peer gave them): verify stops at the first"
+            )),
             NodeEvent::Reachability { public: true } => {
                 err("peers can reach this node directly".to_owned());
             }
@@ -195,6 +202,9 @@ impl Report {
             NodeEvent::DialFailed(error) => json!({ "event": "dial_failed", "error": error }),
             NodeEvent::Reachability { public } => {
                 json!({ "event": "reachability", "public": public })
+            }
+            NodeEvent::Backfilled { rounds, missing } => {
+                json!({ "event": "backfilled", "rounds": rounds, "missing": missing })
             }
             NodeEvent::HolePunch { peer, direct } => json!({
                 "event": "hole_punch",

@@ -6,6 +6,8 @@
 //!          | 3u8 hash:[u8;32] start:u64le len:u64le
 //!                                              a slice of a checkpoint, with the
 //!                                              hashes that prove it (`slices`)
+//!          | 4u8 round:u64le                   a round's record
+//!          | 5u8 hash:[u8;32]                  a payload kept with the records
 //! response = 0u8                               not held here
 //!          | 1u8 len:u32le header len:u64le body
 //! ```
@@ -45,6 +47,10 @@ pub enum FetchRequest {
         /// Bytes.
         len: u64,
     },
+    /// A finalized round's record (as written in a data directory).
+    Record(u64),
+    /// A payload that a record names, by its blake3 hash.
+    StoredPayload(Digest),
 }
 
 /// The answer.
@@ -85,12 +91,18 @@ impl Codec for FetchCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let mut frame = [0u8; 33];
-        io.read_exact(&mut frame).await?;
+        let mut tag = [0u8; 1];
+        io.read_exact(&mut tag).await?;
+        if tag[0] == 4 {
+            let mut round = [0u8; 8];
+            io.read_exact(&mut round).await?;
+            return Ok(FetchRequest::Record(u64::from_le_bytes(round)));
+        }
         let mut id = [0u8; 32];
-        id.copy_from_slice(&frame[1..]);
-        match frame[0] {
+        io.read_exact(&mut id).await?;
+        match tag[0] {
             1 => Ok(FetchRequest::Payload(Digest::from_bytes(id))),
+            5 => Ok(FetchRequest::StoredPayload(Digest::from_bytes(id))),
             3 => {
                 let mut range = [0u8; 16];
                 io.read_exact(&mut range).await?;
@@ -153,6 +165,14 @@ impl Codec for FetchCodec {
             FetchRequest::Payload(id) => {
                 io.write_all(&[1]).await?;
                 io.write_all(id.as_bytes()).await?;
+            }
+            FetchRequest::Record(round) => {
+                io.write_all(&[4]).await?;
+                io.write_all(&round.to_le_bytes()).await?;
+            }
+            FetchRequest::StoredPayload(hash) => {
+                io.write_all(&[5]).await?;
+                io.write_all(hash.as_bytes()).await?;
             }
             FetchRequest::CheckpointSlice { hash, start, len } => {
                 io.write_all(&[3]).await?;
@@ -218,6 +238,8 @@ mod tests {
                 start: 1 << 40,
                 len: 1 << 20,
             },
+            FetchRequest::Record(77),
+            FetchRequest::StoredPayload(Digest::of(b"c")),
         ] {
             let back = block_on(async {
                 let mut wire = Cursor::new(Vec::new());

@@ -63,16 +63,22 @@ impl Node {
                     };
                     self.feed(input).await?;
                 } else {
-                    let slice = match &response {
+                    let body = match &response {
                         FetchResponse::Found { body, .. } => Some(&body[..]),
                         FetchResponse::Missing => None,
                     };
-                    self.on_slice(request_id, slice).await?;
+                    if self.backfill_asks.contains_key(&request_id) {
+                        self.on_backfill(request_id, body).await?;
+                    } else {
+                        self.on_slice(request_id, body).await?;
+                    }
                 }
             }
             request_response::Event::OutboundFailure { request_id, .. } => {
                 if let Some(id) = self.fetches.remove(&request_id) {
                     self.feed(Input::FetchFailed { id }).await?;
+                } else if self.backfill_asks.contains_key(&request_id) {
+                    self.on_backfill(request_id, None).await?;
                 } else {
                     self.on_slice(request_id, None).await?;
                 }
@@ -93,6 +99,23 @@ impl Node {
                     Err(_) => FetchResponse::Missing,
                 },
                 None => FetchResponse::Missing,
+            },
+            FetchRequest::Record(round) => match self.data.record(round) {
+                Ok(Some(record)) => match codec::encode(&record) {
+                    Ok(body) => FetchResponse::Found {
+                        header: Vec::new(),
+                        body,
+                    },
+                    Err(_) => FetchResponse::Missing,
+                },
+                _ => FetchResponse::Missing,
+            },
+            FetchRequest::StoredPayload(hash) => match self.data.payload(&hash) {
+                Ok(body) => FetchResponse::Found {
+                    header: Vec::new(),
+                    body,
+                },
+                Err(_) => FetchResponse::Missing,
             },
             FetchRequest::CheckpointSlice { hash, start, len } => {
                 let Some(served) = self.outboard(hash) else {
@@ -218,6 +241,7 @@ impl Node {
         };
         self.set_state(Arc::new(state), head.base, true).await?;
         self.round_done(head, None);
+        self.start_backfill(Some(from), head);
         let _ = self
             .events
             .send(NodeEvent::Adopted {

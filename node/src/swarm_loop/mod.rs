@@ -3,6 +3,7 @@
 //! asks — train, announce, fetch, apply, commit, record. Everything else
 //! talks to it through bounded channels ([`Command`] in, [`NodeEvent`] out).
 
+mod backfill;
 mod discovery;
 mod download;
 mod fetch;
@@ -110,6 +111,13 @@ pub enum NodeEvent {
     Refused(PeerKey),
     /// A dial failed.
     DialFailed(String),
+    /// Records of adopted rounds were fetched from peers.
+    Backfilled {
+        /// Rounds whose records were written.
+        rounds: u64,
+        /// Rounds still without a record (no peer gave them).
+        missing: u64,
+    },
     /// AutoNAT's verdict on whether peers can dial this node directly.
     Reachability {
         /// Reachable from outside.
@@ -215,6 +223,12 @@ pub struct Node {
     fetches: HashMap<OutboundRequestId, Digest>,
     /// The checkpoint being downloaded to adopt, if any.
     download: Option<download::Download<OutboundRequestId>>,
+    /// The records of adopted rounds being fetched, if any.
+    backfill: Option<backfill::Backfill>,
+    /// Its requests in flight, with the peer asked.
+    backfill_asks: HashMap<OutboundRequestId, PeerId>,
+    /// Whether the directory was checked for missing records since start.
+    backfill_checked: bool,
     /// Peers that relay, with their public addresses.
     relays: discovery::Relays,
     /// Whether this node listens through a relay.
@@ -308,6 +322,9 @@ impl Node {
             status,
             fetches: HashMap::new(),
             download: None,
+            backfill: None,
+            backfill_asks: HashMap::new(),
+            backfill_checked: false,
             relays: discovery::Relays::new(),
             relayed: false,
             serving: None,
@@ -475,6 +492,7 @@ impl Node {
                 self.tentative.clear();
                 let contributions = record.contributions.len();
                 self.round_done(head, Some(contributions));
+                self.wake_backfill();
                 let _ = self
                     .events
                     .send(NodeEvent::Finalized {
@@ -662,6 +680,11 @@ impl Node {
                 if let Some(key) = peer_key(&peer_id) {
                     if num_established.get() == 1 {
                         self.status.send_modify(|s| s.peers += 1);
+                        // Records of rounds adopted before a restart.
+                        if !self.backfill_checked && self.backfill.is_none() {
+                            self.backfill_checked = true;
+                            self.start_backfill(Some(peer_id), self.engine.head());
+                        }
                         if let Some(download) = &mut self.download {
                             download.add_peer(peer_id);
                             self.pump_download();

@@ -149,6 +149,15 @@ fn a_fourth_node_started_late_downloads_the_checkpoint_and_agrees() {
     for node in &mut nodes {
         assert_eq!(node.round(closed), hash, "round {closed}");
     }
+    // It fetches the records of the rounds it adopted, so its directory
+    // replays from genesis like the others'.
+    d.wait_for("the adopted rounds' records", |s, line| {
+        (s == Stream::Err && line.starts_with("fetched the records of"))
+            .then(|| assert!(line.ends_with("verify replays the whole chain"), "{line}"))
+    });
+    d.kill();
+    let verified = run_ok(&["verify", dir.to_str().unwrap()]);
+    assert!(verified.starts_with("ok: "), "{verified}");
     nodes.push(d);
     assert_agree(&nodes);
     drop(nodes);
