@@ -288,6 +288,11 @@ fn report(seen: &BTreeMap<u64, RoundSeen>, log: &[Compressed], peers: usize) -> 
             .map(|c| c.started)
             .min()
             .ok_or("no start")?;
+        let last_start = compressed
+            .iter()
+            .map(|c| c.started)
+            .max()
+            .ok_or("no start")?;
         let compress_ms = compressed
             .iter()
             .map(|c| (c.finished - c.started).as_secs_f64() * 1e3)
@@ -312,9 +317,10 @@ fn report(seen: &BTreeMap<u64, RoundSeen>, log: &[Compressed], peers: usize) -> 
             .max()
             .unwrap_or(0);
         println!(
-            "round {round}: compress {compress_ms:6.1} ms, exchange+aggregate {:6.1} ms, \
-             all {peers} on one checkpoint after {:6.1} ms ({applied} contributions, \
-             payload {:.2} MB per peer; {})",
+            "round {round}: starts spread {:5.1} ms, compress {compress_ms:5.1} ms, \
+             exchange+aggregate {:5.1} ms, all {peers} on one checkpoint after {:6.1} ms \
+             ({applied} contributions, payload {:.2} MB per peer; {})",
+            (last_start - start).as_secs_f64() * 1e3,
             (agreed - last_compressed).as_secs_f64() * 1e3,
             sync * 1e3,
             bytes as f64 / 1e6,

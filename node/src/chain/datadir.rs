@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use p2ptrain_protocol::{codec, Digest, RoundRecord, RunManifest};
-use p2ptrain_trainer::checkpoint::write_atomically;
+use p2ptrain_trainer::checkpoint::{write_atomically, write_atomically_with};
 
 use super::{ChainError, ChainState};
 
@@ -101,7 +101,12 @@ impl DataDir {
     ///
     /// [`ChainError`] on an I/O failure.
     pub fn write_head(&self, state: &ChainState) -> Result<(), ChainError> {
-        self.write(&self.file("head.ckpt"), &state.to_bytes())
+        let path = self.file("head.ckpt");
+        std::fs::create_dir_all(&self.root).map_err(|e| ChainError::io(&self.root, e))?;
+        write_atomically_with(&path, |out| state.write_to(out)).map_err(|e| ChainError::Write {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// Reads the genesis checkpoint of a `len`-parameter model.

@@ -17,7 +17,7 @@ use p2ptrain_protocol::{CodecError, Digest};
 pub use datadir::DataDir;
 pub use history::history;
 pub use resume::{latest, resume, Resumed, ResumedFrom};
-pub use state::{ChainState, StepInput};
+pub use state::{Buffers, ChainState, StepInput};
 pub use verify::{replay, Verified};
 
 /// Why a chain cannot be read, stored or verified.

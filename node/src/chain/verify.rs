@@ -98,6 +98,7 @@ pub(super) fn replay_after(
     let (mut rounds, mut contributions, mut chain_tokens) =
         (from.rounds, from.contributions, from.chain_tokens);
     let mut last_contributors = from.last_contributors;
+    let mut buffers = super::Buffers::default();
     while let Some(record) = dir.record(rounds).map_err(|e| ChainError::Record {
         round: rounds,
         what: e.to_string(),
@@ -142,9 +143,10 @@ pub(super) fn replay_after(
                 payload: bytes,
             })
             .collect();
-        state = state
-            .outer_step(&inputs, &manifest.outer)
+        let next = state
+            .outer_step_reusing(&inputs, &manifest.outer, &mut buffers)
             .map_err(|e| bad(format!("outer step: {e}")))?;
+        buffers.spare = Some(std::mem::replace(&mut state, next));
         hash = state.hash();
         if hash != commit.result {
             return Err(bad(format!(

@@ -209,6 +209,8 @@ pub struct Node {
     /// hash.
     state: Arc<ChainState>,
     state_hash: Digest,
+    /// Memory the next outer step reuses.
+    buffers: chain::Buffers,
     /// Outer-step results of the current round, by hash, until it ends.
     tentative: HashMap<Digest, Arc<ChainState>>,
     /// Writes of head.ckpt.
@@ -308,6 +310,7 @@ impl Node {
             manifest,
             state,
             state_hash: head.base,
+            buffers: chain::Buffers::default(),
             tentative: HashMap::new(),
             head: HeadWrites {
                 written: None,
@@ -468,7 +471,11 @@ impl Node {
             } => {
                 let inputs: Vec<StepInput<'_>> =
                     contributions.iter().map(StepInput::from).collect();
-                let next = self.state.outer_step(&inputs, &self.manifest.outer)?;
+                let next = self.state.outer_step_reusing(
+                    &inputs,
+                    &self.manifest.outer,
+                    &mut self.buffers,
+                )?;
                 let result = next.hash();
                 self.tentative.insert(result, Arc::new(next));
                 self.report(NodeEvent::Aggregated {
@@ -489,7 +496,9 @@ impl Node {
                 if let Some(next) = self.tentative.remove(&head.base) {
                     self.set_state(next, head.base, false).await?;
                 }
-                self.tentative.clear();
+                for (_, unused) in self.tentative.drain() {
+                    self.buffers.spare = Arc::try_unwrap(unused).ok().or(self.buffers.spare.take());
+                }
                 let contributions = record.contributions.len();
                 self.round_done(head, Some(contributions));
                 self.wake_backfill();
@@ -537,7 +546,12 @@ impl Node {
         hash: Digest,
         must_write: bool,
     ) -> Result<(), NodeError> {
-        self.state = state;
+        let old = std::mem::replace(&mut self.state, state);
+        // Nothing else holds the old state (no session, write or fetch
+        // uses it): its memory serves the next outer step.
+        if let Ok(old) = Arc::try_unwrap(old) {
+            self.buffers.spare = Some(old);
+        }
         self.state_hash = hash;
         let due = self.head.last_done + self.head.last_cost * 10 <= std::time::Instant::now();
         if must_write || (due && self.head.pending.is_none()) {
