@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use p2ptrain_node::chain::{ChainState, DataDir};
 use p2ptrain_protocol::RunManifest;
 use p2ptrain_trainer::ParamLayout;
@@ -17,6 +19,13 @@ pub struct InitArgs {
     /// Seed of the genesis initialization.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Start from a Hugging Face GPT-2 folder (config.json +
+    /// model.safetensors, as `p2pnode export` writes or transformers saves)
+    /// instead of a fresh model: its shape becomes the run's model and its
+    /// weights the genesis checkpoint, to fine-tune it. Training reads the
+    /// data one token per byte.
+    #[arg(long, value_name = "HF_DIR")]
+    pub from: Option<PathBuf>,
     /// Inner steps per round (H) [default: 50].
     #[arg(long)]
     pub inner_steps: Option<u32>,
@@ -63,7 +72,16 @@ pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
         );
     }
     let mut manifest = args.manifest();
-    let genesis = ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(args.seed));
+    let genesis = match &args.from {
+        Some(folder) => {
+            let (model, values) = p2ptrain_trainer::hf::import(folder)
+                .with_context(|| format!("reading the model in {}", folder.display()))?;
+            manifest.model = model;
+            manifest.name = format!("fine-tune of {}", folder.display());
+            ChainState::genesis(values)
+        }
+        None => ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(args.seed)),
+    };
     manifest.genesis = genesis.hash();
     dir.write_genesis(&genesis)?;
     dir.write_manifest(&manifest)?;

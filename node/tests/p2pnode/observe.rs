@@ -91,5 +91,20 @@ fn a_running_node_answers_status_and_metrics_and_its_checkpoint_exports() {
     // A second export never overwrites the first.
     let again = run(&["export", dir_arg, "--out", out.to_str().unwrap()]);
     assert!(!again.status.success());
+
+    // The export starts a new run: its weights are the new genesis.
+    let tuned = root.join("tuned");
+    run_ok(&[
+        "init",
+        "--dir",
+        tuned.to_str().unwrap(),
+        "--from",
+        out.to_str().unwrap(),
+    ]);
+    let tuned = DataDir::new(&tuned);
+    let genesis = tuned.genesis(values.len()).unwrap();
+    assert_eq!(genesis.params, head.params);
+    assert_eq!(tuned.manifest().unwrap().model, manifest.model);
+    assert_eq!(tuned.manifest().unwrap().genesis, genesis.hash());
     std::fs::remove_dir_all(root).unwrap();
 }
