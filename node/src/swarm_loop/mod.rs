@@ -6,9 +6,12 @@
 mod backfill;
 mod discovery;
 mod download;
+mod event;
 mod fetch;
+mod persist;
 mod replica;
 mod status;
+mod swarm_events;
 mod worker;
 
 use std::collections::HashMap;
@@ -17,22 +20,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::request_response::OutboundRequestId;
-use libp2p::swarm::{DialError, ListenError, SwarmEvent};
-use libp2p::{allow_block_list, gossipsub, mdns, Multiaddr, PeerId, Swarm};
-use p2ptrain_protocol::{
-    codec, Commit, Contribution, Digest, PeerKey, RunManifest, Signed, SigningKey,
-};
+use libp2p::{gossipsub, Multiaddr, PeerId, Swarm};
+use p2ptrain_protocol::{codec, Digest, PeerKey, RunManifest, SigningKey};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::chain::{self, ChainError, ChainState, DataDir, ResumedFrom, StepInput};
-use crate::engine::{
-    Engine, EngineConfig, EngineError, Head, Input, Millis, Output, RejectReason, Verify,
-};
+use crate::engine::{Engine, EngineConfig, EngineError, Head, Input, Millis, Output, Verify};
 use crate::net::codec::FetchRequest;
-use crate::net::{
-    build_swarm, peer_id, peer_key, topics, Behaviour, BehaviourEvent, NetConfig, NetError, Topics,
-};
+use crate::net::{build_swarm, peer_id, topics, Behaviour, NetConfig, NetError, Topics};
+pub use event::NodeEvent;
+use persist::{restore_residual, HeadWrites};
 pub use replica::{Replica, ReplicaError};
 pub use status::{Phase, Status};
 pub use worker::{StepProgress, Worker};
@@ -66,72 +64,6 @@ pub enum Command {
     Shutdown,
 }
 
-/// What the node reports.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NodeEvent {
-    /// Listening on an address.
-    Listening(Multiaddr),
-    /// This node computed the outer step of a round: its result, which it
-    /// commits to (final once the commit window has passed).
-    Aggregated {
-        /// The round.
-        round: u64,
-        /// The checkpoint the step produced.
-        checkpoint: Digest,
-        /// Contributions in the step.
-        contributions: usize,
-    },
-    /// A round ended on this checkpoint.
-    Finalized {
-        /// The round.
-        round: u64,
-        /// The checkpoint it produced.
-        checkpoint: Digest,
-        /// Contributions applied.
-        contributions: usize,
-        /// This node's mean training loss in its last session (nats per
-        /// byte), if it has trained.
-        train_loss: Option<f32>,
-    },
-    /// This node took a heavier chain's checkpoint from a peer: it now
-    /// holds the result of `round`.
-    Adopted {
-        /// The round whose result it adopted.
-        round: u64,
-        /// The checkpoint.
-        checkpoint: Digest,
-    },
-    /// A contribution was dropped.
-    Rejected(RejectReason),
-    /// A peer connected (its first connection).
-    PeerConnected(PeerKey),
-    /// A peer's last connection closed.
-    PeerLeft(PeerKey),
-    /// A connection with a peer off the allow-list was refused.
-    Refused(PeerKey),
-    /// A dial failed.
-    DialFailed(String),
-    /// Records of adopted rounds were fetched from peers.
-    Backfilled {
-        /// Rounds whose records were written.
-        rounds: u64,
-        /// Rounds still without a record (no peer gave them).
-        missing: u64,
-    },
-    /// AutoNAT's verdict on whether peers can dial this node directly.
-    Reachability {
-        /// Reachable from outside.
-        public: bool,
-    },
-    /// A hole punch to a peer reached over a relay ended.
-    HolePunch {
-        /// The peer.
-        peer: PeerKey,
-        /// Whether a direct connection now replaces the relayed one.
-        direct: bool,
-    },
-}
-
 /// Everything a node needs to run.
 pub struct NodeSetup {
     /// Its data directory (manifest and genesis written by `init`).
@@ -160,43 +92,11 @@ pub enum Training {
     Worker(Box<dyn Worker>),
 }
 
-/// Gives `worker` the residual saved in `data` if it goes with
-/// `checkpoint`; whether it did.
-fn restore_residual(
-    data: &DataDir,
-    params: usize,
-    checkpoint: Digest,
-    worker: &mut dyn Worker,
-) -> Result<bool, NodeError> {
-    match data.residual(params)? {
-        Some((tag, values)) if tag == checkpoint => {
-            worker.restore_residual(&values)?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
-}
-
 /// A worker back from a session, with its update.
 type Trained = (
     Box<dyn Worker>,
     Result<crate::engine::LocalUpdate, ReplicaError>,
 );
-
-/// A head.ckpt write that took less than this is done in line.
-const QUICK_HEAD_WRITE: Duration = Duration::from_millis(50);
-
-/// The node's writes of head.ckpt (see `Node::set_state`).
-struct HeadWrites {
-    /// The hash of the state last written or being written.
-    written: Option<Digest>,
-    /// The write under way: its duration when done.
-    pending: Option<tokio::task::JoinHandle<Result<Duration, ChainError>>>,
-    /// How long the last write took.
-    last_cost: Duration,
-    /// When it finished.
-    last_done: std::time::Instant,
-}
 
 /// A running node. See the module docs.
 pub struct Node {
@@ -532,111 +432,6 @@ impl Node {
         Ok(None)
     }
 
-    /// Takes `state` (whose hash is `hash`) as the chain's checkpoint, and
-    /// writes it to head.ckpt in the background when `must_write` (an
-    /// adopted checkpoint has no records to replay) or when a write is due:
-    /// writing may take a tenth of the node's time at most, so a small
-    /// model's head is written every round (in line) and a large one's
-    /// every few (in the background).
-    /// The records are written every round, and a restarted node replays
-    /// those after head.ckpt (see [`chain::resume`]).
-    async fn set_state(
-        &mut self,
-        state: Arc<ChainState>,
-        hash: Digest,
-        must_write: bool,
-    ) -> Result<(), NodeError> {
-        let old = std::mem::replace(&mut self.state, state);
-        // Nothing else holds the old state (no session, write or fetch
-        // uses it): its memory serves the next outer step.
-        if let Ok(old) = Arc::try_unwrap(old) {
-            self.buffers.spare = Some(old);
-        }
-        self.state_hash = hash;
-        let due = self.head.last_done + self.head.last_cost * 10 <= std::time::Instant::now();
-        if must_write || (due && self.head.pending.is_none()) {
-            self.write_head().await?;
-            // A quick write (a small model's) is waited for, so head.ckpt
-            // is current when the round is reported.
-            if self.head.last_cost < QUICK_HEAD_WRITE {
-                self.finish_head_write().await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the current state to head.ckpt in the background, after the
-    /// write under way (if any) has finished.
-    async fn write_head(&mut self) -> Result<(), NodeError> {
-        self.finish_head_write().await?;
-        if self.head.written == Some(self.state_hash) {
-            return Ok(());
-        }
-        let (data, state) = (self.data.clone(), self.state.clone());
-        self.head.written = Some(self.state_hash);
-        self.head.pending = Some(tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            data.write_head(&state).map(|()| started.elapsed())
-        }));
-        Ok(())
-    }
-
-    /// Waits for the background write of head.ckpt, if any.
-    async fn finish_head_write(&mut self) -> Result<(), NodeError> {
-        if let Some(write) = self.head.pending.take() {
-            let cost = write.await.map_err(|e| ChainError::Write {
-                path: self.data.root().join("head.ckpt").display().to_string(),
-                reason: e.to_string(),
-            })??;
-            self.head.last_cost = cost;
-            self.head.last_done = std::time::Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Writes head.ckpt if it is behind, and waits for it: before stopping.
-    async fn flush_head(&mut self) -> Result<(), NodeError> {
-        self.write_head().await?;
-        self.finish_head_write().await
-    }
-
-    /// Stops: ends a session under way after its current step, writes
-    /// head.ckpt if it is behind, and saves the residual.
-    async fn stop(&mut self) -> Result<(), NodeError> {
-        self.stop_training
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        if self.worker.is_none() {
-            if let Some((mut worker, update)) = self.trained_rx.recv().await {
-                // A session that finished anyway: its update was never
-                // announced, so it goes back whole.
-                if let Ok(update) = update {
-                    worker.return_to_residual(&update.payload)?;
-                }
-                self.worker = Some(worker);
-            }
-        }
-        self.flush_head().await?;
-        self.save_residual()
-    }
-
-    /// Saves the worker's residual with this node's own updates that no
-    /// finalized round applied put back in, tagged with the checkpoint, so
-    /// that a restart from that checkpoint loses nothing it trained.
-    fn save_residual(&mut self) -> Result<(), NodeError> {
-        let Some(worker) = self.worker.as_mut() else {
-            // Stopped mid-session: the update in training is lost, as in a
-            // kill; the next start begins with a zero residual.
-            return Ok(());
-        };
-        for payload in self.engine.unapplied_own_payloads() {
-            worker.return_to_residual(&payload)?;
-        }
-        if let Some(values) = worker.residual()? {
-            self.data.write_residual(&self.state_hash, &values)?;
-        }
-        Ok(())
-    }
-
     /// Notes in the status that a round ended on `head` (`contributions`
     /// applied, when this node finalized it).
     fn round_done(&self, head: Head, contributions: Option<usize>) {
@@ -673,111 +468,5 @@ impl Node {
 
     async fn report(&mut self, event: NodeEvent) {
         let _ = self.events.send(event).await;
-    }
-
-    async fn refused(&mut self, peer: &PeerId) {
-        if let Some(key) = peer_key(peer) {
-            self.report(NodeEvent::Refused(key)).await;
-        }
-    }
-
-    async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> Result<(), NodeError> {
-        match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                let _ = self.events.send(NodeEvent::Listening(address)).await;
-            }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                ..
-            } => {
-                if let Some(key) = peer_key(&peer_id) {
-                    if num_established.get() == 1 {
-                        self.status.send_modify(|s| s.peers += 1);
-                        // Records of rounds adopted before a restart.
-                        if !self.backfill_checked && self.backfill.is_none() {
-                            self.backfill_checked = true;
-                            self.start_backfill(Some(peer_id), self.engine.head());
-                        }
-                        if let Some(download) = &mut self.download {
-                            download.add_peer(peer_id);
-                            self.pump_download();
-                        }
-                        self.report(NodeEvent::PeerConnected(key)).await;
-                    }
-                    self.feed(Input::PeerSeen(key)).await?;
-                }
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                ..
-            } => {
-                if let Some(key) = peer_key(&peer_id) {
-                    self.status
-                        .send_modify(|s| s.peers = s.peers.saturating_sub(1));
-                    self.report(NodeEvent::PeerLeft(key)).await;
-                    self.feed(Input::PeerGone(key)).await?;
-                }
-            }
-            SwarmEvent::IncomingConnectionError {
-                peer_id: Some(peer),
-                error: ListenError::Denied { cause },
-                ..
-            } if cause
-                .downcast_ref::<allow_block_list::NotAllowed>()
-                .is_some() =>
-            {
-                self.refused(&peer).await;
-            }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => match (peer_id, error) {
-                (Some(peer), DialError::Denied { cause })
-                    if cause
-                        .downcast_ref::<allow_block_list::NotAllowed>()
-                        .is_some() =>
-                {
-                    self.refused(&peer).await;
-                }
-                (_, error) => self.report(NodeEvent::DialFailed(error.to_string())).await,
-            },
-            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                for (_, address) in found {
-                    let _ = self.swarm.dial(address);
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                message,
-                ..
-            })) => {
-                self.count_bytes(message.data.len(), 0);
-                if message.topic == self.topics.announce.hash() {
-                    if let Ok(signed) = codec::decode::<Signed<Contribution>>(&message.data) {
-                        self.feed(Input::Announced(signed)).await?;
-                    }
-                } else if message.topic == self.topics.commit.hash() {
-                    if let Ok(signed) = codec::decode::<Signed<Commit>>(&message.data) {
-                        self.feed(Input::CommitReceived(signed)).await?;
-                    }
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
-                topic,
-                ..
-            })) if topic == self.topics.announce.hash() => {
-                // A peer that subscribes after this round's announcement went
-                // out never got it: send it again (a new message, by its
-                // sequence number).
-                if let Some(signed) = self.engine.own_announcement() {
-                    self.publish(&self.topics.announce.clone(), &signed);
-                }
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event).await?,
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat(event).await,
-            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr(event).await,
-            _ => {}
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,72 @@
+//! What a running node reports to its owner.
+
+use libp2p::Multiaddr;
+use p2ptrain_protocol::{Digest, PeerKey};
+
+use crate::engine::RejectReason;
+
+/// What the node reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// Listening on an address.
+    Listening(Multiaddr),
+    /// This node computed the outer step of a round: its result, which it
+    /// commits to (final once the commit window has passed).
+    Aggregated {
+        /// The round.
+        round: u64,
+        /// The checkpoint the step produced.
+        checkpoint: Digest,
+        /// Contributions in the step.
+        contributions: usize,
+    },
+    /// A round ended on this checkpoint.
+    Finalized {
+        /// The round.
+        round: u64,
+        /// The checkpoint it produced.
+        checkpoint: Digest,
+        /// Contributions applied.
+        contributions: usize,
+        /// This node's mean training loss in its last session (nats per
+        /// byte), if it has trained.
+        train_loss: Option<f32>,
+    },
+    /// This node took a heavier chain's checkpoint from a peer: it now
+    /// holds the result of `round`.
+    Adopted {
+        /// The round whose result it adopted.
+        round: u64,
+        /// The checkpoint.
+        checkpoint: Digest,
+    },
+    /// A contribution was dropped.
+    Rejected(RejectReason),
+    /// A peer connected (its first connection).
+    PeerConnected(PeerKey),
+    /// A peer's last connection closed.
+    PeerLeft(PeerKey),
+    /// A connection with a peer off the allow-list was refused.
+    Refused(PeerKey),
+    /// A dial failed.
+    DialFailed(String),
+    /// Records of adopted rounds were fetched from peers.
+    Backfilled {
+        /// Rounds whose records were written.
+        rounds: u64,
+        /// Rounds still without a record (no peer gave them).
+        missing: u64,
+    },
+    /// AutoNAT's verdict on whether peers can dial this node directly.
+    Reachability {
+        /// Reachable from outside.
+        public: bool,
+    },
+    /// A hole punch to a peer reached over a relay ended.
+    HolePunch {
+        /// The peer.
+        peer: PeerKey,
+        /// Whether a direct connection now replaces the relayed one.
+        direct: bool,
+    },
+}

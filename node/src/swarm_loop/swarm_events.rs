@@ -1,0 +1,120 @@
+//! The swarm's events, turned into engine inputs and reports.
+
+use libp2p::swarm::{DialError, ListenError, SwarmEvent};
+use libp2p::{allow_block_list, gossipsub, mdns, PeerId};
+use p2ptrain_protocol::{codec, Commit, Contribution, Signed};
+
+use super::{Node, NodeError, NodeEvent};
+use crate::engine::Input;
+use crate::net::{peer_key, BehaviourEvent};
+
+impl Node {
+    pub(super) async fn refused(&mut self, peer: &PeerId) {
+        if let Some(key) = peer_key(peer) {
+            self.report(NodeEvent::Refused(key)).await;
+        }
+    }
+
+    pub(super) async fn on_swarm_event(
+        &mut self,
+        event: SwarmEvent<BehaviourEvent>,
+    ) -> Result<(), NodeError> {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let _ = self.events.send(NodeEvent::Listening(address)).await;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if let Some(key) = peer_key(&peer_id) {
+                    if num_established.get() == 1 {
+                        self.status.send_modify(|s| s.peers += 1);
+                        // Records of rounds adopted before a restart.
+                        if !self.backfill_checked && self.backfill.is_none() {
+                            self.backfill_checked = true;
+                            self.start_backfill(Some(peer_id), self.engine.head());
+                        }
+                        if let Some(download) = &mut self.download {
+                            download.add_peer(peer_id);
+                            self.pump_download();
+                        }
+                        self.report(NodeEvent::PeerConnected(key)).await;
+                    }
+                    self.feed(Input::PeerSeen(key)).await?;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if let Some(key) = peer_key(&peer_id) {
+                    self.status
+                        .send_modify(|s| s.peers = s.peers.saturating_sub(1));
+                    self.report(NodeEvent::PeerLeft(key)).await;
+                    self.feed(Input::PeerGone(key)).await?;
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                peer_id: Some(peer),
+                error: ListenError::Denied { cause },
+                ..
+            } if cause
+                .downcast_ref::<allow_block_list::NotAllowed>()
+                .is_some() =>
+            {
+                self.refused(&peer).await;
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => match (peer_id, error) {
+                (Some(peer), DialError::Denied { cause })
+                    if cause
+                        .downcast_ref::<allow_block_list::NotAllowed>()
+                        .is_some() =>
+                {
+                    self.refused(&peer).await;
+                }
+                (_, error) => self.report(NodeEvent::DialFailed(error.to_string())).await,
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (_, address) in found {
+                    let _ = self.swarm.dial(address);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                self.count_bytes(message.data.len(), 0);
+                if message.topic == self.topics.announce.hash() {
+                    if let Ok(signed) = codec::decode::<Signed<Contribution>>(&message.data) {
+                        self.feed(Input::Announced(signed)).await?;
+                    }
+                } else if message.topic == self.topics.commit.hash() {
+                    if let Ok(signed) = codec::decode::<Signed<Commit>>(&message.data) {
+                        self.feed(Input::CommitReceived(signed)).await?;
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                topic,
+                ..
+            })) if topic == self.topics.announce.hash() => {
+                // A peer that subscribes after this round's announcement went
+                // out never got it: send it again (a new message, by its
+                // sequence number).
+                if let Some(signed) = self.engine.own_announcement() {
+                    self.publish(&self.topics.announce.clone(), &signed);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event).await?,
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat(event).await,
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr(event).await,
+            _ => {}
+        }
+        Ok(())
+    }
+}
