@@ -17,8 +17,12 @@ pub(crate) use init::{init, InitArgs};
 
 /// A peer of a p2ptrain swarm: trains a shared model with other peers, no
 /// server in between.
+///
+/// Start with `p2pnode join` (a new run on the bundled defaults in
+/// ./p2ptrain-data, or the run already there); a second machine joins with
+/// `p2pnode join --bootstrap ADDRESS`, using an address the first prints.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -15,6 +15,7 @@ mod report;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use p2ptrain_node::chain::{DataDir, ResumedFrom};
 use p2ptrain_node::control;
@@ -39,8 +40,11 @@ pub struct JoinArgs {
     /// This node's key (created if missing).
     #[arg(long, default_value = "node.key")]
     key: PathBuf,
-    /// Addresses to listen on.
-    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+    /// Addresses to listen on: TCP and QUIC on every interface unless
+    /// given (a private swarm, `--psk`, speaks TCP only);
+    /// `/ip4/…/p2p/RELAY_ID/p2p-circuit` listens through that peer's relay
+    /// (for a node behind NAT).
+    #[arg(long, default_values = ["/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"])]
     listen: Vec<Multiaddr>,
     /// Peers to dial at start (besides those mDNS finds on the LAN).
     #[arg(long)]
@@ -127,7 +131,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             allow_list,
             ..NetConfig::default()
         },
-        listen: args.listen.clone(),
+        listen: listen_addresses(&args.listen, args.psk.is_some(), &report),
         training: Training::Replica {
             tokens,
             device: args.device.clone(),
@@ -258,6 +262,22 @@ fn tell_start(report: &Report, node: &Node) {
             );
         }
     }
+}
+
+/// The addresses to listen on: in a private swarm QUIC ones are left out,
+/// with a note (pnet runs over TCP only).
+fn listen_addresses(addresses: &[Multiaddr], private: bool, report: &Report) -> Vec<Multiaddr> {
+    let is_quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::QuicV1));
+    if !private {
+        return addresses.to_vec();
+    }
+    for address in addresses.iter().filter(|a| is_quic(a)) {
+        report.note(
+            "listen",
+            &format!("not listening on {address}: a private swarm speaks TCP only"),
+        );
+    }
+    addresses.iter().filter(|a| !is_quic(a)).cloned().collect()
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<p2ptrain_protocol::SigningKey> {

@@ -199,6 +199,30 @@ fn one_bootstrap_address_is_enough_to_meet_the_swarm() {
 }
 
 #[test]
+fn nodes_connect_over_quic() {
+    let _machine = exclusive();
+    let root = scratch("quic");
+    let (a_dir, b_dir) = (root.join("a"), root.join("b"));
+    init(&a_dir, 1);
+    init(&b_dir, 1);
+    let quic = "/ip4/127.0.0.1/udp/0/quic-v1";
+    let mut a = Node::join("a", &a_dir, &root.join("a.key"), &["--listen", quic]);
+    let address = a.wait_for("a QUIC address", |s, line| {
+        let address = line.strip_prefix("listening on ")?;
+        (s == Stream::Err && address.contains("/quic-v1/")).then(|| address.to_owned())
+    });
+    // b knows only a's QUIC address, so its first connection is over QUIC.
+    let mut b = Node::join("b", &b_dir, &root.join("b.key"), &["--bootstrap", &address]);
+    let a_key = run_ok(&["pubkey", "--key", root.join("a.key").to_str().unwrap()]);
+    let a_key = a_key.trim();
+    b.wait_for("a connected", |s, line| {
+        (s == Stream::Err && line == format!("peer {a_key} connected")).then_some(())
+    });
+    drop((a, b));
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn a_node_with_another_pre_shared_key_cannot_connect() {
     let _machine = exclusive();
     let root = scratch("psk");
