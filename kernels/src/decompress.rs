@@ -82,7 +82,7 @@ pub struct AggregateInput<'a> {
 /// The same as [`aggregate_into`] on a buffer of the payloads' length; see
 /// there for the exact formula and the errors.
 pub fn aggregate(inputs: &[AggregateInput<'_>]) -> Result<Vec<f32>, KernelError> {
-    let mean = Mean::of(inputs)?;
+    let mean = WeightedMean::new(inputs)?;
     let mut dense = vec![0.0f32; mean.len];
     mean.write(&mut dense);
     Ok(dense)
@@ -117,7 +117,7 @@ pub fn aggregate(inputs: &[AggregateInput<'_>]) -> Result<Vec<f32>, KernelError>
 /// chunk length, and [`KernelError::LengthMismatch`] when `dense` is not as
 /// long as the payloads' buffer. `dense` is untouched on error.
 pub fn aggregate_into(inputs: &[AggregateInput<'_>], dense: &mut [f32]) -> Result<(), KernelError> {
-    let mean = Mean::of(inputs)?;
+    let mean = WeightedMean::new(inputs)?;
     if dense.len() != mean.len {
         return Err(KernelError::LengthMismatch {
             expected: mean.len,
@@ -128,17 +128,41 @@ pub fn aggregate_into(inputs: &[AggregateInput<'_>], dense: &mut [f32]) -> Resul
     Ok(())
 }
 
-/// A checked aggregation: the inputs in key order with normalized weights.
-pub(crate) struct Mean<'a> {
+/// The weighted mean of several payloads, checked once and then written a
+/// block at a time: the same bits as [`aggregate_into`], for a caller that
+/// consumes the mean as it goes (the outer step) instead of holding all of
+/// it.
+///
+/// ```
+/// use p2ptrain_kernels::{aggregate, compress, AggregateInput, WeightedMean};
+/// use p2ptrain_protocol::{CompressionSettings, Digest};
+///
+/// let settings = CompressionSettings { chunk_len: 64, ..CompressionSettings::default() };
+/// let delta: Vec<f32> = (0..200).map(|i| (i % 7) as f32 - 3.0).collect();
+/// let payload = compress(&delta, &mut vec![0.0; 200], &settings)?;
+/// let inputs = [AggregateInput { key: Digest::of(b"a"), payload: &payload, weight: 1.0 }];
+/// let mean = WeightedMean::new(&inputs)?;
+/// let mut block = vec![0.0; 128];
+/// mean.write_block(64, &mut block)?; // entries 64..192
+/// assert_eq!(block, aggregate(&inputs)?[64..192]);
+/// # Ok::<(), p2ptrain_kernels::KernelError>(())
+/// ```
+pub struct WeightedMean<'a> {
     /// Entries in each payload's buffer.
-    pub len: usize,
+    pub(crate) len: usize,
     chunk_len: usize,
     /// Each payload with its layout and normalized weight, in key order.
-    pub terms: Vec<(&'a Payload, Layout, f32)>,
+    pub(crate) terms: Vec<(&'a Payload, Layout, f32)>,
 }
 
-impl<'a> Mean<'a> {
-    pub(crate) fn of(inputs: &[AggregateInput<'a>]) -> Result<Self, KernelError> {
+impl<'a> WeightedMean<'a> {
+    /// Checks the inputs: the errors of [`aggregate_into`], but for the
+    /// buffer's length.
+    ///
+    /// # Errors
+    ///
+    /// As [`aggregate_into`].
+    pub fn new(inputs: &[AggregateInput<'a>]) -> Result<Self, KernelError> {
         let mut sorted: Vec<&AggregateInput<'a>> = inputs.iter().collect();
         sorted.sort_unstable_by_key(|input| input.key);
         let first = sorted.first().ok_or(KernelError::NoInputs)?.payload;
@@ -175,17 +199,66 @@ impl<'a> Mean<'a> {
         })
     }
 
+    /// Entries in the mean.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mean has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The payloads' chunk length: blocks start on a multiple of it.
+    pub fn chunk_len(&self) -> usize {
+        self.chunk_len
+    }
+
+    /// Overwrites `dense` with entries `start..start + dense.len()` of the
+    /// mean.
+    ///
+    /// # Errors
+    ///
+    /// [`KernelError::LengthMismatch`] when `start` is not a multiple of
+    /// the chunk length (`found` is `start`), or when the block runs past the
+    /// end of the mean or stops inside a chunk before its end (`found` is
+    /// the block's end). `dense` is untouched on error.
+    pub fn write_block(&self, start: usize, dense: &mut [f32]) -> Result<(), KernelError> {
+        let end = start.saturating_add(dense.len());
+        if start % self.chunk_len != 0 {
+            return Err(KernelError::LengthMismatch {
+                expected: start - start % self.chunk_len,
+                found: start,
+            });
+        }
+        if end > self.len || (end < self.len && end % self.chunk_len != 0) {
+            return Err(KernelError::LengthMismatch {
+                expected: (end - end % self.chunk_len).min(self.len),
+                found: end,
+            });
+        }
+        let first = start / self.chunk_len;
+        for (c, dense) in dense.chunks_mut(self.chunk_len).enumerate() {
+            self.write_chunk(first + c, dense);
+        }
+        Ok(())
+    }
+
     /// Writes the mean into `dense`, which is `len` long.
     fn write(&self, dense: &mut [f32]) {
         dense
             .par_chunks_mut(self.chunk_len)
             .enumerate()
             .with_min_len(MIN_CHUNKS_PER_TASK)
-            .for_each(|(c, dense)| {
-                dense.fill(0.0);
-                for (payload, layout, weight) in &self.terms {
-                    add_chunk(payload, layout, c, *weight, dense);
-                }
-            });
+            .for_each(|(c, dense)| self.write_chunk(c, dense));
+    }
+
+    /// Overwrites `dense`, chunk `c`'s part of the buffer, with its mean.
+    #[inline]
+    fn write_chunk(&self, c: usize, dense: &mut [f32]) {
+        dense.fill(0.0);
+        for (payload, layout, weight) in &self.terms {
+            add_chunk(payload, layout, c, *weight, dense);
+        }
     }
 }

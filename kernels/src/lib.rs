@@ -86,7 +86,7 @@ mod topk;
 mod wire;
 
 pub use compress::compress;
-pub use decompress::{aggregate, aggregate_into, decompress_into, AggregateInput};
+pub use decompress::{aggregate, aggregate_into, decompress_into, AggregateInput, WeightedMean};
 pub use error::KernelError;
 pub use payload::Payload;
 pub use wire::NON_FINITE_SCALE;

@@ -1,4 +1,4 @@
-//! `decompress_into`, `aggregate` and `aggregate_into`: the formula, canonical
+//! `decompress_into`, `aggregate`, `aggregate_into` and `WeightedMean`: the formula, canonical
 //! order, refusals.
 
 mod common;
@@ -6,6 +6,7 @@ mod common;
 use common::{bits, Rng};
 use p2ptrain_kernels::{
     aggregate, aggregate_into, compress, decompress_into, AggregateInput, KernelError, Payload,
+    WeightedMean,
 };
 use p2ptrain_protocol::{CompressionSettings, Digest, ValueBits};
 
@@ -208,4 +209,40 @@ fn aggregate_into_overwrites_the_buffer() {
         })
     );
     assert_eq!(short, vec![7.0; 9_999]);
+}
+
+#[test]
+fn the_mean_written_in_blocks_is_the_whole_mean() {
+    let s = CompressionSettings {
+        chunk_len: 256,
+        ..CompressionSettings::default()
+    };
+    // 10_000 is not a multiple of the chunk: the last block is short.
+    let payloads = payloads(3, 10_000, &s, 21);
+    let listed = inputs(&payloads, &[3.0, 1.0, 2.0]);
+    let whole = aggregate(&listed).unwrap();
+    let mean = WeightedMean::new(&listed).unwrap();
+    assert_eq!((mean.len(), mean.chunk_len()), (10_000, 256));
+    for block_chunks in [1, 3, 40] {
+        let mut blocks = Vec::new();
+        let mut start = 0;
+        while start < mean.len() {
+            let len = (block_chunks * 256).min(mean.len() - start);
+            let mut block = vec![f32::NAN; len];
+            mean.write_block(start, &mut block).unwrap();
+            blocks.extend(block);
+            start += len;
+        }
+        assert_eq!(bits(&blocks), bits(&whole), "{block_chunks} chunks a block");
+    }
+
+    let mut block = vec![7.0; 256];
+    let refused = [(100, 256), (256, 100), (9_984, 256)];
+    for (start, len) in refused {
+        let mut block = vec![7.0; len];
+        assert!(mean.write_block(start, &mut block).is_err(), "{start}+{len}");
+        assert_eq!(block, vec![7.0; len]);
+    }
+    mean.write_block(9_984, &mut block[..16]).unwrap();
+    assert_eq!(bits(&block[..16]), bits(&whole[9_984..]));
 }

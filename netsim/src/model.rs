@@ -90,8 +90,7 @@ impl Store {
         }
         let start = self.get(base).ok_or(ModelError::MissingBase(*base))?;
         let inputs: Vec<StepInput<'_>> = contributions.iter().map(StepInput::from).collect();
-        let next = start.outer_step(&inputs, &self.outer)?;
-        let hash = next.hash();
+        let (next, hash) = start.outer_step(&inputs, &self.outer)?;
         self.checkpoints
             .entry(hash)
             .or_insert_with(|| Arc::new(next));

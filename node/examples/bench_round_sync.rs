@@ -9,13 +9,15 @@
 //! The peers are full nodes (`swarm_loop::Node`) in one process, each with
 //! its own data directory, TCP + noise + yamux on 127.0.0.1; only training
 //! is replaced, by a fixed random pseudo-gradient, so the clock measures the
-//! exchange. Per round it prints the time from the first peer starting its
-//! compression to the last peer holding the agreed checkpoint, and the
-//! median over the rounds after the first (connections and allocations
-//! settle in round 0). `scripts/bench-round-sync.sh` runs Hivemind beside it.
+//! exchange. As in Hivemind's benchmark, the peers start together: each
+//! round's sessions wait for one another (peers that finished training at
+//! the same time), and the clock runs from then to the last peer holding
+//! the agreed checkpoint. It prints each round and the median over the
+//! rounds after the first (connections and allocations settle in round 0).
+//! `scripts/bench-round-sync.sh` runs Hivemind beside it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
@@ -59,6 +61,43 @@ struct Compressed {
     bytes: usize,
 }
 
+/// Where the peers' sessions wait for one another, so that a round starts
+/// for all of them at once.
+struct StartLine {
+    peers: usize,
+    /// Peers waiting, and how many times the line has opened.
+    waiting: Mutex<(usize, u64)>,
+    opened: Condvar,
+}
+
+impl StartLine {
+    fn new(peers: usize) -> Self {
+        Self {
+            peers,
+            waiting: Mutex::new((0, 0)),
+            opened: Condvar::new(),
+        }
+    }
+
+    /// Waits until every peer is here, or for at most `limit` (a peer that
+    /// stopped does not hold the others forever).
+    fn wait(&self, limit: Duration) {
+        let Ok(mut waiting) = self.waiting.lock() else {
+            return;
+        };
+        let generation = waiting.1;
+        waiting.0 += 1;
+        if waiting.0 == self.peers {
+            *waiting = (0, generation + 1);
+            self.opened.notify_all();
+            return;
+        }
+        let _ = self
+            .opened
+            .wait_timeout_while(waiting, limit, |w| w.1 == generation);
+    }
+}
+
 /// A peer's "training": the same random pseudo-gradient every round,
 /// compressed with error feedback as a trained replica's would be.
 struct FixedDelta {
@@ -68,6 +107,7 @@ struct FixedDelta {
     residual: Vec<f32>,
     settings: CompressionSettings,
     log: Arc<Mutex<Vec<Compressed>>>,
+    start: Arc<StartLine>,
 }
 
 impl FixedDelta {
@@ -76,6 +116,7 @@ impl FixedDelta {
         len: usize,
         settings: CompressionSettings,
         log: Arc<Mutex<Vec<Compressed>>>,
+        start: Arc<StartLine>,
     ) -> Self {
         // xorshift64*: uniform in [-1e-3, 1e-3), different for every peer.
         let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (peer as u64 + 1);
@@ -95,6 +136,7 @@ impl FixedDelta {
             residual: vec![0.0; len],
             settings,
             log,
+            start,
         }
     }
 }
@@ -105,6 +147,7 @@ impl Worker for FixedDelta {
         _start: &[f32],
         _progress: &mut dyn FnMut(StepProgress) -> std::ops::ControlFlow<()>,
     ) -> Result<LocalUpdate, ReplicaError> {
+        self.start.wait(Duration::from_secs(10));
         let started = Instant::now();
         let payload = compress(&self.delta, &mut self.residual, &self.settings)?.encode()?;
         let entry = Compressed {
@@ -182,6 +225,7 @@ async fn main() -> Result<(), Error> {
     let root = std::env::temp_dir().join(format!("p2ptrain-round-sync-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let log = Arc::new(Mutex::new(Vec::new()));
+    let start_line = Arc::new(StartLine::new(peers));
     let (events_tx, mut events) = mpsc::channel(1024);
     let mut commands = Vec::new();
     let mut running = Vec::new();
@@ -189,7 +233,13 @@ async fn main() -> Result<(), Error> {
         let dir = DataDir::new(root.join(format!("peer{peer}")));
         dir.write_manifest(&manifest)?;
         dir.write_genesis(&genesis)?;
-        let worker = FixedDelta::new(peer, params, manifest.compression, log.clone());
+        let worker = FixedDelta::new(
+            peer,
+            params,
+            manifest.compression,
+            log.clone(),
+            start_line.clone(),
+        );
         let setup = NodeSetup {
             data: dir,
             key: SigningKey::from_bytes(&[u8::try_from(peer)? + 1; 32]),

@@ -250,11 +250,68 @@ impl OuterNesterov {
             return Err(TrainerError::NonFinite("outer pseudo-gradient"));
         }
         for ((p, &d), b) in theta.iter_mut().zip(delta).zip(&mut self.buffer) {
-            *b = self.momentum * *b + d;
-            *p -= self.lr * (d + self.momentum * *b);
+            (*p, *b) = nesterov(self.lr, self.momentum, *p, *b, d);
         }
         Ok(())
     }
+
+    /// The same step on a state held elsewhere, a block at a time: writes
+    /// the next parameters and momentum for `theta` and `buffer` (a
+    /// momentum of this optimizer's settings) into `next_theta` and
+    /// `next_buffer`, the same bits [`step`](Self::step) would leave in
+    /// place. `self`'s own buffer is not used.
+    ///
+    /// ```
+    /// use p2ptrain_trainer::optim::OuterNesterov;
+    ///
+    /// let (theta, buffer, delta) = ([1.0, 2.0], [0.5, 0.0], [0.1, -0.2]);
+    /// let mut in_place = OuterNesterov::from_state(0.7, 0.9, buffer.to_vec());
+    /// let mut stepped = theta.to_vec();
+    /// in_place.step(&mut stepped, &delta)?;
+    ///
+    /// let (mut next_theta, mut next_buffer) = ([0.0; 2], [0.0; 2]);
+    /// OuterNesterov::new(0.7, 0.9, 0).step_into((&theta, &buffer), &delta, (&mut next_theta, &mut next_buffer))?;
+    /// assert_eq!((next_theta.to_vec(), next_buffer.to_vec()), (stepped, in_place.momentum_buffer().to_vec()));
+    /// # Ok::<(), p2ptrain_trainer::TrainerError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TrainerError::Length`] unless the five buffers are as long as
+    /// `theta`, [`TrainerError::NonFinite`] for a NaN or infinite `delta`;
+    /// the outputs are untouched then.
+    pub fn step_into(
+        &self,
+        (theta, buffer): (&[f32], &[f32]),
+        delta: &[f32],
+        (next_theta, next_buffer): (&mut [f32], &mut [f32]),
+    ) -> Result<()> {
+        for len in [buffer.len(), delta.len(), next_theta.len(), next_buffer.len()] {
+            if len != theta.len() {
+                return Err(TrainerError::Length {
+                    expected: theta.len(),
+                    found: len,
+                });
+            }
+        }
+        if delta.iter().any(|d| !d.is_finite()) {
+            return Err(TrainerError::NonFinite("outer pseudo-gradient"));
+        }
+        let from = theta.iter().zip(buffer).zip(delta);
+        let to = next_theta.iter_mut().zip(next_buffer.iter_mut());
+        for (((&p, &b), &d), (next_p, next_b)) in from.zip(to) {
+            (*next_p, *next_b) = nesterov(self.lr, self.momentum, p, b, d);
+        }
+        Ok(())
+    }
+}
+
+/// One entry of the outer step: `buf = μ·buf + Δ; θ −= lr·(Δ + μ·buf)`,
+/// each operation rounded on its own. Returns the next `(θ, buf)`.
+#[inline]
+fn nesterov(lr: f32, momentum: f32, theta: f32, buffer: f32, delta: f32) -> (f32, f32) {
+    let buffer = momentum * buffer + delta;
+    (theta - lr * (delta + momentum * buffer), buffer)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{arg_u32, device_error, DeviceKernels, THREADS};
-use crate::decompress::Mean;
+use crate::decompress::WeightedMean;
 use crate::layout::Layout;
 use crate::quant::half;
 use crate::{AggregateInput, KernelError, Payload};
@@ -42,7 +42,7 @@ impl DeviceKernels {
         inputs: &[AggregateInput<'_>],
         dense: &mut CudaSlice<f32>,
     ) -> Result<(), KernelError> {
-        let mean = Mean::of(inputs)?;
+        let mean = WeightedMean::new(inputs)?;
         check_len(mean.len, dense)?;
         self.stream.memset_zeros(dense).map_err(device_error)?;
         for (payload, layout, weight) in &mean.terms {

@@ -233,7 +233,7 @@ mod tests {
                 tokens: 100,
                 payload: &payload,
             };
-            let next = state.outer_step(&[input], &manifest.outer).unwrap();
+            let (next, _) = state.outer_step(&[input], &manifest.outer).unwrap();
             let commit = Commit {
                 run,
                 round,

@@ -1,6 +1,6 @@
 //! The shared checkpoint of a chain and the outer step that moves it.
 
-use p2ptrain_kernels::{aggregate_into, AggregateInput, Payload};
+use p2ptrain_kernels::{AggregateInput, KernelError, Payload, WeightedMean};
 use p2ptrain_protocol::{Digest, OuterOptimizer};
 use p2ptrain_trainer::optim::OuterNesterov;
 
@@ -53,12 +53,12 @@ impl<'a> From<&'a crate::engine::Accepted> for StepInput<'a> {
 }
 
 /// Memory an outer step may reuse: a state no longer needed and the
-/// buffer of the mean.
+/// scratch block of the mean.
 #[derive(Debug, Default)]
 pub struct Buffers {
     /// A state whose buffers the next step may overwrite.
     pub spare: Option<ChainState>,
-    /// The weighted mean of a step's payloads.
+    /// A block of the weighted mean of a step's payloads.
     pub mean: Vec<f32>,
 }
 
@@ -93,14 +93,8 @@ impl ChainState {
 
     /// Calls `f` on the state's bytes in order, a block at a time.
     fn for_each_block(&self, mut f: impl FnMut(&[u8])) {
-        const BLOCK: usize = 16 * 1024;
-        let mut block = Vec::with_capacity(4 * BLOCK);
         for values in [&self.params, &self.momentum] {
-            for chunk in values.chunks(BLOCK) {
-                block.clear();
-                block.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
-                f(&block);
-            }
+            for_each_byte_block(values, &mut f);
         }
     }
 
@@ -136,9 +130,9 @@ impl ChainState {
         Digest::from_bytes(*hasher.finalize().as_bytes())
     }
 
-    /// The next state: the token-weighted mean of the inputs' payloads (in
-    /// ascending id order), then the outer Nesterov step on the CPU in f32.
-    /// With no inputs the state is unchanged.
+    /// The next state and its hash: the token-weighted mean of the inputs'
+    /// payloads (in ascending id order), then the outer Nesterov step on
+    /// the CPU in f32. With no inputs the state is unchanged.
     ///
     /// # Errors
     ///
@@ -147,35 +141,58 @@ impl ChainState {
         &self,
         inputs: &[StepInput<'_>],
         outer: &OuterOptimizer,
-    ) -> Result<Self, ChainError> {
+    ) -> Result<(Self, Digest), ChainError> {
         self.outer_step_reusing(inputs, outer, &mut Buffers::default())
     }
 
     /// [`outer_step`](Self::outer_step), writing into `buffers`' spare
-    /// state and mean instead of fresh memory when they fit (on a large
-    /// model, first-touch page faults on fresh buffers cost more than the
-    /// step). The result is the same bit for bit.
+    /// state instead of fresh memory when it fits (on a large model,
+    /// first-touch page faults on fresh buffers cost more than the step).
+    ///
+    /// The step is one pass over the state a block at a time: the block's
+    /// mean, its Nesterov step into the next state, and its share of the
+    /// hash while it is still in cache; the base is only read. The result
+    /// is the same bits as taking the whole mean, stepping a copy and
+    /// hashing it after.
     ///
     /// # Errors
     ///
-    /// As [`outer_step`](Self::outer_step).
+    /// As [`outer_step`](Self::outer_step). The spare is kept on error.
     pub fn outer_step_reusing(
         &self,
         inputs: &[StepInput<'_>],
         outer: &OuterOptimizer,
         buffers: &mut Buffers,
-    ) -> Result<Self, ChainError> {
+    ) -> Result<(Self, Digest), ChainError> {
+        let len = self.params.len();
         let mut next = match buffers.spare.take() {
-            Some(mut spare) if spare.params.len() == self.params.len() => {
-                spare.params.copy_from_slice(&self.params);
-                spare.momentum.copy_from_slice(&self.momentum);
-                spare
-            }
-            _ => self.clone(),
+            Some(spare) if spare.params.len() == len && spare.momentum.len() == len => spare,
+            _ => Self::genesis(vec![0.0; len]),
         };
         if inputs.is_empty() {
-            return Ok(next);
+            next.params.copy_from_slice(&self.params);
+            next.momentum.copy_from_slice(&self.momentum);
+            let hash = next.hash();
+            return Ok((next, hash));
         }
+        match self.step_into(inputs, outer, &mut next, &mut buffers.mean) {
+            Ok(hash) => Ok((next, hash)),
+            Err(e) => {
+                buffers.spare = Some(next);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the outer step from `self` into `next` (as long as `self`),
+    /// block by block, and returns its hash. `block` is scratch memory.
+    fn step_into(
+        &self,
+        inputs: &[StepInput<'_>],
+        outer: &OuterOptimizer,
+        next: &mut Self,
+        block: &mut Vec<f32>,
+    ) -> Result<Digest, ChainError> {
         let payloads = inputs
             .iter()
             .map(|c| Payload::decode(c.payload))
@@ -189,13 +206,60 @@ impl ChainState {
                 weight: c.tokens as f32,
             })
             .collect();
-        buffers.mean.resize(self.params.len(), 0.0);
-        aggregate_into(&weighted, &mut buffers.mean)?;
-        let momentum = std::mem::take(&mut next.momentum);
-        let mut step = OuterNesterov::from_state(outer.lr, outer.momentum, momentum);
-        step.step(&mut next.params, &buffers.mean)?;
-        next.momentum = step.into_momentum();
-        Ok(next)
+        let mean = WeightedMean::new(&weighted)?;
+        let len = self.params.len();
+        if mean.len() != len {
+            return Err(KernelError::LengthMismatch {
+                expected: len,
+                found: mean.len(),
+            }
+            .into());
+        }
+        let block_len = mean.chunk_len() * (STEP_BLOCK / mean.chunk_len()).max(1);
+        block.resize(block_len, 0.0);
+        let step = OuterNesterov::new(outer.lr, outer.momentum, 0);
+        let mut hasher = blake3::Hasher::new();
+        for start in (0..len).step_by(block_len) {
+            let end = (start + block_len).min(len);
+            let mean_block = &mut block[..end - start];
+            mean.write_block(start, mean_block)?;
+            step.step_into(
+                (&self.params[start..end], &self.momentum[start..end]),
+                mean_block,
+                (
+                    &mut next.params[start..end],
+                    &mut next.momentum[start..end],
+                ),
+            )?;
+            for_each_byte_block(&next.params[start..end], &mut |bytes| {
+                hasher.update(bytes);
+            });
+        }
+        for_each_byte_block(&next.momentum, &mut |bytes| {
+            hasher.update(bytes);
+        });
+        Ok(Digest::from_bytes(*hasher.finalize().as_bytes()))
+    }
+}
+
+/// Entries the fused outer step takes at a time (rounded to whole chunks):
+/// the block's mean, base and next state stay in a core's L2 cache.
+const STEP_BLOCK: usize = 16 * 1024;
+
+/// Calls `f` on the little-endian bytes of `values`, in order, a block at a
+/// time: `values`' own memory on a little-endian machine, a converted copy
+/// elsewhere.
+fn for_each_byte_block(values: &[f32], f: &mut impl FnMut(&[u8])) {
+    if cfg!(target_endian = "little") {
+        f(bytemuck::cast_slice(values));
+        return;
+    }
+    const BLOCK: usize = 16 * 1024;
+    let mut block = Vec::with_capacity(4 * BLOCK);
+    for chunk in values.chunks(BLOCK) {
+        block.clear();
+        block.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        f(&block);
     }
 }
 
@@ -206,15 +270,48 @@ mod tests {
 
     use super::*;
 
+    /// The outer step as its definition reads: the whole mean, the
+    /// Nesterov step on a copy, then the hash of the copy.
+    fn stepped_by_definition(
+        state: &ChainState,
+        inputs: &[StepInput<'_>],
+        outer: &OuterOptimizer,
+    ) -> (ChainState, Digest) {
+        let payloads: Vec<Payload> = inputs
+            .iter()
+            .map(|c| Payload::decode(c.payload).unwrap())
+            .collect();
+        let weighted: Vec<AggregateInput<'_>> = inputs
+            .iter()
+            .zip(&payloads)
+            .map(|(c, payload)| AggregateInput {
+                key: c.id,
+                payload,
+                weight: c.tokens as f32,
+            })
+            .collect();
+        let mean = p2ptrain_kernels::aggregate(&weighted).unwrap();
+        let mut next = state.clone();
+        let mut step = OuterNesterov::from_state(outer.lr, outer.momentum, next.momentum);
+        step.step(&mut next.params, &mean).unwrap();
+        next.momentum = step.into_momentum();
+        let hash = Digest::of(&next.to_bytes());
+        (next, hash)
+    }
+
     #[test]
-    fn a_step_into_reused_buffers_equals_a_fresh_one_bit_for_bit() {
-        let len = 10_000;
+    fn the_fused_step_is_the_step_by_definition_bit_for_bit() {
+        // Three blocks of 64 chunks, the last one short.
+        let len = 40_000;
         let outer = OuterOptimizer {
             lr: 0.7,
             momentum: 0.9,
             nesterov: true,
         };
-        let settings = CompressionSettings::default();
+        let settings = CompressionSettings {
+            chunk_len: 256,
+            ..CompressionSettings::default()
+        };
         let payloads: Vec<Vec<u8>> = (0..3)
             .map(|k| {
                 let delta: Vec<f32> = (0..len)
@@ -237,24 +334,52 @@ mod tests {
             .collect();
         let start = ChainState::genesis((0..len).map(|i| i as f32 * 1e-3).collect());
         let mut buffers = Buffers::default();
-        let mut fresh = start.clone();
+        let mut expected = start.clone();
         let mut reused = start;
         for round in 0..3 {
-            fresh = fresh.outer_step(&inputs[..=round], &outer).unwrap();
-            let next = reused
+            let (by_definition, expected_hash) =
+                stepped_by_definition(&expected, &inputs[..=round], &outer);
+            expected = by_definition;
+            let (next, hash) = reused
                 .outer_step_reusing(&inputs[..=round], &outer, &mut buffers)
                 .unwrap();
+            assert_eq!(hash, expected_hash, "round {round}");
+            assert_eq!(hash, next.hash(), "round {round}");
+            assert_eq!(next, expected, "round {round}");
             buffers.spare = Some(std::mem::replace(&mut reused, next));
-            assert_eq!(reused.hash(), fresh.hash(), "round {round}");
         }
-        // A spare of another size is not used.
+        // A spare of another size is not used; no inputs leave the state.
         buffers.spare = Some(ChainState::genesis(vec![1.0; 3]));
-        let next = reused
+        let (next, hash) = reused
             .outer_step_reusing(&inputs, &outer, &mut buffers)
             .unwrap();
-        assert_eq!(
-            next.hash(),
-            reused.outer_step(&inputs, &outer).unwrap().hash()
-        );
+        assert_eq!(hash, reused.outer_step(&inputs, &outer).unwrap().1);
+        assert_eq!(hash, next.hash());
+        let (same, same_hash) = reused.outer_step(&[], &outer).unwrap();
+        assert_eq!((same_hash, &same), (reused.hash(), &reused));
+    }
+
+    #[test]
+    fn a_payload_of_another_length_is_refused_and_the_spare_kept() {
+        let settings = CompressionSettings::default();
+        let payload = compress(&[1.0; 10], &mut [0.0; 10], &settings)
+            .unwrap()
+            .encode()
+            .unwrap();
+        let input = StepInput {
+            id: Digest::of(b"a"),
+            tokens: 1,
+            payload: &payload,
+        };
+        let outer = p2ptrain_protocol::RunManifest::default().outer;
+        let mut buffers = Buffers {
+            spare: Some(ChainState::genesis(vec![0.0; 11])),
+            mean: Vec::new(),
+        };
+        let state = ChainState::genesis(vec![0.5; 11]);
+        assert!(state
+            .outer_step_reusing(&[input], &outer, &mut buffers)
+            .is_err());
+        assert!(buffers.spare.is_some());
     }
 }

@@ -143,11 +143,11 @@ pub(super) fn replay_after(
                 payload: bytes,
             })
             .collect();
-        let next = state
+        let (next, next_hash) = state
             .outer_step_reusing(&inputs, &manifest.outer, &mut buffers)
             .map_err(|e| bad(format!("outer step: {e}")))?;
         buffers.spare = Some(std::mem::replace(&mut state, next));
-        hash = state.hash();
+        hash = next_hash;
         if hash != commit.result {
             return Err(bad(format!(
                 "the outer step gives {hash}, the commit says {}",

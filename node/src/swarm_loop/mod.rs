@@ -8,6 +8,7 @@ mod discovery;
 mod download;
 mod event;
 mod fetch;
+mod outer;
 mod persist;
 mod replica;
 mod status;
@@ -25,7 +26,7 @@ use p2ptrain_protocol::{codec, Digest, PeerKey, RunManifest, SigningKey};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::chain::{self, ChainError, ChainState, DataDir, ResumedFrom, StepInput};
+use crate::chain::{self, ChainError, ChainState, DataDir, ResumedFrom};
 use crate::engine::{Engine, EngineConfig, EngineError, Head, Input, Millis, Output, Verify};
 use crate::net::codec::FetchRequest;
 use crate::net::{build_swarm, peer_id, topics, Behaviour, NetConfig, NetError, Topics};
@@ -121,6 +122,9 @@ pub struct Node {
     train_loss: Option<f32>,
     trained_tx: mpsc::Sender<Trained>,
     trained_rx: mpsc::Receiver<Trained>,
+    /// Outer steps back from their worker threads.
+    stepped_tx: mpsc::Sender<outer::Stepped>,
+    stepped_rx: mpsc::Receiver<outer::Stepped>,
     status: watch::Sender<Status>,
     fetches: HashMap<OutboundRequestId, Digest>,
     /// The checkpoint being downloaded to adopt, if any.
@@ -202,6 +206,7 @@ impl Node {
         config.allow_list = setup.net.allow_list.map(|keys| keys.into_iter().collect());
         let engine = Engine::with_checker(config, head, Verify)?;
         let (trained_tx, trained_rx) = mpsc::channel(1);
+        let (stepped_tx, stepped_rx) = mpsc::channel(4);
         Ok(Self {
             swarm,
             engine,
@@ -222,6 +227,8 @@ impl Node {
             train_loss: None,
             trained_tx,
             trained_rx,
+            stepped_tx,
+            stepped_rx,
             status,
             fetches: HashMap::new(),
             download: None,
@@ -288,6 +295,7 @@ impl Node {
                     Some(Command::Shutdown) | None => return self.stop().await,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await?,
+                Some(stepped) = self.stepped_rx.recv() => self.on_stepped(stepped).await?,
                 Some((worker, update)) = self.trained_rx.recv() => {
                     self.train_loss = worker.last_loss().or(self.train_loss);
                     self.worker = Some(worker);
@@ -368,24 +376,7 @@ impl Node {
                 round,
                 contributions,
                 ..
-            } => {
-                let inputs: Vec<StepInput<'_>> =
-                    contributions.iter().map(StepInput::from).collect();
-                let next = self.state.outer_step_reusing(
-                    &inputs,
-                    &self.manifest.outer,
-                    &mut self.buffers,
-                )?;
-                let result = next.hash();
-                self.tentative.insert(result, Arc::new(next));
-                self.report(NodeEvent::Aggregated {
-                    round,
-                    checkpoint: result,
-                    contributions: inputs.len(),
-                })
-                .await;
-                return Ok(Some(Input::Applied { round, result }));
-            }
+            } => self.start_outer_step(round, contributions),
             Output::Finalized { record, head } => {
                 for signed in &record.contributions {
                     if let Some((_, bytes)) = self.engine.payload(&signed.id()) {
