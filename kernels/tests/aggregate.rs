@@ -240,7 +240,10 @@ fn the_mean_written_in_blocks_is_the_whole_mean() {
     let refused = [(100, 256), (256, 100), (9_984, 256)];
     for (start, len) in refused {
         let mut block = vec![7.0; len];
-        assert!(mean.write_block(start, &mut block).is_err(), "{start}+{len}");
+        assert!(
+            mean.write_block(start, &mut block).is_err(),
+            "{start}+{len}"
+        );
         assert_eq!(block, vec![7.0; len]);
     }
     mean.write_block(9_984, &mut block[..16]).unwrap();

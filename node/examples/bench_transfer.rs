@@ -99,7 +99,9 @@ async fn raw_tcp(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
 }
 
 /// One warm-up and `runs` timed fetches of `payload` from one swarm by
-/// another, each from the request to the whole response.
+/// another, each from the request to the whole response. The two swarms
+/// run in tasks of their own, as two nodes run in processes of their own
+/// (so, like the two ends of the raw socket, on two threads).
 async fn fetch(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
     let config = NetConfig {
         mdns: false,
@@ -110,61 +112,101 @@ async fn fetch(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
     let mut client = build_swarm(&SigningKey::from_bytes(&[2; 32]), &config)?;
     server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     let server_id = *server.local_peer_id();
+    let (address_tx, mut address_rx) = tokio::sync::mpsc::channel(1);
+    let served: std::sync::Arc<[u8]> = std::sync::Arc::from(payload);
+    let server = tokio::spawn(async move {
+        loop {
+            match server.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    let _ = address_tx.send(address).await;
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Fetch(
+                    request_response::Event::Message {
+                        message: Message::Request { channel, .. },
+                        ..
+                    },
+                )) => {
+                    let found = FetchResponse::Found {
+                        header: Vec::new(),
+                        body: served.clone(),
+                    };
+                    if server
+                        .behaviour_mut()
+                        .fetch
+                        .send_response(channel, found)
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let result = tokio::time::timeout(Duration::from_secs(600), async {
+        let address = address_rx.recv().await.ok_or("the server stopped")?;
+        client.dial(address)?;
+        fetch_runs(&mut client, server_id, payload, runs).await
+    })
+    .await;
+    server.abort();
+    result.map_err(|_| "the transfers did not finish in 10 minutes")?
+}
+
+/// The client's side of [`fetch`], once it dialed the server.
+async fn fetch_runs(
+    client: &mut libp2p::Swarm<p2ptrain_node::net::Behaviour>,
+    server_id: libp2p::PeerId,
+    payload: &[u8],
+    runs: usize,
+) -> Result<Vec<f64>, Error> {
     let id = Digest::of(payload);
     let mut times = Vec::new();
     let mut responses = 0usize;
     let mut started = Instant::now();
-    let deadline = tokio::time::sleep(Duration::from_secs(600));
-    tokio::pin!(deadline);
     loop {
-        tokio::select! {
-            () = &mut deadline => return Err("the transfers did not finish in 10 minutes".into()),
-            event = server.select_next_some() => match event {
-                SwarmEvent::NewListenAddr { address, .. } => client.dial(address)?,
-                SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
-                    message: Message::Request { channel, .. }, ..
-                })) => {
-                    let found = FetchResponse::Found { header: Vec::new(), body: payload.to_vec() };
-                    if server.behaviour_mut().fetch.send_response(channel, found).is_err() {
-                        return Err("the response channel closed".into());
+        match client.select_next_some().await {
+            SwarmEvent::ConnectionEstablished { .. } => {
+                started = Instant::now();
+                client
+                    .behaviour_mut()
+                    .fetch
+                    .send_request(&server_id, FetchRequest::Payload(id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
+                message: Message::Response { response, .. },
+                ..
+            })) => {
+                let elapsed = started.elapsed().as_secs_f64();
+                // The bytes are checked once, outside the timed runs.
+                let delivered = match &response {
+                    FetchResponse::Found { body, .. } if responses > 0 => {
+                        body.len() == payload.len()
                     }
+                    FetchResponse::Found { body, .. } => &body[..] == payload,
+                    FetchResponse::Missing => false,
+                };
+                if !delivered {
+                    return Err("the fetch delivered other bytes".into());
                 }
-                _ => {}
-            },
-            event = client.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { .. } => {
-                    started = Instant::now();
-                    client.behaviour_mut().fetch.send_request(&server_id, FetchRequest::Payload(id));
+                // The first transfer warms the connection up.
+                if responses > 0 {
+                    times.push(elapsed);
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
-                    message: Message::Response { response, .. }, ..
-                })) => {
-                    let elapsed = started.elapsed().as_secs_f64();
-                    // The bytes are checked once, outside the timed runs.
-                    let delivered = match &response {
-                        FetchResponse::Found { body, .. } if responses > 0 => body.len() == payload.len(),
-                        FetchResponse::Found { body, .. } => body == payload,
-                        FetchResponse::Missing => false,
-                    };
-                    if !delivered {
-                        return Err("the fetch delivered other bytes".into());
-                    }
-                    // The first transfer warms the connection up.
-                    if responses > 0 {
-                        times.push(elapsed);
-                    }
-                    responses += 1;
-                    if times.len() == runs {
-                        return Ok(times);
-                    }
-                    started = Instant::now();
-                    client.behaviour_mut().fetch.send_request(&server_id, FetchRequest::Payload(id));
+                responses += 1;
+                if times.len() == runs {
+                    return Ok(times);
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Fetch(
-                    request_response::Event::OutboundFailure { error, .. },
-                )) => return Err(format!("fetch failed: {error}").into()),
-                _ => {}
-            },
+                started = Instant::now();
+                client
+                    .behaviour_mut()
+                    .fetch
+                    .send_request(&server_id, FetchRequest::Payload(id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(
+                request_response::Event::OutboundFailure { error, .. },
+            )) => return Err(format!("fetch failed: {error}").into()),
+            _ => {}
         }
     }
 }

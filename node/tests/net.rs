@@ -72,7 +72,7 @@ async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
                         message: Message::Request { request, channel, .. }, ..
                     })) => {
                         assert_eq!(request, FetchRequest::Payload(id));
-                        let found = FetchResponse::Found { header: vec![1, 2], body: payload.clone() };
+                        let found = FetchResponse::Found { header: vec![1, 2], body: payload.clone().into() };
                         b.behaviour_mut().fetch.send_response(channel, found).unwrap();
                     }
                     _ => {}
@@ -86,7 +86,7 @@ async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
         outcome,
         FetchResponse::Found {
             header: vec![1, 2],
-            body: payload
+            body: payload.into()
         }
     );
 }
@@ -177,7 +177,7 @@ async fn a_node_reached_only_through_a_relay_serves_a_fetch() {
                     SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
                         message: Message::Request { channel, .. }, ..
                     })) => {
-                        let found = FetchResponse::Found { header: vec![], body: body.clone() };
+                        let found = FetchResponse::Found { header: vec![], body: body.clone().into() };
                         hidden.behaviour_mut().fetch.send_response(channel, found).unwrap();
                     }
                     _ => {}
@@ -206,7 +206,7 @@ async fn a_node_reached_only_through_a_relay_serves_a_fetch() {
         outcome,
         FetchResponse::Found {
             header: vec![],
-            body
+            body: body.into()
         }
     );
 }

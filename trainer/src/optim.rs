@@ -286,7 +286,12 @@ impl OuterNesterov {
         delta: &[f32],
         (next_theta, next_buffer): (&mut [f32], &mut [f32]),
     ) -> Result<()> {
-        for len in [buffer.len(), delta.len(), next_theta.len(), next_buffer.len()] {
+        for len in [
+            buffer.len(),
+            delta.len(),
+            next_theta.len(),
+            next_buffer.len(),
+        ] {
             if len != theta.len() {
                 return Err(TrainerError::Length {
                     expected: theta.len(),

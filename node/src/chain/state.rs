@@ -226,10 +226,7 @@ impl ChainState {
             step.step_into(
                 (&self.params[start..end], &self.momentum[start..end]),
                 mean_block,
-                (
-                    &mut next.params[start..end],
-                    &mut next.momentum[start..end],
-                ),
+                (&mut next.params[start..end], &mut next.momentum[start..end]),
             )?;
             for_each_byte_block(&next.params[start..end], &mut |bytes| {
                 hasher.update(bytes);

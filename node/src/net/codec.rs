@@ -17,6 +17,7 @@
 //! faster, and payloads are hashed by the receiver anyway.
 
 use std::io;
+use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response::Codec;
@@ -63,8 +64,10 @@ pub enum FetchResponse {
     Found {
         /// Encoded `Signed<Contribution>` (empty for a checkpoint).
         header: Vec<u8>,
-        /// The payload or the checkpoint slice.
-        body: Vec<u8>,
+        /// The payload or the checkpoint slice: shared, so that a node
+        /// serves a payload it holds, and keeps one it receives, without a
+        /// copy.
+        body: Arc<[u8]>,
     },
 }
 
@@ -145,7 +148,12 @@ impl Codec for FetchCodec {
                     return Err(invalid("fetch response body over the limit"));
                 }
                 let body_len = usize::try_from(body_len).map_err(|_| invalid("body too long"))?;
-                let body = read_vec(io, body_len).await?;
+                // Read straight into the shared buffer the node keeps.
+                let mut body: Arc<[u8]> = std::iter::repeat_n(0u8, body_len).collect();
+                let Some(into) = Arc::get_mut(&mut body) else {
+                    return Err(invalid("body buffer shared"));
+                };
+                io.read_exact(into).await?;
                 Ok(FetchResponse::Found { header, body })
             }
             _ => Err(invalid("unknown fetch response")),
@@ -253,7 +261,7 @@ mod tests {
         }
         let found = FetchResponse::Found {
             header: vec![1, 2, 3],
-            body: vec![7; 100_000],
+            body: Arc::from(vec![7; 100_000]),
         };
         assert_eq!(round_trip_response(found.clone()).unwrap(), found);
         assert_eq!(

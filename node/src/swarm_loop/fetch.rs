@@ -55,7 +55,7 @@ impl Node {
                         FetchResponse::Found { header, body } => match codec::decode(&header) {
                             Ok(contribution) => Input::PayloadArrived {
                                 contribution,
-                                bytes: Arc::from(body),
+                                bytes: body,
                             },
                             Err(_) => Input::FetchFailed { id },
                         },
@@ -94,7 +94,7 @@ impl Node {
                 Some((signed, bytes)) => match codec::encode(&signed) {
                     Ok(header) => FetchResponse::Found {
                         header,
-                        body: bytes.to_vec(),
+                        body: bytes,
                     },
                     Err(_) => FetchResponse::Missing,
                 },
@@ -104,7 +104,7 @@ impl Node {
                 Ok(Some(record)) => match codec::encode(&record) {
                     Ok(body) => FetchResponse::Found {
                         header: Vec::new(),
-                        body,
+                        body: Arc::from(body),
                     },
                     Err(_) => FetchResponse::Missing,
                 },
@@ -113,7 +113,7 @@ impl Node {
             FetchRequest::StoredPayload(hash) => match self.data.payload(&hash) {
                 Ok(body) => FetchResponse::Found {
                     header: Vec::new(),
-                    body,
+                    body: Arc::from(body),
                 },
                 Err(_) => FetchResponse::Missing,
             },
@@ -124,7 +124,7 @@ impl Node {
                 match served.slice(start, len) {
                     Ok(body) => FetchResponse::Found {
                         header: Vec::new(),
-                        body,
+                        body: Arc::from(body),
                     },
                     Err(_) => FetchResponse::Missing,
                 }

@@ -95,7 +95,7 @@ fn rogue(dir: &DataDir, node: Multiaddr, stop: Arc<AtomicBool>) -> std::thread::
                     )) => {
                         let response = FetchResponse::Found {
                             header: announcement.clone(),
-                            body: tampered.clone(),
+                            body: tampered.clone().into(),
                         };
                         let _ = swarm.behaviour_mut().fetch.send_response(channel, response);
                     }
