@@ -19,8 +19,8 @@ trap 'rm -f "$log"' EXIT
 run() {
   local name=$1 mode=$2; shift 2
   echo "== $name: $mode $*"
-  # The first occurrence of a flag wins, so the caller's arguments go first.
-  "$bin" "$mode" "${extra[@]}" "$@" "${defaults[@]}" | tee "$log"
+  # The last occurrence of a flag wins, so the caller's arguments go last.
+  "$bin" "$mode" "${defaults[@]}" "$@" "${extra[@]}" | tee "$log"
   local out; out=$(grep '^RESULT' "$log")
   names+=("$name"); results+=("${out##*final_val_loss=}")
 }

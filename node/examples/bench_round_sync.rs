@@ -43,12 +43,18 @@ const MODEL: ModelConfig = ModelConfig {
     d_model: 512,
 };
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Round sync among peers on loopback with a 25M-parameter model.
+#[derive(clap::Parser)]
+struct Args {
+    /// Rounds to run (the first is not counted).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(2..))]
+    rounds: u64,
+    /// Peers in the swarm.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(2..=255))]
+    peers: u16,
+    /// Top-k density of each payload.
+    #[arg(long, default_value_t = 0.01)]
+    density: f32,
 }
 
 /// When a peer started and finished compressing its update for a round.
@@ -197,10 +203,12 @@ struct RoundSeen {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: u64 = arg(&args, "--rounds", 6).max(2);
-    let peers: usize = arg(&args, "--peers", 4).max(2);
-    let density: f32 = arg(&args, "--density", 0.01);
+    let Args {
+        rounds,
+        peers,
+        density,
+    } = clap::Parser::parse();
+    let peers = usize::from(peers);
 
     let mut manifest = RunManifest {
         name: "bench-round-sync".to_owned(),

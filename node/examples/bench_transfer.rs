@@ -19,19 +19,22 @@ use tokio::net::{TcpListener, TcpStream};
 
 type Error = Box<dyn std::error::Error>;
 
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Payload transfer between two nodes on loopback, beside raw TCP.
+#[derive(clap::Parser)]
+struct Args {
+    /// Payload size in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    mb: u32,
+    /// Timed transfers of each kind (after one warm-up).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().collect();
-    let bytes = arg(&args, "--mb", 64) << 20;
-    let runs = arg(&args, "--runs", 10).max(1);
+    let args: Args = clap::Parser::parse();
+    let bytes = (args.mb as usize) << 20;
+    let runs = args.runs as usize;
     let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
     let raw = median(raw_tcp(&payload, runs).await?);
     let fetch = median(fetch(&payload, runs).await?);

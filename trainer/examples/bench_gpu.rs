@@ -22,22 +22,38 @@ const PEAK_TF32: f64 = 495e12;
 
 type Error = Box<dyn std::error::Error>;
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// GPU throughput of training and compression, beside their references.
+#[derive(clap::Parser)]
+struct Args {
+    /// Model preset.
+    #[arg(long, default_value = "gpt2")]
+    preset: Preset,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch: u32,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Let matmuls use TF32.
+    #[arg(long)]
+    tf32: bool,
+    /// Measure compression only.
+    #[arg(long, conflicts_with = "train_only")]
+    compress_only: bool,
+    /// Measure training only.
+    #[arg(long)]
+    train_only: bool,
 }
 
 fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args().collect();
-    let preset: Preset = arg(&args, "--preset", "gpt2".to_string()).parse()?;
-    let batch: u32 = arg(&args, "--batch", 8);
-    let steps: usize = arg(&args, "--steps", 10);
-    let tf32 = args.iter().any(|a| a == "--tf32");
-    let skip_train = args.iter().any(|a| a == "--compress-only");
-    let skip_compress = args.iter().any(|a| a == "--train-only");
+    let Args {
+        preset,
+        batch,
+        steps,
+        tf32,
+        compress_only: skip_train,
+        train_only: skip_compress,
+    } = clap::Parser::parse();
     let device = device::parse("cuda:0")?;
     candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
     if !skip_train {

@@ -24,12 +24,54 @@ use p2ptrain_trainer::{device, Batch, Corpus, LocalTrainer, ParamLayout, Preset,
 
 type Error = Box<dyn std::error::Error>;
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// DiLoCo quality on the bundled corpus, against one replica trained on the
+/// same tokens at W× the batch.
+#[derive(clap::Parser)]
+#[command(args_override_self = true)]
+struct Args {
+    /// `baseline`: one replica at W× the batch; `diloco`: W replicas and
+    /// the outer step.
+    mode: Mode,
+    /// Compress each pseudo-gradient: top-k at this density (0 to 1), with
+    /// error feedback. Without it the exact mean is used.
+    #[arg(long)]
+    density: Option<f32>,
+    /// Entries per compression chunk.
+    #[arg(long, default_value_t = 4096)]
+    chunk: u32,
+    /// Bits per kept value (2, 4 or 8).
+    #[arg(long, default_value_t = 8)]
+    bits: u8,
+    /// Replicas (W).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Inner steps per round (H).
+    #[arg(long, default_value_t = 50)]
+    inner_steps: u64,
+    /// Rounds (R).
+    #[arg(long, default_value_t = 10)]
+    rounds: u64,
+    /// Sequences per inner step and replica.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+    /// Outer Nesterov learning rate.
+    #[arg(long, default_value_t = 0.7)]
+    outer_lr: f32,
+    /// Outer Nesterov momentum.
+    #[arg(long, default_value_t = 0.9)]
+    outer_momentum: f32,
+    /// Evaluate after every this many rounds (and after the last).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    eval_every: u64,
+    /// Multiplies each worker's error-feedback residual after every round.
+    #[arg(long, default_value_t = 1.0)]
+    ef_decay: f32,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Baseline,
+    Diloco,
 }
 
 struct Setup {
@@ -49,36 +91,37 @@ struct Setup {
 
 fn main() -> Result<(), Error> {
     p2ptrain_trainer::allocator::keep_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
-    let mode = args.get(1).cloned().unwrap_or_default();
-    let density: f32 = arg(&args, "--density", -1.0);
+    let args: Args = clap::Parser::parse();
     let setup = Setup {
-        workers: arg(&args, "--workers", 4),
-        inner_steps: arg(&args, "--inner-steps", 50),
-        rounds: arg(&args, "--rounds", 10),
-        batch: arg(&args, "--batch", 32),
-        outer_lr: arg(&args, "--outer-lr", 0.7),
-        outer_momentum: arg(&args, "--outer-momentum", 0.9),
-        eval_every: arg(&args, "--eval-every", 1u64).max(1),
-        ef_decay: arg(&args, "--ef-decay", 1.0),
-        compression: (density >= 0.0)
-            .then(|| -> Result<_, Error> {
-                Ok(CompressionSettings {
-                    chunk_len: arg(&args, "--chunk", 4096),
+        workers: args.workers,
+        inner_steps: args.inner_steps,
+        rounds: args.rounds,
+        batch: args.batch,
+        outer_lr: args.outer_lr,
+        outer_momentum: args.outer_momentum,
+        eval_every: args.eval_every,
+        ef_decay: args.ef_decay,
+        compression: args
+            .density
+            .map(|density| -> Result<_, Error> {
+                let settings = CompressionSettings {
+                    chunk_len: args.chunk,
                     density,
-                    value_bits: ValueBits::try_from(arg(&args, "--bits", 8u8))?,
-                })
+                    value_bits: ValueBits::try_from(args.bits)?,
+                };
+                settings.validate()?;
+                Ok(settings)
             })
             .transpose()?,
     };
     let corpus = Corpus::bundled();
     let context = Preset::Tiny.config().context_len as usize;
     let validation = corpus.validation_batches(64, 32, context, 1234)?;
-    let final_loss = match mode.as_str() {
-        "baseline" => baseline(&setup, &corpus, &validation)?,
-        "diloco" => diloco(&setup, &corpus, &validation)?,
-        _ => return Err("usage: diloco (baseline | diloco) [options]; see the file's docs".into()),
+    let (mode, final_loss) = match args.mode {
+        Mode::Baseline => ("baseline", baseline(&setup, &corpus, &validation)?),
+        Mode::Diloco => ("diloco", diloco(&setup, &corpus, &validation)?),
     };
+    let density = args.density.map_or("none".to_owned(), |d| d.to_string());
     println!("RESULT mode={mode} density={density} final_val_loss={final_loss:.4}");
     Ok(())
 }

@@ -12,22 +12,33 @@ use std::time::Instant;
 use p2ptrain_protocol::RunManifest;
 use p2ptrain_trainer::{device, Corpus, LocalTrainer, ParamLayout, Preset, Sampler};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Training throughput of one replica on the CPU.
+#[derive(clap::Parser)]
+struct Args {
+    /// Model preset.
+    #[arg(long, default_value = "tiny")]
+    preset: Preset,
+    /// Vocabulary size (bytes are folded into it); the preset's by default.
+    #[arg(long)]
+    vocab: Option<u32>,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+    /// Timed steps (after 10 warm-up steps).
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     p2ptrain_trainer::allocator::keep_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
-    let preset: Preset = arg(&args, "--preset", "tiny".to_string()).parse()?;
-    let batch: u32 = arg(&args, "--batch", 32);
-    let steps: usize = arg(&args, "--steps", 50);
+    let Args {
+        preset,
+        vocab,
+        batch,
+        steps,
+    } = clap::Parser::parse();
     let mut config = preset.config();
-    config.vocab_size = arg(&args, "--vocab", config.vocab_size);
+    config.vocab_size = vocab.unwrap_or(config.vocab_size);
     let vocab = config.vocab_size;
     let context = config.context_len as usize;
 

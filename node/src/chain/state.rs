@@ -197,16 +197,7 @@ impl ChainState {
             .iter()
             .map(|c| Payload::decode(c.payload))
             .collect::<Result<Vec<_>, _>>()?;
-        let weighted: Vec<AggregateInput<'_>> = inputs
-            .iter()
-            .zip(&payloads)
-            .map(|(c, payload)| AggregateInput {
-                key: c.id,
-                payload,
-                weight: c.tokens as f32,
-            })
-            .collect();
-        let mean = WeightedMean::new(&weighted)?;
+        let mean = WeightedMean::new(&weighted(inputs, &payloads))?;
         let len = self.params.len();
         if mean.len() != len {
             return Err(KernelError::LengthMismatch {
@@ -237,6 +228,20 @@ impl ChainState {
         });
         Ok(Digest::from_bytes(*hasher.finalize().as_bytes()))
     }
+}
+
+/// The inputs as the mean takes them: each decoded payload (`payloads`,
+/// in the inputs' order) weighted by its tokens.
+fn weighted<'a>(inputs: &[StepInput<'_>], payloads: &'a [Payload]) -> Vec<AggregateInput<'a>> {
+    inputs
+        .iter()
+        .zip(payloads)
+        .map(|(c, payload)| AggregateInput {
+            key: c.id,
+            payload,
+            weight: c.tokens as f32,
+        })
+        .collect()
 }
 
 /// Entries the fused outer step takes at a time (rounded to whole chunks):
@@ -278,16 +283,7 @@ mod tests {
             .iter()
             .map(|c| Payload::decode(c.payload).unwrap())
             .collect();
-        let weighted: Vec<AggregateInput<'_>> = inputs
-            .iter()
-            .zip(&payloads)
-            .map(|(c, payload)| AggregateInput {
-                key: c.id,
-                payload,
-                weight: c.tokens as f32,
-            })
-            .collect();
-        let mean = p2ptrain_kernels::aggregate(&weighted).unwrap();
+        let mean = p2ptrain_kernels::aggregate(&weighted(inputs, &payloads)).unwrap();
         let mut next = state.clone();
         let mut step = OuterNesterov::from_state(outer.lr, outer.momentum, next.momentum);
         step.step(&mut next.params, &mean).unwrap();
