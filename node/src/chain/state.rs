@@ -3,6 +3,7 @@
 use p2ptrain_kernels::{AggregateInput, KernelError, Payload, WeightedMean};
 use p2ptrain_protocol::{Digest, OuterOptimizer};
 use p2ptrain_trainer::optim::OuterNesterov;
+use rayon::prelude::*;
 
 use super::ChainError;
 
@@ -52,14 +53,11 @@ impl<'a> From<&'a crate::engine::Accepted> for StepInput<'a> {
     }
 }
 
-/// Memory an outer step may reuse: a state no longer needed and the
-/// scratch block of the mean.
+/// Memory an outer step may reuse: a state no longer needed.
 #[derive(Debug, Default)]
 pub struct Buffers {
     /// A state whose buffers the next step may overwrite.
     pub spare: Option<ChainState>,
-    /// A block of the weighted mean of a step's payloads.
-    pub mean: Vec<f32>,
 }
 
 impl ChainState {
@@ -121,11 +119,12 @@ impl ChainState {
         })
     }
 
-    /// The checkpoint hash: blake3 of [`to_bytes`](Self::to_bytes).
+    /// The checkpoint hash: blake3 of [`to_bytes`](Self::to_bytes), on
+    /// the current rayon pool.
     pub fn hash(&self) -> Digest {
         let mut hasher = blake3::Hasher::new();
         self.for_each_block(|block| {
-            hasher.update(block);
+            hasher.update_rayon(block);
         });
         Digest::from_bytes(*hasher.finalize().as_bytes())
     }
@@ -149,11 +148,11 @@ impl ChainState {
     /// state instead of fresh memory when it fits (on a large model,
     /// first-touch page faults on fresh buffers cost more than the step).
     ///
-    /// The step is one pass over the state a block at a time: the block's
-    /// mean, its Nesterov step into the next state, and its share of the
-    /// hash while it is still in cache; the base is only read. The result
-    /// is the same bits as taking the whole mean, stepping a copy and
-    /// hashing it after.
+    /// The step is one pass over the state, blocks in parallel on the
+    /// current rayon pool: each block's mean, then its Nesterov step from
+    /// the base (only read) into the next state; then the hash, also in
+    /// parallel. The result is the same bits as taking the whole mean and
+    /// stepping a copy, whatever the number of threads.
     ///
     /// # Errors
     ///
@@ -175,7 +174,7 @@ impl ChainState {
             let hash = next.hash();
             return Ok((next, hash));
         }
-        match self.step_into(inputs, outer, &mut next, &mut buffers.mean) {
+        match self.step_into(inputs, outer, &mut next) {
             Ok(hash) => Ok((next, hash)),
             Err(e) => {
                 buffers.spare = Some(next);
@@ -185,13 +184,13 @@ impl ChainState {
     }
 
     /// Writes the outer step from `self` into `next` (as long as `self`),
-    /// block by block, and returns its hash. `block` is scratch memory.
+    /// block by block in parallel on the current rayon pool, and returns
+    /// its hash.
     fn step_into(
         &self,
         inputs: &[StepInput<'_>],
         outer: &OuterOptimizer,
         next: &mut Self,
-        block: &mut Vec<f32>,
     ) -> Result<Digest, ChainError> {
         let payloads = inputs
             .iter()
@@ -207,26 +206,21 @@ impl ChainState {
             .into());
         }
         let block_len = mean.chunk_len() * (STEP_BLOCK / mean.chunk_len()).max(1);
-        block.resize(block_len, 0.0);
         let step = OuterNesterov::new(outer.lr, outer.momentum, 0);
-        let mut hasher = blake3::Hasher::new();
-        for start in (0..len).step_by(block_len) {
-            let end = (start + block_len).min(len);
-            let mean_block = &mut block[..end - start];
-            mean.write_block(start, mean_block)?;
-            step.step_into(
-                (&self.params[start..end], &self.momentum[start..end]),
-                mean_block,
-                (&mut next.params[start..end], &mut next.momentum[start..end]),
-            )?;
-            for_each_byte_block(&next.params[start..end], &mut |bytes| {
-                hasher.update(bytes);
-            });
-        }
-        for_each_byte_block(&next.momentum, &mut |bytes| {
-            hasher.update(bytes);
-        });
-        Ok(Digest::from_bytes(*hasher.finalize().as_bytes()))
+        let from = self.params.par_chunks(block_len);
+        let from = from.zip(self.momentum.par_chunks(block_len));
+        let to = next.params.par_chunks_mut(block_len);
+        let to = to.zip(next.momentum.par_chunks_mut(block_len));
+        from.zip(to).enumerate().try_for_each_init(
+            || vec![0.0f32; block_len],
+            |scratch, (b, (from, to))| -> Result<(), ChainError> {
+                let mean_block = &mut scratch[..from.0.len()];
+                mean.write_block(b * block_len, mean_block)?;
+                step.step_into(from, mean_block, to)?;
+                Ok(())
+            },
+        )?;
+        Ok(next.hash())
     }
 }
 
@@ -244,8 +238,8 @@ fn weighted<'a>(inputs: &[StepInput<'_>], payloads: &'a [Payload]) -> Vec<Aggreg
         .collect()
 }
 
-/// Entries the fused outer step takes at a time (rounded to whole chunks):
-/// the block's mean, base and next state stay in a core's L2 cache.
+/// Entries the outer step takes at a time (rounded to whole chunks): the
+/// block's mean, base and next state stay in a core's L2 cache.
 const STEP_BLOCK: usize = 16 * 1024;
 
 /// Calls `f` on the little-endian bytes of `values`, in order, a block at a
@@ -341,6 +335,16 @@ mod tests {
             assert_eq!(next, expected, "round {round}");
             buffers.spare = Some(std::mem::replace(&mut reused, next));
         }
+        // Any number of threads gives the same bits.
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (_, hash) = pool.install(|| reused.outer_step(&inputs, &outer).unwrap());
+            let (_, expected_hash) = stepped_by_definition(&reused, &inputs, &outer);
+            assert_eq!(hash, expected_hash, "{threads} threads");
+        }
         // A spare of another size is not used; no inputs leave the state.
         buffers.spare = Some(ChainState::genesis(vec![1.0; 3]));
         let (next, hash) = reused
@@ -367,7 +371,6 @@ mod tests {
         let outer = p2ptrain_protocol::RunManifest::default().outer;
         let mut buffers = Buffers {
             spare: Some(ChainState::genesis(vec![0.0; 11])),
-            mean: Vec::new(),
         };
         let state = ChainState::genesis(vec![0.5; 11]);
         assert!(state

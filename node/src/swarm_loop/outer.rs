@@ -51,9 +51,6 @@ impl Node {
         if self.buffers.spare.is_none() {
             self.buffers.spare = buffers.spare;
         }
-        if self.buffers.mean.is_empty() {
-            self.buffers.mean = buffers.mean;
-        }
         let (next, checkpoint) = result?;
         self.tentative.insert(checkpoint, Arc::new(next));
         self.report(NodeEvent::Aggregated {
