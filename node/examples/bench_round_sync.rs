@@ -209,6 +209,8 @@ async fn main() -> Result<(), Error> {
         density,
     } = clap::Parser::parse();
     let peers = usize::from(peers);
+    // As `p2pnode join` does.
+    p2ptrain_trainer::allocator::keep_freed_memory();
 
     let mut manifest = RunManifest {
         name: "bench-round-sync".to_owned(),

@@ -33,6 +33,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Args = clap::Parser::parse();
+    // As `p2pnode join` does.
+    p2ptrain_trainer::allocator::keep_freed_memory();
     let bytes = (args.mb as usize) << 20;
     let runs = args.runs as usize;
     let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();

@@ -101,7 +101,13 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Join(args) => tokio::runtime::Runtime::new()?.block_on(join::join(args))?,
+        Command::Join(args) => {
+            // A node allocates the same large buffers round after round
+            // (training tensors, payloads and checkpoints it receives):
+            // keep freed memory rather than fault fresh pages in each time.
+            p2ptrain_trainer::allocator::keep_freed_memory();
+            tokio::runtime::Runtime::new()?.block_on(join::join(args))?
+        }
         Command::Keygen { out } => {
             let key = keyfile::generate()?;
             keyfile::save(&out, &key).context("writing the new key")?;
