@@ -199,9 +199,7 @@ mod tests {
     #[cfg(unix)]
     #[tokio::test]
     async fn a_client_reads_the_current_status_and_a_stale_socket_is_replaced() {
-        let dir = std::env::temp_dir().join(format!("p2ptrain-control-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::scratch_dir("control");
         let path = dir.join(STATUS_SOCKET);
         // A socket file nobody listens on, as a killed node leaves.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());

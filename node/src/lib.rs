@@ -38,3 +38,6 @@ pub mod engine;
 pub mod keyfile;
 pub mod net;
 pub mod swarm_loop;
+
+#[cfg(test)]
+mod scratch;

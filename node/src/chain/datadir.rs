@@ -297,8 +297,7 @@ mod tests {
 
     #[test]
     fn a_residual_comes_back_with_its_tag_and_a_wrong_size_is_ignored() {
-        let root = std::env::temp_dir().join(format!("p2ptrain-residual-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = crate::scratch::scratch_dir("residual");
         let dir = DataDir::new(&root);
         assert_eq!(dir.residual(3).unwrap(), None);
         let tag = Digest::of(b"checkpoint");

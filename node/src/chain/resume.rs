@@ -188,10 +188,7 @@ mod tests {
     const PARAMS: usize = 4096;
 
     fn scratch(name: &str) -> DataDir {
-        let root =
-            std::env::temp_dir().join(format!("p2ptrain-resume-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        DataDir::new(root)
+        DataDir::new(crate::scratch::scratch_dir(&format!("resume-{name}")))
     }
 
     /// Writes a run of `rounds` one-contribution rounds into `dir`, as a

@@ -204,8 +204,7 @@ mod tests {
 
     #[test]
     fn a_fresh_run_replays_to_its_genesis_and_a_wrong_genesis_is_refused() {
-        let root = std::env::temp_dir().join(format!("p2ptrain-verify-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = crate::scratch::scratch_dir("verify");
         let dir = DataDir::new(&root);
         let genesis = ChainState::genesis(vec![0.25; 16]);
         let manifest = RunManifest {
