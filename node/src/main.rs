@@ -188,6 +188,8 @@ fn export(dir: &DataDir, out: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn history(dir: &DataDir, json: bool) -> anyhow::Result<()> {
+    dir.manifest()
+        .with_context(|| format!("{} is not a data directory", dir.root().display()))?;
     let records = chain::history(dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);

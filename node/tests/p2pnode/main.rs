@@ -397,5 +397,15 @@ fn verify_passes_on_a_finished_directory_and_names_a_flipped_byte() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("round 1:"), "{stderr}");
+
+    // A folder that holds no run is refused, not read as an empty chain.
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for command in ["verify", "history"] {
+        let output = run(&[command, empty.to_str().unwrap()]);
+        assert!(!output.status.success(), "{command} on an empty folder");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is not a data directory"), "{stderr}");
+    }
     std::fs::remove_dir_all(root).unwrap();
 }
