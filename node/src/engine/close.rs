@@ -179,13 +179,17 @@ impl<C: Checker> Engine<C> {
         (IdSet::new(kept), dropped)
     }
 
-    pub(super) fn sign_commit(&self, set: &IdSet, result: Digest) -> Option<Signed<Commit>> {
-        let tokens: u64 = set
-            .as_slice()
+    /// The tokens the contributions of `set` that this round holds claim.
+    fn tokens_of(&self, set: &IdSet) -> u64 {
+        set.as_slice()
             .iter()
             .filter_map(|id| self.round.entries.get(id))
             .map(|e| e.contribution.tokens)
-            .sum();
+            .sum()
+    }
+
+    pub(super) fn sign_commit(&self, set: &IdSet, result: Digest) -> Option<Signed<Commit>> {
+        let tokens = self.tokens_of(set);
         let commit = Commit {
             run: self.run,
             round: self.round.number,
@@ -220,12 +224,7 @@ impl<C: Checker> Engine<C> {
             .iter()
             .filter_map(|id| self.round.entries.get(id).map(|e| e.signed.clone()))
             .collect();
-        let tokens: u64 = set
-            .as_slice()
-            .iter()
-            .filter_map(|id| self.round.entries.get(id))
-            .map(|e| e.contribution.tokens)
-            .sum();
+        let tokens = self.tokens_of(&set);
         self.last_applied_mine = None;
         if let Some(mine) = self.round.mine {
             if let Some(Entry {

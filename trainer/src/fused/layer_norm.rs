@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{lane_sum, last_dim, slice};
+use super::{lane_sum, last_dim, slice, split_gradients};
 use crate::model::LAYER_NORM_EPS;
 
 type Result<T> = candle_core::Result<T>;
@@ -152,18 +152,13 @@ impl CustomOp3 for LayerNorm {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = w.elem_count();
-        let n = x.elem_count();
         // One pass gives dx, dw and db, laid end to end.
         let all = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &LayerNormGrad)?;
-        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = all.narrow(0, n, d)?.reshape(w.shape())?;
-        let db = all.narrow(0, n + d, d)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        split_gradients(&all, (x, w, b))
     }
 }
 

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::matmul::{matmul, Threads, View, ViewMut};
-use super::slice;
+use super::{slice, split_gradients};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -166,13 +166,9 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, nw, nb) = (x.elem_count(), w.elem_count(), b.elem_count());
         // One call gives dx, dW and db, laid end to end.
         let all = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &LinearGrad)?;
-        let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = all.narrow(0, n, nw)?.reshape(w.shape())?;
-        let db = all.narrow(0, n + nw, nb)?.reshape(b.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        split_gradients(&all, (x, w, b))
     }
 }
 

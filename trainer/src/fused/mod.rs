@@ -31,9 +31,22 @@ pub use loss::CrossEntropy;
 pub(crate) use scratch::Scratch;
 pub(crate) use step::loss_and_gradient;
 
-use candle_core::{CpuStorage, Layout};
+use candle_core::{CpuStorage, Layout, Tensor};
 
 type Result<T> = candle_core::Result<T>;
+
+/// The three gradients of an op of `(x, w, b)` from one gradient op's
+/// output, `dx ‖ dw ‖ db` laid end to end, each shaped as its input.
+fn split_gradients(
+    all: &Tensor,
+    (x, w, b): (&Tensor, &Tensor, &Tensor),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (n, nw, nb) = (x.elem_count(), w.elem_count(), b.elem_count());
+    let dx = all.narrow(0, 0, n)?.reshape(x.shape())?;
+    let dw = all.narrow(0, n, nw)?.reshape(w.shape())?;
+    let db = all.narrow(0, n + nw, nb)?.reshape(b.shape())?;
+    Ok((Some(dx), Some(dw), Some(db)))
+}
 
 /// The contiguous f32 data of a storage, or an error naming the op.
 fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> Result<&'a [f32]> {
