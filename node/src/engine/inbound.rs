@@ -172,19 +172,47 @@ impl<C: Checker> Engine<C> {
         }
     }
 
-    pub(super) fn on_fetch_failed(&mut self, id: &Digest) {
-        if let Some(entry) = self.round.entries.get_mut(id) {
-            if matches!(entry.state, EntryState::Fetching { .. }) {
-                entry.state = EntryState::Unavailable;
-            }
+    /// The peer asked for `id` did not deliver it: ask another peer that
+    /// committed it, or mark it unavailable until a commit names a holder.
+    pub(super) fn on_fetch_failed(&mut self, id: &Digest, out: &mut Vec<Output>) {
+        let source = match self.round.entries.get(id) {
+            Some(Entry {
+                state: EntryState::Fetching { from },
+                ..
+            }) => *from,
+            _ => return,
+        };
+        self.fetch_elsewhere(*id, source, out);
+    }
+
+    pub(super) fn on_peer_gone(&mut self, peer: &PeerKey, out: &mut Vec<Output>) {
+        let stranded: Vec<Digest> = self
+            .round
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.state, EntryState::Fetching { from } if from == *peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stranded {
+            self.fetch_elsewhere(id, *peer, out);
         }
     }
 
-    pub(super) fn on_peer_gone(&mut self, peer: &PeerKey) {
-        for entry in self.round.entries.values_mut() {
-            if matches!(entry.state, EntryState::Fetching { from } if from == *peer) {
-                entry.state = EntryState::Unavailable;
+    /// `failed` will not deliver `id`: a commit received while the fetch was
+    /// under way may name a peer that holds it (an author behind a NAT is
+    /// out of reach of some peers, but not of the peers that committed it).
+    fn fetch_elsewhere(&mut self, id: Digest, failed: PeerKey, out: &mut Vec<Output>) {
+        self.round.failed_sources.insert((id, failed));
+        let next = self.round.another_holder(&id, &self.me);
+        let Some(entry) = self.round.entries.get_mut(&id) else {
+            return;
+        };
+        match next {
+            Some(from) => {
+                entry.state = EntryState::Fetching { from };
+                out.push(Output::Fetch { id, from });
             }
+            None => entry.state = EntryState::Unavailable,
         }
     }
 }

@@ -258,7 +258,7 @@ impl<C: Checker> Engine<C> {
                 if self.members.remove(&peer) {
                     self.eligible = None;
                 }
-                self.on_peer_gone(&peer);
+                self.on_peer_gone(&peer, &mut out);
             }
             Input::Trained(update) => {
                 self.training = false;
@@ -269,7 +269,7 @@ impl<C: Checker> Engine<C> {
                 contribution,
                 bytes,
             } => self.on_announced(now, contribution, Some(bytes), &mut out),
-            Input::FetchFailed { id } => self.on_fetch_failed(&id),
+            Input::FetchFailed { id } => self.on_fetch_failed(&id, &mut out),
             Input::CommitReceived(signed) => self.on_commit(now, signed, &mut out),
             Input::Applied { round, result } => self.on_applied(now, round, result, &mut out),
             Input::CheckpointAdopted(head) => self.on_adopted(now, head, &mut out),

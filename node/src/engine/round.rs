@@ -73,6 +73,8 @@ pub(super) struct RoundState {
     pub sat_out: bool,
     /// The latest valid commit of each committer for this round and base.
     pub commits: BTreeMap<PeerKey, (Signed<Commit>, Commit)>,
+    /// Payloads a peer failed to deliver: not asked of that peer again.
+    pub failed_sources: BTreeSet<(Digest, PeerKey)>,
     pub phase: Phase,
 }
 
@@ -88,6 +90,7 @@ impl RoundState {
             mine: None,
             sat_out: false,
             commits: BTreeMap::new(),
+            failed_sources: BTreeSet::new(),
             phase: Phase::Collecting,
         }
     }
@@ -143,6 +146,18 @@ impl RoundState {
             .flat_map(|(_, c)| c.contributions.as_slice().iter().copied())
             .collect();
         IdSet::new(ids.into_iter().collect())
+    }
+
+    /// A peer other than `me` that committed `id` and has not failed to
+    /// deliver it: it applied the payload, so it holds it.
+    pub fn another_holder(&self, id: &Digest, me: &PeerKey) -> Option<PeerKey> {
+        self.commits
+            .iter()
+            .filter(|(committer, (_, commit))| {
+                *committer != me && commit.contributions.contains(id)
+            })
+            .map(|(committer, _)| *committer)
+            .find(|committer| !self.failed_sources.contains(&(*id, *committer)))
     }
 
     /// Whether some held commit names `set` with `result`.

@@ -53,6 +53,10 @@ struct Swarm {
     withholders: BTreeSet<usize>,
     /// Links that deliver nothing (from, to).
     cut: BTreeSet<(usize, usize)>,
+    /// Peers `to` cannot reach to fetch from (from, to): their fetches fail,
+    /// and the failures wait in `failed_fetches` until a test delivers them.
+    unreachable: BTreeSet<(usize, usize)>,
+    failed_fetches: Vec<(usize, Digest)>,
     finalized: Vec<Vec<(u64, Digest, Vec<Digest>)>>,
     returned: Vec<usize>,
     rejected: Vec<(usize, RejectReason)>,
@@ -72,6 +76,8 @@ impl Swarm {
             queue: VecDeque::new(),
             withholders: BTreeSet::new(),
             cut: BTreeSet::new(),
+            unreachable: BTreeSet::new(),
+            failed_fetches: Vec::new(),
             finalized: vec![Vec::new(); n],
             returned: vec![0; n],
             rejected: Vec::new(),
@@ -119,6 +125,10 @@ impl Swarm {
                 Output::PublishCommit(signed) => self.broadcast(i, &Input::CommitReceived(signed)),
                 Output::Fetch { id, from } => {
                     let from = self.index_of(&from);
+                    if self.unreachable.contains(&(from, i)) {
+                        self.failed_fetches.push((i, id));
+                        continue;
+                    }
                     if self.withholders.contains(&from) || self.cut.contains(&(from, i)) {
                         continue;
                     }
@@ -433,3 +443,4 @@ fn overlapping_peers_train_the_next_round_while_this_one_closes() {
 }
 
 mod split;
+mod unreachable;

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Three real p2pnode processes, two of them behind NATs, in Linux network
+# namespaces on this machine:
+#
+#   pub (45.0.0.1) ──┬── the "internet" (a bridge) ──┬── nat-a (45.0.0.2) ── a (192.168.1.2)
+#                    │                               └── nat-b (45.0.0.3) ── b (192.168.2.2)
+#
+# nat-a and nat-b masquerade their LAN behind their one public address
+# (nftables), so `a` and `b` can dial out but nothing can dial in. `pub` starts
+# a run; `a` and `b` bootstrap from it. The script prints what each node said
+# about its reachability, relaying and hole punching, checks that all three
+# ended every round on the same checkpoint, and runs `p2pnode verify` on each
+# data directory.
+#
+# Needs root (network namespaces), iproute2 and nftables (`apt-get install
+# nftables`). `ROUNDS` (default 6) sets the rounds; P2PNODE the binary
+# (default target/release/p2pnode, built if missing). Logs land in nat-out/.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROUNDS=${ROUNDS:-6}
+P2PNODE=${P2PNODE:-target/release/p2pnode}
+OUT=${OUT:-nat-out}
+NS=p2pt
+
+for tool in ip nft; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (iproute2, nftables)" >&2; exit 1; }
+done
+if [ "$(id -u)" != 0 ]; then
+  echo "needs root: network namespaces and NAT rules" >&2
+  exit 1
+fi
+if [ ! -x "$P2PNODE" ]; then
+  cargo build --release -q -p p2ptrain-node --bin p2pnode
+fi
+P2PNODE=$(realpath "$P2PNODE")
+
+names=(net pub nat-a a nat-b b)
+cleanup() {
+  for pid in $(jobs -p); do kill -INT "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for n in "${names[@]}"; do ip netns del "$NS-$n" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+for n in "${names[@]}"; do
+  ip netns del "$NS-$n" 2>/dev/null || true
+  ip netns add "$NS-$n"
+  ip -n "$NS-$n" link set lo up
+done
+inside() { local n=$1; shift; ip netns exec "$NS-$n" "$@"; }
+
+# The internet: a bridge in its own namespace, one port per public host.
+inside net ip link add br0 type bridge
+inside net ip link set br0 up
+wan_port() { # namespace address
+  ip link add "$1-wan" netns "$NS-$1" type veth peer name "$1" netns "$NS-net"
+  inside net ip link set "$1" master br0 up
+  inside "$1" ip addr add "$2/24" dev "$1-wan"
+  inside "$1" ip link set "$1-wan" up
+}
+wan_port pub 45.0.0.1
+wan_port nat-a 45.0.0.2
+wan_port nat-b 45.0.0.3
+
+# Each NAT: a LAN with one host, forwarding, and masquerade out of its WAN.
+lan() { # nat host lan-prefix
+  ip link add "$2-lan" netns "$NS-$2" type veth peer name lan netns "$NS-$1"
+  inside "$1" ip addr add "$3.1/24" dev lan
+  inside "$1" ip link set lan up
+  inside "$2" ip addr add "$3.2/24" dev "$2-lan"
+  inside "$2" ip link set "$2-lan" up
+  inside "$2" ip route add default via "$3.1"
+  inside "$1" sysctl -qw net.ipv4.ip_forward=1
+  inside "$1" nft -f - <<EOF
+table ip nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat;
+    oifname "$1-wan" masquerade
+  }
+}
+table ip filter {
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan" accept
+  }
+}
+EOF
+}
+lan nat-a a 192.168.1
+lan nat-b b 192.168.2
+
+# Behind its NAT, `a` cannot be dialed from the internet; `pub` can.
+if inside pub bash -c 'exec 3<>/dev/tcp/45.0.0.2/9 ' 2>/dev/null; then
+  echo "nat-a let an inbound connection through: the NAT is not set up" >&2
+  exit 1
+fi
+
+rm -rf "$OUT" && mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+"$P2PNODE" init --dir "$OUT/pub-data" --inner-steps 2 --batch-size 2 \
+  --min-contributors 3 --deadline-ms 20000 --commit-window-ms 500 >/dev/null
+for n in a b; do cp -r "$OUT/pub-data" "$OUT/$n-data"; done
+
+start() { # node extra-args...
+  local n=$1; shift
+  inside "$n" "$P2PNODE" join --dir "$OUT/$n-data" --key "$OUT/$n.key" --no-mdns \
+    --rounds "$ROUNDS" --log-format json "$@" >"$OUT/$n.jsonl" 2>"$OUT/$n.log" &
+}
+start pub --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1
+for _ in $(seq 100); do
+  grep -q '"listening"' "$OUT/pub.jsonl" 2>/dev/null && break
+  sleep 0.1
+done
+peer=$(grep -o '"peer_id":"[^"]*"' "$OUT/pub.jsonl" | head -1 | cut -d'"' -f4)
+start a --bootstrap "/ip4/45.0.0.1/udp/4001/quic-v1/p2p/$peer"
+start b --bootstrap "/ip4/45.0.0.1/tcp/4001/p2p/$peer"
+
+status=0
+for n in pub a b; do
+  wait -n || status=1
+done
+trap - EXIT
+cleanup
+
+python3 - "$OUT" "$ROUNDS" <<'PY' || status=1
+import json, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+finals = {}
+for n in ["pub", "a", "b"]:
+    events = [json.loads(l) for l in open(f"{out}/{n}.jsonl") if l.startswith("{")]
+    said = {}
+    for e in events:
+        kind = e["event"]
+        if kind in ("reachability", "hole_punch", "dial_failed", "peer_connected", "peer_left"):
+            key = kind + (f" public={e['public']}" if kind == "reachability" else "")
+            key += f" direct={e['direct']}" if kind == "hole_punch" else ""
+            said[key] = said.get(key, 0) + 1
+    print(f"== {n}: " + ", ".join(f"{k} x{v}" for k, v in sorted(said.items())))
+    finals[n] = {e["round"]: e["checkpoint"] for e in events if e["event"] == "finalized"}
+agree = True
+for r in range(rounds):
+    seen = [finals[n].get(r) for n in ["pub", "a", "b"]]
+    same = seen[0] is not None and len(set(seen)) == 1
+    agree &= same
+    print(f"round {r}: " + " ".join((c or "none")[:16] for c in seen) + ("" if same else "  <- differ"))
+sys.exit(0 if agree else 1)
+PY
+for n in pub a b; do
+  "$P2PNODE" verify "$OUT/$n-data" || status=1
+done
+echo "logs in $OUT"
+exit "$status"
