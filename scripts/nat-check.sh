@@ -5,19 +5,26 @@
 #   pub (45.0.0.1) ──┬── the "internet" (a bridge) ──┬── nat-a (45.0.0.2) ── a (192.168.1.2)
 #                    │                               └── nat-b (45.0.0.3) ── b (192.168.2.2)
 #
-# nat-a and nat-b masquerade their LAN behind their one public address
-# (nftables), so `a` and `b` can dial out but nothing can dial in. `pub` starts
-# a run; `a` and `b` bootstrap from it. The script prints what each node said
-# about its reachability, relaying and hole punching, checks that all three
-# ended every round on the same checkpoint, and runs `p2pnode verify` on each
-# data directory.
+# nat-a and nat-b masquerade their LAN behind their one public address and
+# drop whatever arrives unasked (nftables), so `a` and `b` can dial out but
+# nothing can dial in. `pub` starts a run; `a` and `b` bootstrap from it over
+# QUIC. What has to happen: AutoNAT finds `a` and `b` private, each listens
+# through pub's relay, they meet through it, and DCUtR turns that into a
+# direct connection; meanwhile every round is applied alike by all three.
+#
+# The script checks that all three ended every round on the same
+# checkpoint, that `a` and `b` each reported a direct connection after hole
+# punching, and that `p2pnode verify` passes on every data directory; it
+# prints what each node said about reachability, dials and hole punching.
 #
 # Needs root (network namespaces), iproute2 and nftables (`apt-get install
-# nftables`). `ROUNDS` (default 6) sets the rounds; P2PNODE the binary
-# (default target/release/p2pnode, built if missing). Logs land in nat-out/.
+# nftables`). `ROUNDS` (default 60, about a minute: AutoNAT's first probe
+# waits 15 s and Kademlia's refresh comes every 30 s) sets the rounds;
+# P2PNODE the binary (default target/release/p2pnode, built if missing).
+# Logs land in nat-out/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROUNDS=${ROUNDS:-6}
+ROUNDS=${ROUNDS:-60}
 P2PNODE=${P2PNODE:-target/release/p2pnode}
 OUT=${OUT:-nat-out}
 NS=p2pt
@@ -36,7 +43,7 @@ P2PNODE=$(realpath "$P2PNODE")
 
 names=(net pub nat-a a nat-b b)
 cleanup() {
-  for pid in $(jobs -p); do kill -INT "$pid" 2>/dev/null || true; done
+  for pid in $(jobs -p); do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for n in "${names[@]}"; do ip netns del "$NS-$n" 2>/dev/null || true; done
 }
@@ -78,6 +85,11 @@ table ip nat {
   }
 }
 table ip filter {
+  chain input {
+    type filter hook input priority filter; policy drop;
+    ct state established,related accept
+    iifname { "lo", "lan" } accept
+  }
   chain forward {
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
@@ -90,7 +102,7 @@ lan nat-a a 192.168.1
 lan nat-b b 192.168.2
 
 # Behind its NAT, `a` cannot be dialed from the internet; `pub` can.
-if inside pub bash -c 'exec 3<>/dev/tcp/45.0.0.2/9 ' 2>/dev/null; then
+if inside pub timeout 2 bash -c 'exec 3<>/dev/tcp/45.0.0.2/9' 2>/dev/null; then
   echo "nat-a let an inbound connection through: the NAT is not set up" >&2
   exit 1
 fi
@@ -101,24 +113,38 @@ OUT=$(realpath "$OUT")
   --min-contributors 3 --deadline-ms 20000 --commit-window-ms 500 >/dev/null
 for n in a b; do cp -r "$OUT/pub-data" "$OUT/$n-data"; done
 
-start() { # node extra-args...
-  local n=$1; shift
-  inside "$n" "$P2PNODE" join --dir "$OUT/$n-data" --key "$OUT/$n.key" --no-mdns \
-    --rounds "$ROUNDS" --log-format json "$@" >"$OUT/$n.jsonl" 2>"$OUT/$n.log" &
+start() { # node rounds extra-args...
+  local n=$1 rounds=$2; shift 2
+  # `ip netns exec` becomes the node, so $! is the node's own pid.
+  ip netns exec "$NS-$n" "$P2PNODE" join --dir "$OUT/$n-data" --key "$OUT/$n.key" --no-mdns \
+    --rounds "$rounds" --log-format json "$@" >"$OUT/$n.jsonl" 2>"$OUT/$n.log" &
 }
-start pub --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1
+# pub runs until the other two are done: it is the one peer both reach.
+start pub 0 --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1
+pub_pid=$!
 for _ in $(seq 100); do
   grep -q '"listening"' "$OUT/pub.jsonl" 2>/dev/null && break
   sleep 0.1
 done
 peer=$(grep -o '"peer_id":"[^"]*"' "$OUT/pub.jsonl" | head -1 | cut -d'"' -f4)
-start a --bootstrap "/ip4/45.0.0.1/udp/4001/quic-v1/p2p/$peer"
-start b --bootstrap "/ip4/45.0.0.1/tcp/4001/p2p/$peer"
+start a "$ROUNDS" --bootstrap "/ip4/45.0.0.1/udp/4001/quic-v1/p2p/$peer"
+a_pid=$!
+start b "$ROUNDS" --bootstrap "/ip4/45.0.0.1/udp/4001/quic-v1/p2p/$peer"
+b_pid=$!
 
 status=0
-for n in pub a b; do
-  wait -n || status=1
-done
+finish() { # name pid
+  local code=0
+  wait "$2" || code=$?
+  if [ "$code" != 0 ]; then
+    echo "$1 exited with status $code (see $OUT/$1.log)" >&2
+    status=1
+  fi
+}
+finish a "$a_pid"
+finish b "$b_pid"
+kill -TERM "$pub_pid"
+finish pub "$pub_pid"
 trap - EXIT
 cleanup
 
@@ -143,7 +169,12 @@ for r in range(rounds):
     same = seen[0] is not None and len(set(seen)) == 1
     agree &= same
     print(f"round {r}: " + " ".join((c or "none")[:16] for c in seen) + ("" if same else "  <- differ"))
-sys.exit(0 if agree else 1)
+print("every round agreed" if agree else "the nodes did not agree on every round")
+punched = [n for n in ["a", "b"] if any(
+    e["event"] == "hole_punch" and e["direct"]
+    for e in map(json.loads, filter(lambda l: l.startswith("{"), open(f"{out}/{n}.jsonl"))))]
+print(f"direct after hole punching: {' '.join(punched) or 'none'} (of a b)")
+sys.exit(0 if agree and len(punched) == 2 else 1)
 PY
 for n in pub a b; do
   "$P2PNODE" verify "$OUT/$n-data" || status=1

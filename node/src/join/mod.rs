@@ -158,6 +158,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         "waiting",
         &format!("node {me} — waiting for peers; it trains alone until some join"),
     );
+    let mut stop = std::pin::pin!(stop_requested());
     loop {
         tokio::select! {
             event = events.recv() => {
@@ -174,7 +175,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                 }
                 report.refresh(&status.borrow_and_update());
             }
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut stop => break,
         }
     }
     report.finish();
@@ -182,6 +183,31 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     running.await?.context("the node stopped with an error")?;
     let _ = std::fs::remove_file(data.root().join(control::STATUS_SOCKET));
     Ok(())
+}
+
+/// Resolves when the node is asked to stop: Ctrl-C, or SIGTERM (what
+/// `kill` and service managers send). Either way it stops as after
+/// `--rounds`: head.ckpt and the residual are written first.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    ctrl_c().await;
+}
+
+/// Ctrl-C; never, if no handler can be installed for it.
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Starts the status socket in the data directory and, with `--metrics`,

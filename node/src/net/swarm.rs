@@ -17,6 +17,10 @@ use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
 use super::codec::{FetchCodec, FETCH_PROTOCOL};
 
+/// How often Kademlia refreshes its view of the swarm (libp2p's default
+/// is five minutes).
+const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Why a swarm cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -192,7 +196,12 @@ fn behaviour(
         "/p2ptrain/1.0.0".to_owned(),
         key.public(),
     ));
-    let mut kad = kad::Behaviour::new(peer, kad::store::MemoryStore::new(peer));
+    // Peers behind NATs gain their relayed addresses only after they start:
+    // a bootstrap query every half minute learns them and dials through the
+    // relay, and DCUtR then makes the connection direct.
+    let mut kad_config = kad::Config::new(kad::PROTOCOL_NAME);
+    kad_config.set_periodic_bootstrap_interval(Some(KAD_BOOTSTRAP_INTERVAL));
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
     // Every node is an equal peer: each answers routing queries, on a LAN
     // or loopback too (libp2p's default waits for a confirmed public
     // address).

@@ -29,6 +29,9 @@ impl Node {
             let public: Vec<Multiaddr> = info.listen_addrs.into_iter().filter(is_public).collect();
             if !public.is_empty() {
                 self.relays.insert(peer_id, public);
+                // A peer starts relaying once its own address is confirmed,
+                // which may be after this node found itself private.
+                self.listen_via_relay();
             }
         }
     }
@@ -60,7 +63,14 @@ impl Node {
         };
         let public = matches!(new, autonat::NatStatus::Public(_));
         self.report(NodeEvent::Reachability { public }).await;
-        if public || self.relayed {
+        self.private = matches!(new, autonat::NatStatus::Private);
+        self.listen_via_relay();
+    }
+
+    /// A private node not yet relayed listens through a connected peer's
+    /// relay, if one offers it.
+    fn listen_via_relay(&mut self) {
+        if !self.private || self.relayed {
             return;
         }
         let Some((relay, address)) = self

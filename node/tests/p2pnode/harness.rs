@@ -221,6 +221,13 @@ impl Node {
         }
     }
 
+    /// SIGTERM: the polite request to stop that `kill` sends.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+    }
+
     /// SIGKILL: no chance to finish a write.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();

@@ -373,6 +373,28 @@ fn a_restarted_node_resumes_after_its_last_round_and_replays_a_lost_head() {
 }
 
 #[test]
+fn sigterm_stops_a_node_cleanly_and_it_resumes_with_its_residual() {
+    let _machine = exclusive();
+    let root = scratch("sigterm");
+    let dir = root.join("solo");
+    init(&dir, 1);
+    let key = root.join("solo.key");
+    let mut first = Node::join("first", &dir, &key, &[]);
+    first.round(1);
+    first.terminate();
+    assert!(first.exit().success());
+    let last = first.rounds().last().map(|r| r.0).unwrap();
+
+    let until = (last + 2).to_string();
+    let mut second = Node::join("second", &dir, &key, &["--rounds", &until]);
+    assert!(second.exit().success());
+    assert!(second.said(&format!("resuming from round {}", last + 1)));
+    // Saved on the way out, which a killed node cannot do.
+    assert!(second.said("restored the error-feedback residual"));
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn verify_passes_on_a_finished_directory_and_names_a_flipped_byte() {
     let _machine = exclusive();
     let root = scratch("verify");
