@@ -49,6 +49,17 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// One node's setting for `test`: a scratch folder, a new run of one
+/// contributor per round in its `solo/`, and where its key goes. Returns
+/// (folder, data directory, key).
+pub fn solo(test: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let root = scratch(test);
+    let dir = root.join("solo");
+    init(&dir, 1);
+    let key = root.join("solo.key");
+    (root, dir, key)
+}
+
 /// A new run in `dir` with rounds small enough for a test: H = 2 steps of
 /// 2 sequences, a round of at least `min` contributions.
 pub fn init(dir: &Path, min: u32) {

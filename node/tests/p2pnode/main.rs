@@ -9,7 +9,7 @@ mod rogue;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use harness::{exclusive, init, run, run_ok, scratch, Node, Stream};
+use harness::{exclusive, init, run, run_ok, scratch, solo, Node, Stream};
 
 /// Starts three nodes of one run in `root`; each dials those started before
 /// it. `extra` goes to every node.
@@ -346,10 +346,7 @@ fn a_node_off_the_allow_list_is_refused_and_never_contributes() {
 #[test]
 fn a_restarted_node_resumes_after_its_last_round_and_replays_a_lost_head() {
     let _machine = exclusive();
-    let root = scratch("resume");
-    let dir = root.join("solo");
-    init(&dir, 1);
-    let key = root.join("solo.key");
+    let (root, dir, key) = solo("resume");
     let mut first = Node::join("first", &dir, &key, &["--rounds", "2"]);
     assert!(first.exit().success());
     let round1 = first.round(1);
@@ -375,10 +372,7 @@ fn a_restarted_node_resumes_after_its_last_round_and_replays_a_lost_head() {
 #[test]
 fn sigterm_stops_a_node_cleanly_and_it_resumes_with_its_residual() {
     let _machine = exclusive();
-    let root = scratch("sigterm");
-    let dir = root.join("solo");
-    init(&dir, 1);
-    let key = root.join("solo.key");
+    let (root, dir, key) = solo("sigterm");
     let mut first = Node::join("first", &dir, &key, &[]);
     first.round(1);
     first.terminate();
@@ -397,10 +391,8 @@ fn sigterm_stops_a_node_cleanly_and_it_resumes_with_its_residual() {
 #[test]
 fn verify_passes_on_a_finished_directory_and_names_a_flipped_byte() {
     let _machine = exclusive();
-    let root = scratch("verify");
-    let dir = root.join("solo");
-    init(&dir, 1);
-    let mut node = Node::join("solo", &dir, &root.join("solo.key"), &["--rounds", "3"]);
+    let (root, dir, key) = solo("verify");
+    let mut node = Node::join("solo", &dir, &key, &["--rounds", "3"]);
     assert!(node.exit().success());
     let dir_arg = dir.to_str().unwrap();
     let verified = run_ok(&["verify", dir_arg]);

@@ -7,7 +7,7 @@ use p2ptrain_node::chain::{latest, DataDir};
 use p2ptrain_protocol::RunManifest;
 use p2ptrain_trainer::ParamLayout;
 
-use crate::harness::{exclusive, init, run, run_ok, scratch, Node, Stream};
+use crate::harness::{exclusive, run, run_ok, solo, Node, Stream};
 
 /// GET `path` from `address` (host:port); the whole answer.
 fn http_get(address: &str, path: &str) -> String {
@@ -21,14 +21,12 @@ fn http_get(address: &str, path: &str) -> String {
 #[test]
 fn a_running_node_answers_status_and_metrics_and_its_checkpoint_exports() {
     let _machine = exclusive();
-    let root = scratch("observe");
-    let dir = root.join("solo");
-    init(&dir, 1);
+    let (root, dir, key) = solo("observe");
     let dir_arg = dir.to_str().unwrap();
     let mut node = Node::join(
         "solo",
         &dir,
-        &root.join("solo.key"),
+        &key,
         &["--log-format", "json", "--metrics", "127.0.0.1:0"],
     );
     let metrics = node.wait_for("the metrics address", |s, line| {
