@@ -282,10 +282,11 @@ impl Node {
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), NodeError> {
         let outputs = self.engine.start(self.now());
         self.carry_out(outputs).await?;
+        // The engine's last deadline that a tick was fed for.
+        let mut ticked = None;
         loop {
-            let wake = self
-                .engine
-                .next_wake()
+            let due = next_tick(self.engine.next_wake(), ticked);
+            let wake = due
                 .map(|ms| self.epoch + Duration::from_millis(ms))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -309,7 +310,10 @@ impl Node {
                     });
                     self.feed(Input::Trained(update?)).await?;
                 }
-                () = tokio::time::sleep_until(wake) => self.feed(Input::Tick).await?,
+                () = tokio::time::sleep_until(wake) => {
+                    ticked = due;
+                    self.feed(Input::Tick).await?;
+                }
             }
         }
     }
@@ -462,5 +466,29 @@ impl Node {
 
     async fn report(&mut self, event: NodeEvent) {
         let _ = self.events.send(event).await;
+    }
+}
+
+/// When to feed the engine its next tick: at the deadline it reports, unless
+/// that deadline was already ticked for. A round past its deadline without
+/// enough contributions stays there until something arrives; waking for
+/// the same deadline again would spin.
+fn next_tick(due: Option<Millis>, ticked: Option<Millis>) -> Option<Millis> {
+    due.filter(|at| ticked.is_none_or(|done| *at > done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_tick;
+
+    #[test]
+    fn a_deadline_is_ticked_for_once() {
+        assert_eq!(next_tick(Some(5_000), None), Some(5_000));
+        // Ticked at its deadline and the round still waits for
+        // contributions: no timed wake until something changes.
+        assert_eq!(next_tick(Some(5_000), Some(5_000)), None);
+        // A later deadline (a commit window, the next round) is waited for.
+        assert_eq!(next_tick(Some(7_000), Some(5_000)), Some(7_000));
+        assert_eq!(next_tick(None, Some(5_000)), None);
     }
 }
