@@ -122,11 +122,12 @@ start() { # node rounds extra-args...
 # pub runs until the other two are done: it is the one peer both reach.
 start pub 0 --listen /ip4/0.0.0.0/tcp/4001 --listen /ip4/0.0.0.0/udp/4001/quic-v1
 pub_pid=$!
-for _ in $(seq 100); do
-  grep -q '"listening"' "$OUT/pub.jsonl" 2>/dev/null && break
-  sleep 0.1
-done
-peer=$(grep -o '"peer_id":"[^"]*"' "$OUT/pub.jsonl" | head -1 | cut -d'"' -f4)
+# pub's first `listening` event names its peer id (read as it is written).
+peer=$(timeout 30 tail -n +1 -f "$OUT/pub.jsonl" | grep -m1 -o '"peer_id":"[^"]*"' | cut -d'"' -f4 || true)
+if [ -z "$peer" ]; then
+  echo "pub did not start listening within 30 s (see $OUT/pub.log)" >&2
+  exit 1
+fi
 start a "$ROUNDS" --bootstrap "/ip4/45.0.0.1/udp/4001/quic-v1/p2p/$peer"
 a_pid=$!
 start b "$ROUNDS" --bootstrap "/ip4/45.0.0.1/udp/4001/quic-v1/p2p/$peer"

@@ -63,14 +63,17 @@ impl Node {
         };
         let public = matches!(new, autonat::NatStatus::Public(_));
         self.report(NodeEvent::Reachability { public }).await;
-        self.private = matches!(new, autonat::NatStatus::Private);
         self.listen_via_relay();
     }
 
     /// A private node not yet relayed listens through a connected peer's
     /// relay, if one offers it.
     fn listen_via_relay(&mut self) {
-        if !self.private || self.relayed {
+        let private = matches!(
+            self.swarm.behaviour().autonat.nat_status(),
+            autonat::NatStatus::Private
+        );
+        if !private || self.relayed {
             return;
         }
         let Some((relay, address)) = self

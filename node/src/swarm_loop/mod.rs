@@ -137,8 +137,6 @@ pub struct Node {
     backfill_checked: bool,
     /// Peers that relay, with their public addresses.
     relays: discovery::Relays,
-    /// Whether AutoNAT found this node unreachable from the internet.
-    private: bool,
     /// Whether this node listens through a relay.
     relayed: bool,
     /// The last checkpoint sliced for peers.
@@ -238,7 +236,6 @@ impl Node {
             backfill_asks: HashMap::new(),
             backfill_checked: false,
             relays: discovery::Relays::new(),
-            private: false,
             relayed: false,
             serving: None,
             events,
