@@ -29,13 +29,12 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// The file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// What went wrong.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not valid TOML, or a key is unknown or of the wrong type.
     #[error("{0}")]
@@ -338,7 +337,7 @@ impl Scenario {
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         Self::from_toml(&text)
     }

@@ -2,7 +2,7 @@
 //! TCP, noise and yamux, as nodes move payloads — beside raw TCP on
 //! loopback in the same run.
 //!
-//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 64] [--runs 10]`
+//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 64] [--runs 10] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
 //!
 //! Prints MB/s at the median transfer for each, and the ratio.
 
@@ -28,6 +28,10 @@ struct Args {
     /// Timed transfers of each kind (after one warm-up).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Where the serving node listens (TCP by default; a QUIC address such
+    /// as `/ip4/127.0.0.1/udp/0/quic-v1` fetches over QUIC).
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    listen: libp2p::Multiaddr,
 }
 
 #[tokio::main]
@@ -39,7 +43,16 @@ async fn main() -> Result<(), Error> {
     let runs = args.runs as usize;
     let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
     let raw = median(raw_tcp(&payload, runs).await?);
-    let fetch = median(fetch(&payload, runs).await?);
+    let over = if args
+        .listen
+        .iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+    {
+        "QUIC"
+    } else {
+        "TCP + noise + yamux"
+    };
+    let fetch = median(fetch(&payload, runs, args.listen).await?);
     let mb = bytes as f64 / 1e6;
     println!(
         "raw TCP on loopback: {:.0} MB/s ({:.1} ms per {mb:.0} MB)",
@@ -47,7 +60,7 @@ async fn main() -> Result<(), Error> {
         raw * 1e3
     );
     println!(
-        "p2pnode fetch (TCP + noise + yamux): {:.0} MB/s ({:.1} ms)",
+        "p2pnode fetch ({over}): {:.0} MB/s ({:.1} ms)",
         mb / fetch,
         fetch * 1e3
     );
@@ -107,7 +120,7 @@ async fn raw_tcp(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
 /// another, each from the request to the whole response. The two swarms
 /// run in tasks of their own, as two nodes run in processes of their own
 /// (so, like the two ends of the raw socket, on two threads).
-async fn fetch(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
+async fn fetch(payload: &[u8], runs: usize, listen: libp2p::Multiaddr) -> Result<Vec<f64>, Error> {
     let config = NetConfig {
         mdns: false,
         fetch_timeout: Duration::from_secs(120),
@@ -115,7 +128,7 @@ async fn fetch(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
     };
     let mut server = build_swarm(&SigningKey::from_bytes(&[1; 32]), &config)?;
     let mut client = build_swarm(&SigningKey::from_bytes(&[2; 32]), &config)?;
-    server.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    server.listen_on(listen)?;
     let server_id = *server.local_peer_id();
     let (address_tx, mut address_rx) = tokio::sync::mpsc::channel(1);
     let served: std::sync::Arc<[u8]> = std::sync::Arc::from(payload);

@@ -36,12 +36,12 @@ const MAX_REQUEST: usize = 8 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// No node answers on the socket.
-    #[error("no node is running on {path}: {source}")]
+    #[error("no node is running on {path}: {error}")]
     NotRunning {
         /// The socket.
         path: String,
         /// What connecting said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Another node holds the socket.
     #[error("another node is running on {0}")]
@@ -105,7 +105,7 @@ pub async fn read_status(path: &Path) -> Result<Status, ControlError> {
         .await
         .map_err(|source| ControlError::NotRunning {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await?;

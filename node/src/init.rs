@@ -63,13 +63,20 @@ impl InitArgs {
 
 /// Writes a new run into `dir` (refusing a directory that holds one).
 pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
-    if let Ok(existing) = dir.manifest() {
-        anyhow::bail!(
-            "{} already holds run {} ({}); choose another --dir",
-            dir.root().display(),
-            existing.id()?,
-            existing.name
-        );
+    if dir.holds_run() {
+        match dir.manifest() {
+            Ok(existing) => anyhow::bail!(
+                "{} already holds run {} ({}); choose another --dir",
+                dir.root().display(),
+                existing.id()?,
+                existing.name
+            ),
+            Err(error) => anyhow::bail!(
+                "{} already holds a run, whose manifest cannot be read ({error}); \
+                 not writing a new run over it: choose another --dir",
+                dir.root().display()
+            ),
+        }
     }
     let mut manifest = args.manifest();
     let genesis = match &args.from {

@@ -22,13 +22,12 @@ pub enum KeyFileError {
     #[error("{0} already exists; refusing to overwrite an identity key")]
     Exists(PathBuf),
     /// Reading or writing the file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The key file.
         path: PathBuf,
         /// What failed.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The file is not 64 hex characters.
     #[error("{0} is not a key file (expected 64 hex characters)")]
@@ -50,7 +49,7 @@ pub fn generate() -> Result<SigningKey, KeyFileError> {
 pub fn save(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
     let io_err = |source| KeyFileError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     };
     if path.exists() {
         return Err(KeyFileError::Exists(path.to_owned()));
@@ -79,7 +78,7 @@ pub fn save(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
 pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
     let text = fs::read_to_string(path).map_err(|source| KeyFileError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     let mut secret = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut secret)
@@ -139,10 +138,13 @@ mod tests {
         let path = dir.join("node.key");
         fs::write(&path, "not a key\n").unwrap();
         assert!(matches!(load(&path), Err(KeyFileError::Malformed(_))));
-        assert!(matches!(
-            load(&dir.join("missing.key")),
-            Err(KeyFileError::Io { .. })
-        ));
+        let missing = load(&dir.join("missing.key")).unwrap_err();
+        assert!(matches!(missing, KeyFileError::Io { .. }));
+        // The message names the file and the reason, once: the reason is
+        // not also handed on as a source (a report would print it twice).
+        let message = missing.to_string();
+        assert!(message.contains("missing.key"), "{message}");
+        assert!(std::error::Error::source(&missing).is_none());
         fs::remove_dir_all(dir).unwrap();
     }
 

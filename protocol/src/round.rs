@@ -166,13 +166,12 @@ pub enum RecordError {
     #[error("commit: {0}")]
     Commit(#[source] SignedError),
     /// A contribution's signature or body is bad.
-    #[error("contribution {index}: {source}")]
+    #[error("contribution {index}: {error}")]
     Contribution {
         /// Position in the record.
         index: usize,
         /// What was wrong.
-        #[source]
-        source: SignedError,
+        error: SignedError,
     },
     /// The contributions carried are not exactly those the commit names.
     #[error("contributions carried do not match the ids the commit names")]
@@ -198,7 +197,7 @@ impl RoundRecord {
         for (index, signed) in self.contributions.iter().enumerate() {
             let contribution = signed
                 .verify()
-                .map_err(|source| RecordError::Contribution { index, source })?;
+                .map_err(|error| RecordError::Contribution { index, error })?;
             let same_round = contribution.run == commit.run
                 && contribution.round == commit.round
                 && contribution.base == commit.base;

@@ -366,6 +366,6 @@ pub(crate) fn bad(path: &Path, reason: String) -> TrainerError {
 pub(crate) fn io(path: &Path, source: std::io::Error) -> TrainerError {
     TrainerError::Io {
         path: PathBuf::from(path),
-        source,
+        error: source,
     }
 }

@@ -40,13 +40,12 @@ pub enum TrainerError {
         reason: String,
     },
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What failed.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Compressing or decompressing a pseudo-gradient failed.
     #[error("compression failed: {0}")]

@@ -358,9 +358,9 @@ fn missing_path_is_an_io_error_naming_it() {
     let missing = fresh_dir("missing").join("nowhere");
     let err = Corpus::load(&missing, 0).unwrap_err();
     match &err {
-        DataError::Io { path, source } => {
+        DataError::Io { path, error } => {
             assert_eq!(path, &missing);
-            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
         }
         other => panic!("expected Io, got {other:?}"),
     }

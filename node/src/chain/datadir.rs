@@ -64,6 +64,12 @@ impl DataDir {
         std::fs::read(path).map_err(|e| ChainError::io(path, e))
     }
 
+    /// Whether a run was started here: its manifest or genesis checkpoint
+    /// is present, readable or not. A new run never goes where one was.
+    pub fn holds_run(&self) -> bool {
+        self.file("manifest.bin").exists() || self.file("genesis.ckpt").exists()
+    }
+
     /// Writes the run manifest.
     ///
     /// # Errors
@@ -82,7 +88,7 @@ impl DataDir {
         let path = self.file("manifest.bin");
         codec::decode(&self.read(&path)?).map_err(|e| ChainError::Decode {
             path: path.display().to_string(),
-            source: e,
+            error: e,
         })
     }
 
@@ -198,7 +204,7 @@ impl DataDir {
             .map(Some)
             .map_err(|e| ChainError::Decode {
                 path: path.display().to_string(),
-                source: e,
+                error: e,
             })
     }
 

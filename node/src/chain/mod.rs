@@ -24,13 +24,12 @@ pub use verify::{replay, Verified};
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
     /// A file cannot be read or a folder created.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder.
         path: String,
         /// What went wrong.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file cannot be written atomically.
     #[error("writing {path}: {reason}")]
@@ -41,13 +40,12 @@ pub enum ChainError {
         reason: String,
     },
     /// A stored message does not decode.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Decode {
         /// The file.
         path: String,
         /// The codec's complaint.
-        #[source]
-        source: CodecError,
+        error: CodecError,
     },
     /// A value cannot be encoded.
     #[error("encoding: {0}")]
@@ -96,7 +94,7 @@ impl ChainError {
     fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         }
     }
 }

@@ -86,20 +86,8 @@ pub struct JoinArgs {
 }
 
 pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
-    let key = load_or_create_key(&args.key)?;
-    let me = PeerKey::from(&key);
-    let report = Report::new(args.log_format, me);
-    let data = DataDir::new(&args.dir);
-    if data.manifest().is_err() {
-        report.note(
-            "new_run",
-            &format!(
-                "no run in {}: starting a new one on the bundled defaults",
-                args.dir.display()
-            ),
-        );
-        crate::init(&data, &crate::InitArgs::default())?;
-    }
+    // What the options name is read before anything is written: a mistyped
+    // path leaves no new key or run behind.
     let tokens = match &args.data {
         Some(path) => Corpus::load(path, 0)
             .with_context(|| format!("reading --data {}", path.display()))?
@@ -119,6 +107,22 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         .map(access::load_allow_list)
         .transpose()
         .context("reading --allow")?;
+    let key = load_or_create_key(&args.key)?;
+    let me = PeerKey::from(&key);
+    let report = Report::new(args.log_format, me);
+    let data = DataDir::new(&args.dir);
+    // A run whose manifest cannot be read is reported by the node when it
+    // starts on it, never replaced by a new one.
+    if !data.holds_run() {
+        report.note(
+            "new_run",
+            &format!(
+                "no run in {}: starting a new one on the bundled defaults",
+                args.dir.display()
+            ),
+        );
+        crate::init(&data, &crate::InitArgs::default())?;
+    }
     if let Some(keys) = &allow_list {
         report.note("allow_list", &format!("allow-list: {} peers", keys.len()));
     }

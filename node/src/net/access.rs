@@ -25,13 +25,12 @@ use p2ptrain_protocol::PeerKey;
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     /// The file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// What went wrong.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not a pre-shared key file.
     #[error("not a swarm key file (want /key/swarm/psk/1.0.0/, /base16/, 64 hex digits): {0}")]
@@ -105,7 +104,7 @@ pub fn load_allow_list(path: &Path) -> Result<Vec<PeerKey>, AccessError> {
 fn read(path: &Path) -> Result<String, AccessError> {
     std::fs::read_to_string(path).map_err(|source| AccessError::Read {
         path: path.display().to_string(),
-        source,
+        error: source,
     })
 }
 

@@ -3,6 +3,7 @@
 //! lines the nodes print.
 
 mod harness;
+mod inputs;
 mod observe;
 mod rogue;
 

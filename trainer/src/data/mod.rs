@@ -55,13 +55,12 @@ pub const VOCAB_SIZE: usize = 256;
 #[non_exhaustive]
 pub enum DataError {
     /// A file or folder could not be read.
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}: {error}", path.display())]
     Io {
         /// The file or folder that failed.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The path holds no non-empty, visible regular file.
     #[error("no data under {}: no non-empty, visible file", path.display())]

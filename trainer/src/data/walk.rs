@@ -63,6 +63,6 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), DataError> 
 fn io_error(path: &Path, source: std::io::Error) -> DataError {
     DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     }
 }

@@ -1,0 +1,78 @@
+//! What `p2pnode` does with bad input: it says what is wrong, exits
+//! non-zero and leaves nothing behind — no new key or run for a mistyped
+//! option, never a new run over a damaged one.
+
+use std::fs;
+
+use super::harness::{init, run, scratch};
+
+/// Runs `p2pnode args`, which must fail with `said` on stderr.
+fn fails_saying(args: &[&str], said: &str) {
+    let output = run(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "p2pnode {args:?} succeeded");
+    assert!(stderr.contains(said), "p2pnode {args:?}: {stderr}");
+}
+
+#[test]
+fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
+    let root = scratch("mistyped");
+    let dir = root.join("run");
+    let key = root.join("node.key");
+    let missing = root.join("missing");
+    let not_an_allow_list = root.join("allow.txt");
+    fs::write(&not_an_allow_list, "zz\n").unwrap();
+    let (dir_arg, key_arg) = (dir.to_str().unwrap(), key.to_str().unwrap());
+    for (option, value, said) in [
+        ("--psk", &missing, "reading --psk"),
+        ("--data", &missing, "reading --data"),
+        ("--allow", &not_an_allow_list, "\"zz\" is not a peer key"),
+    ] {
+        fails_saying(
+            &[
+                "join",
+                "--dir",
+                dir_arg,
+                "--key",
+                key_arg,
+                "--no-mdns",
+                "--rounds",
+                "1",
+                option,
+                value.to_str().unwrap(),
+            ],
+            said,
+        );
+        assert!(!dir.exists(), "{option}: a run was started");
+        assert!(!key.exists(), "{option}: a key was created");
+    }
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_run_whose_manifest_is_damaged_is_never_replaced() {
+    let root = scratch("damaged");
+    let dir = root.join("run");
+    init(&dir, 1);
+    let genesis = fs::read(dir.join("genesis.ckpt")).unwrap();
+    let manifest = dir.join("manifest.bin");
+    fs::write(&manifest, b"not a manifest").unwrap();
+    let (dir_arg, key) = (dir.to_str().unwrap(), root.join("node.key"));
+    fails_saying(&["init", "--dir", dir_arg], "manifest cannot be read");
+    fails_saying(
+        &[
+            "join",
+            "--dir",
+            dir_arg,
+            "--key",
+            key.to_str().unwrap(),
+            "--no-mdns",
+            "--rounds",
+            "1",
+        ],
+        "manifest.bin",
+    );
+    assert_eq!(fs::read(&manifest).unwrap(), b"not a manifest");
+    assert_eq!(fs::read(dir.join("genesis.ckpt")).unwrap(), genesis);
+    fs::remove_dir_all(root).unwrap();
+}
