@@ -64,10 +64,11 @@ impl DataDir {
         std::fs::read(path).map_err(|e| ChainError::io(path, e))
     }
 
-    /// Whether a run was started here: its manifest or genesis checkpoint
-    /// is present, readable or not. A new run never goes where one was.
+    /// Whether a run was started here: its manifest is present, readable
+    /// or not. `init` writes the manifest last, so a genesis checkpoint
+    /// alone is an interrupted `init`, which may be done again.
     pub fn holds_run(&self) -> bool {
-        self.file("manifest.bin").exists() || self.file("genesis.ckpt").exists()
+        self.file("manifest.bin").exists()
     }
 
     /// Writes the run manifest.

@@ -1,6 +1,7 @@
 //! What `p2pnode` does with bad input: it says what is wrong, exits
 //! non-zero and leaves nothing behind — no new key or run for a mistyped
-//! option, never a new run over a damaged one.
+//! option, never a new run over a damaged one (an interrupted `init` may
+//! be done again).
 
 use std::fs;
 
@@ -74,5 +75,18 @@ fn a_run_whose_manifest_is_damaged_is_never_replaced() {
     );
     assert_eq!(fs::read(&manifest).unwrap(), b"not a manifest");
     assert_eq!(fs::read(dir.join("genesis.ckpt")).unwrap(), genesis);
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn an_interrupted_init_is_done_again() {
+    let root = scratch("interrupted");
+    let dir = root.join("run");
+    init(&dir, 1);
+    // Killed between its two writes: the genesis checkpoint is there, the
+    // manifest (written last) is not.
+    fs::remove_file(dir.join("manifest.bin")).unwrap();
+    init(&dir, 1);
+    assert!(dir.join("manifest.bin").exists());
     fs::remove_dir_all(root).unwrap();
 }
