@@ -122,7 +122,7 @@ impl DataDir {
     ///
     /// [`ChainError`] if it is missing or not `8 × len` bytes.
     pub fn genesis(&self, len: usize) -> Result<ChainState, ChainError> {
-        ChainState::from_bytes(&self.read(&self.file("genesis.ckpt"))?, len)
+        self.checkpoint(&self.file("genesis.ckpt"), len)
     }
 
     /// Reads the latest checkpoint, if one was written.
@@ -135,7 +135,19 @@ impl DataDir {
         if !path.exists() {
             return Ok(None);
         }
-        ChainState::from_bytes(&self.read(&path)?, len).map(Some)
+        self.checkpoint(&path, len).map(Some)
+    }
+
+    /// The checkpoint in the file at `path`, of a `len`-parameter model.
+    fn checkpoint(&self, path: &Path, len: usize) -> Result<ChainState, ChainError> {
+        ChainState::from_bytes(&self.read(path)?, len).map_err(|e| match e {
+            ChainError::StateLength { expected, found } => ChainError::CheckpointLength {
+                path: path.display().to_string(),
+                expected,
+                found,
+            },
+            other => other,
+        })
     }
 
     /// Whether round `round`'s record is on disk (not read or checked).

@@ -50,9 +50,19 @@ pub enum ChainError {
     /// A value cannot be encoded.
     #[error("encoding: {0}")]
     Encode(#[from] CodecError),
-    /// A checkpoint file has the wrong size for the model.
+    /// Checkpoint bytes of the wrong size for the model.
     #[error("a checkpoint of this model is {expected} bytes, found {found}")]
     StateLength {
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes found.
+        found: usize,
+    },
+    /// A checkpoint file has the wrong size for the model.
+    #[error("{path}: a checkpoint of this model is {expected} bytes, found {found}")]
+    CheckpointLength {
+        /// The file.
+        path: String,
         /// Bytes expected.
         expected: usize,
         /// Bytes found.

@@ -31,6 +31,16 @@ pub struct Verified {
 /// genesis, or a head checkpoint that is no result of the chain.
 pub fn replay(dir: &DataDir, params: usize) -> Result<Verified, ChainError> {
     let (verified, _) = replay_records(dir, params)?;
+    // The chain ends at its first missing record; a record after that one
+    // belongs to no chain this directory can show.
+    if let Some(last) = dir.last_record()? {
+        if last >= verified.rounds {
+            return Err(ChainError::Record {
+                round: verified.rounds,
+                what: format!("no record, though the records go on to round {last}"),
+            });
+        }
+    }
     if let Some(head) = dir.head(params)? {
         let found = head.hash();
         // head.ckpt is the last result, or, for a model large enough that
@@ -221,9 +231,10 @@ mod tests {
         assert!(matches!(replay(&dir, 16), Err(ChainError::Genesis { .. })));
         assert!(matches!(
             replay(&dir, 15),
-            Err(ChainError::StateLength {
+            Err(ChainError::CheckpointLength {
                 expected: 120,
-                found: 128
+                found: 128,
+                ..
             })
         ));
         std::fs::remove_dir_all(&root).unwrap();

@@ -413,6 +413,16 @@ fn verify_passes_on_a_finished_directory_and_names_a_flipped_byte() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("round 1:"), "{stderr}");
 
+    // A record missing in the middle is named, not read as the chain's end.
+    std::fs::remove_file(&record).unwrap();
+    let output = run(&["verify", dir_arg]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("round 1: no record, though the records go on to round 2"),
+        "{stderr}"
+    );
+
     // A folder that holds no run is refused, not read as an empty chain.
     let empty = root.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
