@@ -225,13 +225,13 @@ impl<'a> WeightedMean<'a> {
     /// the block's end). `dense` is untouched on error.
     pub fn write_block(&self, start: usize, dense: &mut [f32]) -> Result<(), KernelError> {
         let end = start.saturating_add(dense.len());
-        if start % self.chunk_len != 0 {
+        if !start.is_multiple_of(self.chunk_len) {
             return Err(KernelError::LengthMismatch {
                 expected: start - start % self.chunk_len,
                 found: start,
             });
         }
-        if end > self.len || (end < self.len && end % self.chunk_len != 0) {
+        if end > self.len || (end < self.len && !end.is_multiple_of(self.chunk_len)) {
             return Err(KernelError::LengthMismatch {
                 expected: (end - end % self.chunk_len).min(self.len),
                 found: end,

@@ -66,7 +66,7 @@ pub fn validate(config: &ModelConfig) -> Result<()> {
     if config.vocab_size == 0 || config.context_len == 0 || config.n_layer == 0 {
         return fail("vocab_size, context_len and n_layer must be at least 1");
     }
-    if config.n_head == 0 || config.d_model % config.n_head != 0 {
+    if config.n_head == 0 || !config.d_model.is_multiple_of(config.n_head) {
         return fail("d_model must be a positive multiple of n_head");
     }
     Ok(())

@@ -7,10 +7,12 @@
 //! DIR/head.ckpt                 ChainState bytes after the last record
 //! DIR/records/00000007.bin      RoundRecord of round 7 (protocol codec)
 //! DIR/payloads/<blake3 hex>.bin a payload, named by its hash
+//! DIR/node.lock                 locked by the node working on DIR
 //! ```
 //!
 //! Every file is written atomically (temporary file, fsync, rename), so a
-//! node killed at any moment leaves each file whole or absent.
+//! node killed at any moment leaves each file whole or absent. One node at
+//! a time works on a directory ([`DataDir::lock`]).
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,14 @@ use p2ptrain_protocol::{codec, Digest, RoundRecord, RunManifest};
 use p2ptrain_trainer::checkpoint::{write_atomically, write_atomically_with};
 
 use super::{ChainError, ChainState};
+
+/// The hold of one process on a data directory, from
+/// [`DataDir::lock`]: released when dropped, or when the process ends,
+/// however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
 
 /// A data directory. See the module docs for its layout.
 #[derive(Debug, Clone)]
@@ -62,6 +72,32 @@ impl DataDir {
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, ChainError> {
         std::fs::read(path).map_err(|e| ChainError::io(path, e))
+    }
+
+    /// Takes the directory (creating it) for this process alone, as a node
+    /// must before it reads or writes: a second node on it would remove the
+    /// first one's unfinished writes and write records beside its own.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError::InUse`] if another process holds it, [`ChainError::Io`]
+    /// if the lock file cannot be opened or locked.
+    pub fn lock(&self) -> Result<DirLock, ChainError> {
+        std::fs::create_dir_all(&self.root).map_err(|e| ChainError::io(&self.root, e))?;
+        let path = self.file("node.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ChainError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(ChainError::InUse(self.root.display().to_string()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(ChainError::io(&path, e)),
+        }
     }
 
     /// Whether a run was started here: its manifest is present, readable
@@ -313,6 +349,19 @@ fn is_temporary(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_process_holds_a_directory_at_a_time() {
+        let root = crate::scratch::scratch_dir("lock");
+        let dir = DataDir::new(root.join("new"));
+        let held = dir.lock().unwrap();
+        // Another hold (another open file, as another process has) fails
+        // while the first lasts, and succeeds once it is dropped.
+        assert!(matches!(dir.lock(), Err(ChainError::InUse(_))));
+        drop(held);
+        let _again = dir.lock().unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn a_residual_comes_back_with_its_tag_and_a_wrong_size_is_ignored() {

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use p2ptrain_protocol::{CodecError, Digest};
 
-pub use datadir::DataDir;
+pub use datadir::{DataDir, DirLock};
 pub use history::history;
 pub use resume::{latest, resume, Resumed, ResumedFrom};
 pub use state::{Buffers, ChainState, StepInput};
@@ -82,6 +82,9 @@ pub enum ChainError {
         /// The file's hash.
         found: Digest,
     },
+    /// Another process works on the directory.
+    #[error("another node is working on {0}: one node per data directory")]
+    InUse(String),
     /// A round's record does not hold.
     #[error("round {round}: {what}")]
     Record {

@@ -88,6 +88,8 @@ pub struct Node {
     engine: Engine,
     topics: Topics,
     data: DataDir,
+    /// Held while the node lives: no other node works on `data`.
+    _lock: chain::DirLock,
     manifest: RunManifest,
     /// The checkpoint of the last finalized (or adopted) round, and its
     /// hash.
@@ -141,6 +143,7 @@ impl Node {
     /// [`NodeError`] if the directory, the network or the model cannot be
     /// set up.
     pub fn new(setup: NodeSetup, events: mpsc::Sender<NodeEvent>) -> Result<Self, NodeError> {
+        let lock = setup.data.lock()?;
         let manifest = setup.data.manifest()?;
         let params = p2ptrain_trainer::ParamLayout::gpt2(&manifest.model).len();
         let resumed = chain::resume(&setup.data, params)?;
@@ -195,6 +198,7 @@ impl Node {
             engine,
             topics,
             data: setup.data,
+            _lock: lock,
             manifest,
             state,
             state_hash: head.base,

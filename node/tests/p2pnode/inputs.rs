@@ -5,7 +5,7 @@
 
 use std::fs;
 
-use super::harness::{init, run, scratch};
+use super::harness::{exclusive, init, run, scratch, solo, Node};
 
 /// Runs `p2pnode args`, which must fail with `said` on stderr.
 fn fails_saying(args: &[&str], said: &str) {
@@ -88,5 +88,31 @@ fn an_interrupted_init_is_done_again() {
     fs::remove_file(dir.join("manifest.bin")).unwrap();
     init(&dir, 1);
     assert!(dir.join("manifest.bin").exists());
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_second_node_on_a_working_directory_is_refused_and_the_first_goes_on() {
+    let _machine = exclusive();
+    let (root, dir, key) = solo("second");
+    let mut first = Node::join("first", &dir, &key, &["--rounds", "3"]);
+    first.round(0);
+    let other_key = root.join("other.key");
+    fails_saying(
+        &[
+            "join",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--key",
+            other_key.to_str().unwrap(),
+            "--no-mdns",
+            "--rounds",
+            "3",
+        ],
+        "another node is working on",
+    );
+    assert!(first.exit().success());
+    let verified = String::from_utf8(run(&["verify", dir.to_str().unwrap()]).stdout).unwrap();
+    assert!(verified.starts_with("ok: 3 rounds"), "{verified}");
     fs::remove_dir_all(root).unwrap();
 }

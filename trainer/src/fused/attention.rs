@@ -44,7 +44,7 @@ impl Dims {
     /// The sizes for sequences of `time` rows of `three_width` (q‖k‖v).
     pub(super) fn new(time: usize, three_width: usize, heads: usize) -> Result<Self> {
         let width = three_width / 3;
-        if three_width % 3 != 0 || heads == 0 || width % heads != 0 {
+        if !three_width.is_multiple_of(3) || heads == 0 || !width.is_multiple_of(heads) {
             candle_core::bail!("fused attention: width {three_width} is not 3 × heads × head size");
         }
         let head_dim = width / heads;
@@ -61,7 +61,7 @@ impl Dims {
     /// its gradient) matches it.
     fn check(&self, qkv: &[f32], other: &[f32]) -> Result<()> {
         let seq = self.time * 3 * self.width;
-        if seq == 0 || qkv.len() % seq != 0 || other.len() * 3 != qkv.len() {
+        if seq == 0 || !qkv.len().is_multiple_of(seq) || other.len() * 3 != qkv.len() {
             candle_core::bail!(
                 "fused attention: {} q‖k‖v for {} outputs",
                 qkv.len(),

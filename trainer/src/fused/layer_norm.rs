@@ -109,7 +109,7 @@ fn row_stats(x: &[f32], d: usize) -> Vec<f32> {
 
 /// Checks that `x` is rows of `w`'s width and `b` matches `w`.
 fn check(x: &[f32], w: &[f32], b_len: usize, op: &str) -> Result<()> {
-    if w.is_empty() || x.len() % w.len() != 0 || b_len != w.len() {
+    if w.is_empty() || !x.len().is_multiple_of(w.len()) || b_len != w.len() {
         candle_core::bail!(
             "{op}: {} inputs for weights of {} and a bias of {b_len}",
             x.len(),
