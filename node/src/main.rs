@@ -99,8 +99,34 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", error_report(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What went wrong and why, for a person: each cause on a line of its own,
+/// without the stack trace `RUST_BACKTRACE` would add to an ordinary error
+/// (a missing file, a bad option) — those are not bugs.
+fn error_report(error: &anyhow::Error) -> String {
+    let mut report = format!("Error: {error}");
+    let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+    if !causes.is_empty() {
+        report.push_str("\n\nCaused by:");
+        for cause in causes {
+            report.push_str("\n    ");
+            report.push_str(&cause);
+        }
+    }
+    report
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Join(args) => {
             // A node allocates the same large buffers round after round
             // (training tensors, payloads and checkpoints it receives):
@@ -209,4 +235,21 @@ fn history(dir: &DataDir, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+
+    #[test]
+    fn an_error_is_reported_with_its_causes_and_no_stack_trace() {
+        assert_eq!(error_report(&anyhow::anyhow!("no key")), "Error: no key");
+        let error = anyhow::anyhow!("No such file")
+            .context("node.key")
+            .context("reading --key");
+        assert_eq!(
+            error_report(&error),
+            "Error: reading --key\n\nCaused by:\n    node.key\n    No such file"
+        );
+    }
 }
