@@ -8,7 +8,7 @@
 # nat-a and nat-b masquerade their LAN behind their one public address and
 # drop whatever arrives unasked (nftables), so `a` and `b` can dial out but
 # nothing can dial in. `pub` starts a run; `a` and `b` bootstrap from it over
-# QUIC. What has to happen: AutoNAT finds `a` and `b` private, each listens
+# QUIC (or TCP, below). What has to happen: AutoNAT finds `a` and `b` private, each listens
 # through pub's relay, they meet through it, and DCUtR turns that into a
 # direct connection; meanwhile every round is applied alike by all three.
 #
@@ -20,11 +20,20 @@
 # Needs root (network namespaces), iproute2 and nftables (`apt-get install
 # nftables`). `ROUNDS` (default 60, about a minute: AutoNAT's first probe
 # waits 15 s and Kademlia's refresh comes every 30 s) sets the rounds;
+# TRANSPORT (default quic; or tcp) what `a` and `b` listen and punch on;
 # P2PNODE the binary (default target/release/p2pnode, built if missing).
 # Logs land in nat-out/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROUNDS=${ROUNDS:-60}
+TRANSPORT=${TRANSPORT:-quic}
+case "$TRANSPORT" in
+  # The hidden nodes reach the relay over the transport they punch on:
+  # an address observed on one transport says nothing of another.
+  quic) hidden=(--listen /ip4/0.0.0.0/udp/0/quic-v1) relay=udp/4001/quic-v1 ;;
+  tcp) hidden=(--listen /ip4/0.0.0.0/tcp/0) relay=tcp/4001 ;;
+  *) echo "TRANSPORT is quic or tcp, not $TRANSPORT" >&2; exit 1 ;;
+esac
 P2PNODE=${P2PNODE:-target/release/p2pnode}
 OUT=${OUT:-nat-out}
 NS=p2pt
@@ -128,9 +137,9 @@ if [ -z "$peer" ]; then
   echo "pub did not start listening within 30 s (see $OUT/pub.log)" >&2
   exit 1
 fi
-start a "$ROUNDS" --bootstrap "/ip4/45.0.0.1/udp/4001/quic-v1/p2p/$peer"
+start a "$ROUNDS" "${hidden[@]}" --bootstrap "/ip4/45.0.0.1/$relay/p2p/$peer"
 a_pid=$!
-start b "$ROUNDS" --bootstrap "/ip4/45.0.0.1/udp/4001/quic-v1/p2p/$peer"
+start b "$ROUNDS" "${hidden[@]}" --bootstrap "/ip4/45.0.0.1/$relay/p2p/$peer"
 b_pid=$!
 
 status=0
