@@ -4,8 +4,26 @@
 //! be done again).
 
 use std::fs;
+use std::path::Path;
 
 use super::harness::{exclusive, init, run, scratch, solo, Node};
+
+/// `p2pnode join` on `dir` with `key`, alone (no mDNS), for one round,
+/// with `extra`.
+fn join_args<'a>(dir: &'a Path, key: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "join",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--no-mdns",
+        "--rounds",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
 
 /// Runs `p2pnode args`, which must fail with `said` on stderr.
 fn fails_saying(args: &[&str], said: &str) {
@@ -23,25 +41,13 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
     let missing = root.join("missing");
     let not_an_allow_list = root.join("allow.txt");
     fs::write(&not_an_allow_list, "zz\n").unwrap();
-    let (dir_arg, key_arg) = (dir.to_str().unwrap(), key.to_str().unwrap());
     for (option, value, said) in [
         ("--psk", &missing, "reading --psk"),
         ("--data", &missing, "reading --data"),
         ("--allow", &not_an_allow_list, "\"zz\" is not a peer key"),
     ] {
         fails_saying(
-            &[
-                "join",
-                "--dir",
-                dir_arg,
-                "--key",
-                key_arg,
-                "--no-mdns",
-                "--rounds",
-                "1",
-                option,
-                value.to_str().unwrap(),
-            ],
+            &join_args(&dir, &key, &[option, value.to_str().unwrap()]),
             said,
         );
         assert!(!dir.exists(), "{option}: a run was started");
@@ -58,21 +64,12 @@ fn a_run_whose_manifest_is_damaged_is_never_replaced() {
     let genesis = fs::read(dir.join("genesis.ckpt")).unwrap();
     let manifest = dir.join("manifest.bin");
     fs::write(&manifest, b"not a manifest").unwrap();
-    let (dir_arg, key) = (dir.to_str().unwrap(), root.join("node.key"));
-    fails_saying(&["init", "--dir", dir_arg], "manifest cannot be read");
+    let key = root.join("node.key");
     fails_saying(
-        &[
-            "join",
-            "--dir",
-            dir_arg,
-            "--key",
-            key.to_str().unwrap(),
-            "--no-mdns",
-            "--rounds",
-            "1",
-        ],
-        "manifest.bin",
+        &["init", "--dir", dir.to_str().unwrap()],
+        "manifest cannot be read",
     );
+    fails_saying(&join_args(&dir, &key, &[]), "manifest.bin");
     assert_eq!(fs::read(&manifest).unwrap(), b"not a manifest");
     assert_eq!(fs::read(dir.join("genesis.ckpt")).unwrap(), genesis);
     fs::remove_dir_all(root).unwrap();
@@ -99,16 +96,7 @@ fn a_second_node_on_a_working_directory_is_refused_and_the_first_goes_on() {
     first.round(0);
     let other_key = root.join("other.key");
     fails_saying(
-        &[
-            "join",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--key",
-            other_key.to_str().unwrap(),
-            "--no-mdns",
-            "--rounds",
-            "3",
-        ],
+        &join_args(&dir, &other_key, &[]),
         "another node is working on",
     );
     assert!(first.exit().success());
