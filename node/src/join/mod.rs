@@ -15,12 +15,11 @@ mod report;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use p2ptrain_node::chain::{DataDir, ResumedFrom};
 use p2ptrain_node::control;
 use p2ptrain_node::keyfile;
-use p2ptrain_node::net::{access, NetConfig};
+use p2ptrain_node::net::{self, access, NetConfig};
 use p2ptrain_node::swarm_loop::{Command, Node, NodeSetup, Status, Training};
 use p2ptrain_protocol::PeerKey;
 use p2ptrain_trainer::Corpus;
@@ -297,17 +296,20 @@ fn tell_start(report: &Report, node: &Node) {
 /// The addresses to listen on: in a private swarm QUIC ones are left out,
 /// with a note (pnet runs over TCP only).
 fn listen_addresses(addresses: &[Multiaddr], private: bool, report: &Report) -> Vec<Multiaddr> {
-    let is_quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::QuicV1));
     if !private {
         return addresses.to_vec();
     }
-    for address in addresses.iter().filter(|a| is_quic(a)) {
+    for address in addresses.iter().filter(|a| net::is_quic(a)) {
         report.note(
             "listen",
             &format!("not listening on {address}: a private swarm speaks TCP only"),
         );
     }
-    addresses.iter().filter(|a| !is_quic(a)).cloned().collect()
+    addresses
+        .iter()
+        .filter(|a| !net::is_quic(a))
+        .cloned()
+        .collect()
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<p2ptrain_protocol::SigningKey> {

@@ -15,8 +15,8 @@ pub mod codec;
 pub mod slices;
 mod swarm;
 
-use libp2p::identity;
-use libp2p::PeerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::{identity, Multiaddr, PeerId};
 use p2ptrain_protocol::{PeerKey, SigningKey};
 
 pub use swarm::{build_swarm, topics, Behaviour, BehaviourEvent, NetConfig, NetError, Topics};
@@ -55,4 +55,9 @@ pub fn peer_key(id: &PeerId) -> Option<PeerKey> {
     let public = identity::PublicKey::try_decode_protobuf(id.to_bytes().get(2..)?).ok()?;
     let ed = public.try_into_ed25519().ok()?;
     Some(PeerKey::from_bytes(ed.to_bytes()))
+}
+
+/// Whether `address` is a QUIC one.
+pub fn is_quic(address: &Multiaddr) -> bool {
+    address.iter().any(|p| matches!(p, Protocol::QuicV1))
 }

@@ -3,12 +3,14 @@
 //! private listens through a connected peer's relay, and DCUtR turns a
 //! relayed connection into a direct one.
 
+use std::collections::BTreeMap;
+
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{autonat, dcutr, identify, kad, relay, Multiaddr, PeerId};
 
 use super::{Node, NodeEvent};
-use crate::net::peer_key;
+use crate::net::{is_quic, peer_key};
 
 impl Node {
     /// A peer said who it is: remember where it listens, and whether it
@@ -33,6 +35,25 @@ impl Node {
                 // which may be after this node found itself private.
                 self.listen_via_relay();
             }
+        }
+    }
+
+    /// mDNS found peers on the LAN: each one not yet connected is dialed
+    /// once, with all the addresses found for it. (A dial per address made
+    /// a connection per address: two nodes on one machine held four
+    /// connections, TCP and QUIC each way, and spread their fetches over
+    /// all of them; now two, one each way.)
+    pub(super) fn dial_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
+        for (peer, addresses) in dial_plan(found) {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            // Not dialed again while a dial is under way (the default
+            // condition of a dial by peer id); a failure is reported by
+            // the swarm's own event.
+            let _ = self
+                .swarm
+                .dial(DialOpts::peer_id(peer).addresses(addresses).build());
         }
     }
 
@@ -117,6 +138,24 @@ fn is_public(address: &Multiaddr) -> bool {
 /// Peers that relay, and their public addresses.
 pub(super) type Relays = std::collections::HashMap<PeerId, Vec<Multiaddr>>;
 
+/// The addresses found for each peer, each once, TCP ones first: libp2p
+/// starts a dial's attempts in this order, several at once, and keeps the
+/// first connection made (a payload moves faster over TCP than over QUIC,
+/// docs/performance.md).
+fn dial_plan(found: Vec<(PeerId, Multiaddr)>) -> BTreeMap<PeerId, Vec<Multiaddr>> {
+    let mut plan: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+    for (peer, address) in found {
+        let addresses = plan.entry(peer).or_default();
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    for addresses in plan.values_mut() {
+        addresses.sort_by_key(is_quic);
+    }
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +171,29 @@ mod tests {
         ] {
             assert!(!is_public(&private.parse().unwrap()), "{private}");
         }
+    }
+
+    #[test]
+    fn a_peer_found_at_many_addresses_is_dialed_once_tcp_first() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let address = |s: &str| s.parse::<Multiaddr>().unwrap();
+        let found = vec![
+            (a, address("/ip4/192.168.1.5/udp/4001/quic-v1")),
+            (b, address("/ip4/192.168.1.6/tcp/4001")),
+            (a, address("/ip4/192.168.1.5/tcp/4001")),
+            (a, address("/ip4/10.0.0.5/udp/4001/quic-v1")),
+            (a, address("/ip4/192.168.1.5/tcp/4001")),
+        ];
+        let plan = dial_plan(found);
+        assert_eq!(plan.len(), 2);
+        assert_eq!(
+            plan[&a],
+            [
+                address("/ip4/192.168.1.5/tcp/4001"),
+                address("/ip4/192.168.1.5/udp/4001/quic-v1"),
+                address("/ip4/10.0.0.5/udp/4001/quic-v1"),
+            ]
+        );
+        assert_eq!(plan[&b], [address("/ip4/192.168.1.6/tcp/4001")]);
     }
 }

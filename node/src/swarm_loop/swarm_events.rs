@@ -78,9 +78,7 @@ impl Node {
                 (_, error) => self.report(NodeEvent::DialFailed(error.to_string())).await,
             },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                for (_, address) in found {
-                    let _ = self.swarm.dial(address);
-                }
+                self.dial_discovered(found);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 message,
