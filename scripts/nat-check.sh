@@ -14,7 +14,7 @@
 #
 # The script checks that all three ended every round on the same
 # checkpoint, that `a` and `b` each reported a direct connection after hole
-# punching, and that `p2pnode verify` passes on every data directory; it
+# punching (and that the relayed connection it replaces was closed), and that `p2pnode verify` passes on every data directory; it
 # prints what each node said about reachability, dials and hole punching.
 #
 # Needs root (network namespaces), iproute2 and nftables (`apt-get install
@@ -195,10 +195,16 @@ punched = [n for n in ["a", "b"] if any(
     e["event"] == "hole_punch" and e["direct"]
     for e in map(json.loads, filter(lambda l: l.startswith("{"), open(f"{out}/{n}.jsonl"))))]
 print(f"direct after hole punching: {' '.join(punched) or 'none'} (of a b)")
+# The direct connection replaces the relayed one: one side closes it (the
+# other may see it closed first).
+closed = sum(e.get("relayed_closed", 0) for n in ["a", "b"]
+             for e in map(json.loads, filter(lambda l: l.startswith("{"), open(f"{out}/{n}.jsonl")))
+             if e["event"] == "hole_punch")
+print(f"relayed connections closed for direct ones: {closed}")
 # Behind symmetric NATs the peer's port cannot be predicted: a and b stay
 # relayed, and their rounds go through pub.
 expected = 2 if nat == "cone" else 0
-sys.exit(0 if agree and len(punched) == expected else 1)
+sys.exit(0 if agree and len(punched) == expected and (closed > 0) == (expected > 0) else 1)
 PY
 for n in pub a b; do
   "$P2PNODE" verify "$OUT/$n-data" || status=1

@@ -147,12 +147,15 @@ impl Report {
                  through a connected peer's relay when one offers it"
                     .to_owned(),
             ),
-            NodeEvent::HolePunch { peer, direct: true } => {
+            NodeEvent::HolePunch {
+                peer, direct: true, ..
+            } => {
                 err(format!("direct connection to {peer} after hole punching"));
             }
             NodeEvent::HolePunch {
                 peer,
                 direct: false,
+                ..
             } => err(format!("hole punching to {peer} failed: staying relayed")),
         }
     }
@@ -206,10 +209,15 @@ impl Report {
             NodeEvent::Backfilled { rounds, missing } => {
                 json!({ "event": "backfilled", "rounds": rounds, "missing": missing })
             }
-            NodeEvent::HolePunch { peer, direct } => json!({
+            NodeEvent::HolePunch {
+                peer,
+                direct,
+                relayed_closed,
+            } => json!({
                 "event": "hole_punch",
                 "peer": peer.to_string(),
                 "direct": direct,
+                "relayed_closed": relayed_closed,
             }),
         }
     }

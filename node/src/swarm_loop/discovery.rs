@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::ConnectionId;
 use libp2p::{autonat, dcutr, identify, kad, relay, Multiaddr, PeerId};
 
 use super::{Node, NodeEvent};
@@ -115,12 +116,45 @@ impl Node {
 
     /// The outcome of a hole punch.
     pub(super) async fn on_dcutr(&mut self, event: dcutr::Event) {
+        let direct = event.result.is_ok();
+        let mut relayed_closed = 0;
+        if direct {
+            // The direct connection replaces the relayed ones: a relay
+            // carries only so many bytes per circuit, and requests to a peer
+            // take turns over its connections, so a payload sent the
+            // relayed way could be cut off halfway.
+            for circuit in self
+                .circuits
+                .remove(&event.remote_peer_id)
+                .unwrap_or_default()
+            {
+                relayed_closed += usize::from(self.swarm.close_connection(circuit));
+            }
+        }
         if let Some(peer) = peer_key(&event.remote_peer_id) {
             self.report(NodeEvent::HolePunch {
                 peer,
-                direct: event.result.is_ok(),
+                direct,
+                relayed_closed,
             })
             .await;
+        }
+    }
+
+    /// Keeps track of the connections that go through a relay.
+    pub(super) fn on_connection(&mut self, peer: PeerId, id: ConnectionId, relayed: bool) {
+        if relayed {
+            self.circuits.entry(peer).or_default().push(id);
+        }
+    }
+
+    /// Forgets a closed connection.
+    pub(super) fn on_connection_closed(&mut self, peer: PeerId, id: ConnectionId) {
+        if let Some(circuits) = self.circuits.get_mut(&peer) {
+            circuits.retain(|c| *c != id);
+            if circuits.is_empty() {
+                self.circuits.remove(&peer);
+            }
         }
     }
 }
@@ -137,6 +171,9 @@ fn is_public(address: &Multiaddr) -> bool {
 
 /// Peers that relay, and their public addresses.
 pub(super) type Relays = std::collections::HashMap<PeerId, Vec<Multiaddr>>;
+
+/// Open connections through a relay, by peer.
+pub(super) type Circuits = std::collections::HashMap<PeerId, Vec<ConnectionId>>;
 
 /// The addresses found for each peer, each once, TCP ones first: libp2p
 /// starts a dial's attempts in this order, several at once, and keeps the

@@ -68,5 +68,8 @@ pub enum NodeEvent {
         peer: PeerKey,
         /// Whether a direct connection now replaces the relayed one.
         direct: bool,
+        /// Relayed connections to the peer closed for the direct one (none
+        /// when the peer closed them first).
+        relayed_closed: usize,
     },
 }

@@ -124,6 +124,9 @@ pub struct Node {
     relays: discovery::Relays,
     /// Whether this node listens through a relay.
     relayed: bool,
+    /// Connections through a relay, by peer: closed once hole punching
+    /// made a direct one.
+    circuits: discovery::Circuits,
     /// The last checkpoint sliced for peers.
     serving: Option<Arc<crate::net::slices::Outboard>>,
     events: mpsc::Sender<NodeEvent>,
@@ -224,6 +227,7 @@ impl Node {
             backfill_checked: false,
             relays: discovery::Relays::new(),
             relayed: false,
+            circuits: discovery::Circuits::new(),
             serving: None,
             events,
             epoch: Instant::now(),

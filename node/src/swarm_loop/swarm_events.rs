@@ -25,9 +25,12 @@ impl Node {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
+                endpoint,
                 num_established,
                 ..
             } => {
+                self.on_connection(peer_id, connection_id, endpoint.is_relayed());
                 if let Some(key) = peer_key(&peer_id) {
                     if num_established.get() == 1 {
                         self.status.send_modify(|s| s.peers += 1);
@@ -47,10 +50,13 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                if let Some(key) = peer_key(&peer_id) {
+                self.on_connection_closed(peer_id, connection_id);
+                // The last connection to the peer: it left.
+                if let Some(key) = peer_key(&peer_id).filter(|_| num_established == 0) {
                     self.status
                         .send_modify(|s| s.peers = s.peers.saturating_sub(1));
                     self.report(NodeEvent::PeerLeft(key)).await;
