@@ -14,8 +14,9 @@
 #
 # The script checks that all three ended every round on the same
 # checkpoint, that `a` and `b` each reported a direct connection after hole
-# punching (and that the relayed connection it replaces was closed), and that `p2pnode verify` passes on every data directory; it
-# prints what each node said about reachability, dials and hole punching.
+# punching (and that the relayed connection it replaces was closed), and
+# that `p2pnode verify` passes on every data directory; it prints what each
+# node said about reachability, dials and hole punching.
 #
 # Needs root (network namespaces), iproute2 and nftables (`apt-get install
 # nftables`). `ROUNDS` (default 60, about a minute: AutoNAT's first probe
