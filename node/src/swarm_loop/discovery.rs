@@ -1,7 +1,8 @@
-//! Finding peers and staying reachable: addresses learned by identify feed
-//! Kademlia, peers Kademlia learns are dialed, a node that AutoNAT finds
-//! private listens through a connected peer's relay, and DCUtR turns a
-//! relayed connection into a direct one.
+//! Finding peers and staying reachable: a peer mDNS finds is dialed once,
+//! addresses learned by identify feed Kademlia, peers Kademlia learns are
+//! dialed, a node that AutoNAT finds private listens through a connected
+//! peer's relay, and DCUtR turns a relayed connection into a direct one
+//! (the relayed one is then closed).
 
 use std::collections::BTreeMap;
 
