@@ -58,13 +58,10 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
 
 #[test]
 fn a_run_whose_manifest_is_damaged_is_never_replaced() {
-    let root = scratch("damaged");
-    let dir = root.join("run");
-    init(&dir, 1);
+    let (root, dir, key) = solo("damaged");
     let genesis = fs::read(dir.join("genesis.ckpt")).unwrap();
     let manifest = dir.join("manifest.bin");
     fs::write(&manifest, b"not a manifest").unwrap();
-    let key = root.join("node.key");
     fails_saying(
         &["init", "--dir", dir.to_str().unwrap()],
         "manifest cannot be read",
@@ -77,9 +74,7 @@ fn a_run_whose_manifest_is_damaged_is_never_replaced() {
 
 #[test]
 fn an_interrupted_init_is_done_again() {
-    let root = scratch("interrupted");
-    let dir = root.join("run");
-    init(&dir, 1);
+    let (root, dir, _) = solo("interrupted");
     // Killed between its two writes: the genesis checkpoint is there, the
     // manifest (written last) is not.
     fs::remove_file(dir.join("manifest.bin")).unwrap();
