@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg};
 use p2ptrain_protocol::CompressionSettings;
 
-use super::{arg_u32, device_error, DeviceKernels, Staging, THREADS};
+use super::{arg_u32, device_error, DeviceKernels, Staging, PER_THREAD, THREADS};
 use crate::layout::Layout;
 use crate::quant::half;
 use crate::{KernelError, Payload};
@@ -194,7 +194,16 @@ impl DeviceKernels {
         // SAFETY: as above.
         let mut kept_code =
             unsafe { self.stream.alloc::<u32>(layout.kept().max(1)) }.map_err(device_error)?;
-        let mut launch = self.stream.launch_builder(&self.compress_chunks);
+        // Chunks of up to THREADS × PER_THREAD entries keeping at most
+        // THREADS are selected from registers (the kernel checks each chunk
+        // again and falls back to the radix select where that does not
+        // apply); the other kernel keeps full occupancy for the rest.
+        let kernel = if chunk_len <= THREADS * PER_THREAD && k_full <= THREADS {
+            &self.compress_chunks_in_registers
+        } else {
+            &self.compress_chunks
+        };
+        let mut launch = self.stream.launch_builder(kernel);
         launch
             .arg(delta)
             .arg(&residual.current)

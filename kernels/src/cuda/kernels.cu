@@ -15,6 +15,9 @@ typedef unsigned char u8;
 // Most entries of a chunk ranked directly once the radix passes have
 // narrowed the k-th largest down to one bin.
 #define CANDIDATES 64
+// Entries per thread held in registers: chunks of up to THREADS × PER_THREAD
+// entries keeping at most THREADS of them take the register path.
+#define PER_THREAD 16
 
 // The magnitude of `x` as an integer that orders like |x| (finite x).
 __device__ __forceinline__ u32 magnitude(float x) {
@@ -81,6 +84,63 @@ __device__ u32 block_max(u32 v, u32* scratch) {
     return m;
 }
 
+// The sum of `x` over the threads before this one in the block; the block's
+// total goes to `*total`. Every thread of the block must call it.
+__device__ u32 block_sum_before(u32 x, u32* warp_scratch, u32* total) {
+    const u32 lane = threadIdx.x & 31;
+    const u32 warp = threadIdx.x >> 5;
+    u32 inclusive = x;
+    for (u32 offset = 1; offset < 32; offset <<= 1) {
+        const u32 t = __shfl_up_sync(FULL_MASK, inclusive, offset);
+        inclusive += lane >= offset ? t : 0;
+    }
+    __syncthreads();
+    if (lane == 31) {
+        warp_scratch[warp] = inclusive;
+    }
+    __syncthreads();
+    u32 before = 0, sum = 0;
+    for (u32 w = 0; w < WARPS; ++w) {
+        const u32 c = warp_scratch[w];
+        before += w < warp ? c : 0;
+        sum += c;
+    }
+    *total = sum;
+    return before + inclusive - x;
+}
+
+// Run by the first warp over a complete 256-bin histogram: the digit whose
+// bin holds the `remaining`-th largest entry (digits counted from 255 down),
+// written to chosen[0], the rank left inside that bin to chosen[1] and the
+// bin's count to chosen[2].
+__device__ void choose_bin(const u32* hist, u32 remaining, u32* chosen) {
+    // Lane l holds digits 255 − 8l down to 248 − 8l.
+    const u32 lane = threadIdx.x;
+    u32 counts[8];
+    u32 sum = 0;
+    for (u32 j = 0; j < 8; ++j) {
+        counts[j] = hist[255 - 8 * lane - j];
+        sum += counts[j];
+    }
+    u32 inclusive = sum;
+    for (u32 offset = 1; offset < 32; offset <<= 1) {
+        const u32 t = __shfl_up_sync(FULL_MASK, inclusive, offset);
+        inclusive += lane >= offset ? t : 0;
+    }
+    u32 before = inclusive - sum;
+    if (before < remaining && inclusive >= remaining) {
+        for (u32 j = 0; j < 8; ++j) {
+            if (before + counts[j] >= remaining) {
+                chosen[0] = 255 - 8 * lane - j;
+                chosen[1] = remaining - before;
+                chosen[2] = counts[j];
+                break;
+            }
+            before += counts[j];
+        }
+    }
+}
+
 // Packs `count` fields of `bits` bits, least significant bit first, into
 // ceil(count × bits / 8) bytes at `out`; each thread writes whole bytes.
 __device__ void pack(const u32* fields, u32 count, u32 bits, u8* out) {
@@ -135,14 +195,43 @@ __device__ __forceinline__ u64 selection_key(u32 m, u32 i) {
     return ((u64)m << 32) | (u64)(~i);
 }
 
-// Quantizes kept entry `i` (slot `slot` in index order).
-__device__ __forceinline__ void keep_entry(const float* acc, float* out, u32 i, u32 slot, float scale,
-                                           float half, u32 max_code, u32* chunk_index, u32* chunk_code) {
-    const float a = acc[i];
+// Quantizes kept entry `i` of value `a` (slot `slot` in index order).
+__device__ __forceinline__ void keep_value(float a, float* out, u32 i, u32 slot, float scale, float half,
+                                           u32 max_code, u32* chunk_index, u32* chunk_code) {
     const u32 code = quantize(a, scale, half, max_code);
     out[i] = __fsub_rn(a, dequantize(code, scale, half));
     chunk_index[slot] = i;
     chunk_code[slot] = code;
+}
+
+// Quantizes kept entry `i` of `acc` (slot `slot` in index order).
+__device__ __forceinline__ void keep_entry(const float* acc, float* out, u32 i, u32 slot, float scale,
+                                           float half, u32 max_code, u32* chunk_index, u32* chunk_code) {
+    keep_value(acc[i], out, i, slot, scale, half, max_code, chunk_index, chunk_code);
+}
+
+// A lower bound of the `k`-th largest (1 ≤ k ≤ THREADS) of the block's
+// `value`s, one per thread: a radix select over their top `bytes` bytes, so
+// the k-th largest with its lower bytes cleared (exact when `bytes` is 4).
+// Every thread must call it.
+__device__ u32 block_kth_largest_floor(u32 value, u32 k, int bytes, u32* hist, u32* chosen) {
+    u32 prefix = 0, mask = 0, remaining = k;
+    for (int shift = 24; shift >= 32 - 8 * bytes; shift -= 8) {
+        for (u32 b = threadIdx.x; b < 256; b += THREADS) {
+            hist[b] = 0;
+        }
+        __syncthreads();
+        add_to_histogram(hist, (value & mask) == prefix ? (value >> shift) & 0xffu : 0x100u);
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            choose_bin(hist, remaining, chosen);
+        }
+        __syncthreads();
+        prefix |= chosen[0] << shift;
+        mask |= 0xffu << shift;
+        remaining = chosen[1];
+    }
+    return prefix;
 }
 
 // Keeps the entries whose key is at least `cutoff`: each warp walks its own
@@ -205,7 +294,74 @@ __device__ void select_by_scan(const float* acc, float* out, u32 n, u32 k, u32 t
     }
 }
 
-// One block per chunk: residual_out = residual_in + delta, the top k by
+// The register path of `compress_chunks_in_registers`, for a chunk of n ≤
+// THREADS × PER_THREAD entries keeping 1 ≤ k ≤ THREADS of them. Thread t
+// holds entries t, t + THREADS, … in `v` (their bits; entries past n are not
+// used).
+//
+// A bound narrows the search: the k-th largest of the threads' largest
+// magnitudes is reached by k distinct entries, so the chunk's k-th largest
+// magnitude is at least that, and so at least `floor`, a lower bound of it
+// found from the top 16 bits alone. Every kept entry is among the candidates
+// of magnitude ≥ floor — usually a few more than k. When at most THREADS are, they are
+// ranked directly, the kept ones quantized, and it returns true; otherwise
+// it returns false, having written nothing.
+__device__ __forceinline__ bool select_in_registers(
+    const u32 (&v)[PER_THREAD], u32 n, u32 k, u32 thread_max, float scale, float half, u32 max_code,
+    float* out, u32* chunk_index, u32* chunk_code, u32* hist, u32* chosen, u32* warp_scratch, u64* keys,
+    u32* values, u32* kept_flags) {
+    // thread_max is the thread's largest magnitude + 1, or 0 if it holds no
+    // entry; at least k threads hold one (k ≤ n, k ≤ THREADS).
+    const u32 bound = block_kth_largest_floor(thread_max, k, 2, hist, chosen);
+    const u32 floor = bound == 0 ? 0 : bound - 1;
+    u32 mine = 0;
+#pragma unroll
+    for (u32 j = 0; j < PER_THREAD; ++j) {
+        const u32 i = j * THREADS + threadIdx.x;
+        mine += i < n && (v[j] & 0x7fffffffu) >= floor ? 1 : 0;
+    }
+    u32 total;
+    u32 slot = block_sum_before(mine, warp_scratch, &total);
+    if (total > THREADS) {
+        return false;
+    }
+#pragma unroll
+    for (u32 j = 0; j < PER_THREAD; ++j) {
+        const u32 i = j * THREADS + threadIdx.x;
+        if (i < n && (v[j] & 0x7fffffffu) >= floor) {
+            keys[slot] = selection_key(v[j] & 0x7fffffffu, i);
+            values[slot] = v[j];
+            ++slot;
+        }
+    }
+    __syncthreads();
+    // Candidate t is kept when fewer than k candidates beat it; its slot is
+    // the number of kept candidates of lower index.
+    const u32 t = threadIdx.x;
+    const u64 key = t < total ? keys[t] : 0;
+    bool keep = false;
+    if (t < total) {
+        u32 better = 0;
+        for (u32 j = 0; j < total; ++j) {
+            better += keys[j] > key ? 1 : 0;
+        }
+        keep = better < k;
+    }
+    kept_flags[t] = keep ? 1 : 0;
+    __syncthreads();
+    if (keep) {
+        const u32 i = ~(u32)key;
+        u32 before = 0;
+        for (u32 j = 0; j < total; ++j) {
+            before += kept_flags[j] != 0 && ~(u32)keys[j] < i ? 1 : 0;
+        }
+        keep_value(__uint_as_float(values[t]), out, i, before, scale, half, max_code, chunk_index, chunk_code);
+    }
+    return true;
+}
+
+// One block per chunk (the body of both compression kernels below):
+// residual_out = residual_in + delta, the top k by
 // magnitude (lower index winning ties) quantized against the chunk's
 // absmax, their quantization error left in residual_out, and the chunk's
 // scale, packed indices and packed codes written into `out` at their
@@ -213,28 +369,24 @@ __device__ void select_by_scan(const float* acc, float* out, u32 n, u32 k, u32 t
 // the bitwise complement of the lowest index whose sum is NaN or infinite,
 // or stays 0 (the caller then discards everything). `stage` is dynamic
 // shared memory of chunk_len floats, used when `staged` is set.
-extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
-    const float* __restrict__ delta,
-    const float* __restrict__ residual_in,
-    float* __restrict__ residual_out,
-    u64 len,
-    u32 chunk_len,
-    u32 chunks,
-    u32 k_full,
-    u32 k_last,
-    u32 index_bits,
-    u32 value_bits,
-    u64 index_bytes_full,
-    u64 value_bytes_full,
-    float half,
-    u32 max_code,
-    u32 staged,
-    u8* __restrict__ out_bytes,
-    u64 scales_offset,
-    u64 index_offset,
-    u64 value_offset,
-    u32* __restrict__ kept_index,
-    u32* __restrict__ kept_code) {
+//
+// A chunk that fits the register path (`select_in_registers`) is selected
+// from registers; any other, or one with too many candidates there, by a
+// radix select over the chunk staged in shared memory (or read back from
+// `residual_out` when it does not fit).
+#define COMPRESS_PARAMS                                                                                     \
+    const float *__restrict__ delta, const float *__restrict__ residual_in, float *__restrict__ residual_out, \
+        u64 len, u32 chunk_len, u32 chunks, u32 k_full, u32 k_last, u32 index_bits, u32 value_bits,         \
+        u64 index_bytes_full, u64 value_bytes_full, float half, u32 max_code, u32 staged,                   \
+        u8 *__restrict__ out_bytes, u64 scales_offset, u64 index_offset, u64 value_offset,                  \
+        u32 *__restrict__ kept_index, u32 *__restrict__ kept_code
+#define COMPRESS_ARGS                                                                                       \
+    delta, residual_in, residual_out, len, chunk_len, chunks, k_full, k_last, index_bits, value_bits,      \
+        index_bytes_full, value_bytes_full, half, max_code, staged, out_bytes, scales_offset, index_offset, \
+        value_offset, kept_index, kept_code
+
+template <bool REGISTERS>
+__device__ __forceinline__ void compress_chunk(COMPRESS_PARAMS) {
     u64* first_non_finite = (u64*)out_bytes;
     float* scales = (float*)(out_bytes + scales_offset);
     u8* index_bytes = out_bytes + index_offset;
@@ -242,10 +394,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
     extern __shared__ float stage[];
     __shared__ u32 hist[256];
     __shared__ u32 warp_scratch[WARPS];
-    __shared__ u32 chosen_digit;
-    __shared__ u32 chosen_remaining;
-    __shared__ u32 chosen_count;
-    __shared__ u64 candidate_keys[CANDIDATES];
+    __shared__ u32 chosen[3];
+    __shared__ u64 keys[REGISTERS ? THREADS : CANDIDATES];
+    __shared__ u32 values[THREADS];
+    __shared__ u32 kept_flags[THREADS];
     __shared__ u32 candidate_total;
     __shared__ u64 cutoff_key;
 
@@ -256,138 +408,168 @@ extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(
     const u32 k = last ? k_last : k_full;
     float* out = residual_out + start;
     float* acc = staged ? stage : out;
+    u32* chunk_index = kept_index + (u64)c * k_full;
+    u32* chunk_code = kept_code + (u64)c * k_full;
 
-    // 1. The accumulated values, their largest magnitude, and the histogram
-    // of their top byte (the first radix digit). Lanes with the same digit
-    // add once, through their lowest lane: magnitudes share their top byte
-    // in long runs.
+    // 1. The accumulated values, their largest magnitude, and (unless the
+    // register path takes the chunk) the histogram of their top byte, the
+    // first radix digit. Lanes with the same digit add once, through their
+    // lowest lane: magnitudes share their top byte in long runs.
     for (u32 b = threadIdx.x; b < 256; b += THREADS) {
         hist[b] = 0;
     }
     __syncthreads();
-    u32 local_max = 0;
-    for (u32 base = 0; base < n; base += THREADS) {
-        const u32 i = base + threadIdx.x;
-        u32 digit = 0x100u;
-        if (i < n) {
-            const float a = __fadd_rn(residual_in[start + i], delta[start + i]);
-            if (!isfinite(a)) {
-                atomicMax(first_non_finite, ~(start + i));
+    u32 absmax_bits;
+    bool selected = false;
+    if (REGISTERS && staged && n <= THREADS * PER_THREAD && k >= 1 && k <= THREADS) {
+        u32 v[PER_THREAD];
+        u32 thread_max = 0;
+#pragma unroll
+        for (u32 j = 0; j < PER_THREAD; ++j) {
+            const u32 i = j * THREADS + threadIdx.x;
+            const u32 at = i < n ? i : 0;
+            const float a = __fadd_rn(residual_in[start + at], delta[start + at]);
+            v[j] = __float_as_uint(a);
+            if (i < n) {
+                if (!isfinite(a)) {
+                    atomicMax(first_non_finite, ~(start + i));
+                }
+                out[i] = a;
+                thread_max = max(thread_max, magnitude(a) + 1);
             }
-            out[i] = a;
-            if (staged) {
-                stage[i] = a;
-            }
-            local_max = max(local_max, magnitude(a));
-            digit = magnitude(a) >> 24;
         }
-        add_to_histogram(hist, digit);
-    }
-    const u32 absmax_bits = block_max(local_max, warp_scratch);
-    if (k == 0) {
-        if (threadIdx.x == 0) {
-            scales[c] = 0.0f;
-        }
-        return;
-    }
-
-    // 2. Radix select, a byte of the magnitude at a time: the bin holding the
-    // k-th largest entry (`prefix` under `mask`), how many entries it holds
-    // (`in_bin`) and how many of them are kept (`remaining`); stop once the
-    // bin is small enough to rank directly.
-    u32 prefix = 0, mask = 0, remaining = k, in_bin = n;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        if (shift != 24) {
+        absmax_bits = block_max(thread_max, warp_scratch) - 1;
+        const float scale = __fdiv_rn(__uint_as_float(absmax_bits), half);
+        selected = select_in_registers(v, n, k, thread_max, scale, half, max_code, out, chunk_index, chunk_code,
+                                       hist, chosen, warp_scratch, keys, values, kept_flags);
+        if (!selected) {
+            // Too many candidates: stage the chunk for the radix select.
             for (u32 b = threadIdx.x; b < 256; b += THREADS) {
                 hist[b] = 0;
             }
             __syncthreads();
-            for (u32 base = 0; base < n; base += THREADS) {
-                const u32 i = base + threadIdx.x;
-                const u32 m = i < n ? magnitude(acc[i]) : 0;
-                add_to_histogram(hist, i < n && (m & mask) == prefix ? (m >> shift) & 0xffu : 0x100u);
-            }
-        }
-        __syncthreads();
-        if (threadIdx.x < 32) {
-            // Lane l holds digits 255 − 8l down to 248 − 8l.
-            const u32 lane = threadIdx.x;
-            u32 counts[8];
-            u32 sum = 0;
-            for (u32 j = 0; j < 8; ++j) {
-                counts[j] = hist[255 - 8 * lane - j];
-                sum += counts[j];
-            }
-            u32 inclusive = sum;
-            for (u32 offset = 1; offset < 32; offset <<= 1) {
-                const u32 t = __shfl_up_sync(FULL_MASK, inclusive, offset);
-                inclusive += lane >= offset ? t : 0;
-            }
-            u32 before = inclusive - sum;
-            if (before < remaining && inclusive >= remaining) {
-                for (u32 j = 0; j < 8; ++j) {
-                    if (before + counts[j] >= remaining) {
-                        chosen_digit = 255 - 8 * lane - j;
-                        chosen_remaining = remaining - before;
-                        chosen_count = counts[j];
-                        break;
-                    }
-                    before += counts[j];
+#pragma unroll
+            for (u32 j = 0; j < PER_THREAD; ++j) {
+                const u32 i = j * THREADS + threadIdx.x;
+                if (i < n) {
+                    stage[i] = __uint_as_float(v[j]);
                 }
+                add_to_histogram(hist, i < n ? (v[j] & 0x7fffffffu) >> 24 : 0x100u);
             }
         }
-        __syncthreads();
-        prefix |= chosen_digit << shift;
-        mask |= 0xffu << shift;
-        remaining = chosen_remaining;
-        in_bin = chosen_count;
-        __syncthreads();
-        if (in_bin <= CANDIDATES) {
-            break;
+    } else {
+        u32 local_max = 0;
+        for (u32 base = 0; base < n; base += THREADS) {
+            const u32 i = base + threadIdx.x;
+            u32 digit = 0x100u;
+            if (i < n) {
+                const float a = __fadd_rn(residual_in[start + i], delta[start + i]);
+                if (!isfinite(a)) {
+                    atomicMax(first_non_finite, ~(start + i));
+                }
+                out[i] = a;
+                if (staged) {
+                    stage[i] = a;
+                }
+                local_max = max(local_max, magnitude(a));
+                digit = magnitude(a) >> 24;
+            }
+            add_to_histogram(hist, digit);
         }
+        absmax_bits = block_max(local_max, warp_scratch);
     }
-    // 3. The kept entries in index order: quantized, their error left in the
-    // residual, their index and code noted for packing.
     const float scale = __fdiv_rn(__uint_as_float(absmax_bits), half);
     if (threadIdx.x == 0) {
-        scales[c] = scale;
+        scales[c] = k == 0 ? 0.0f : scale;
     }
-    u32* chunk_index = kept_index + (u64)c * k_full;
-    u32* chunk_code = kept_code + (u64)c * k_full;
-    if (in_bin <= CANDIDATES) {
-        // Every entry above the bin is kept, none below; inside it, the
-        // `remaining` best keys. Rank the bin's keys to find the last kept.
-        if (threadIdx.x == 0) {
-            candidate_total = 0;
-        }
-        __syncthreads();
-        for (u32 i = threadIdx.x; i < n; i += THREADS) {
-            const u32 m = magnitude(acc[i]);
-            if ((m & mask) == prefix) {
-                candidate_keys[atomicAdd(&candidate_total, 1u)] = selection_key(m, i);
+    if (k == 0) {
+        return;
+    }
+
+    if (!selected) {
+        // 2. Radix select, a byte of the magnitude at a time: the bin holding
+        // the k-th largest entry (`prefix` under `mask`), how many entries it
+        // holds (`in_bin`) and how many of them are kept (`remaining`); stop
+        // once the bin is small enough to rank directly.
+        u32 prefix = 0, mask = 0, remaining = k, in_bin = n;
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            if (shift != 24) {
+                for (u32 b = threadIdx.x; b < 256; b += THREADS) {
+                    hist[b] = 0;
+                }
+                __syncthreads();
+                for (u32 base = 0; base < n; base += THREADS) {
+                    const u32 i = base + threadIdx.x;
+                    const u32 m = i < n ? magnitude(acc[i]) : 0;
+                    add_to_histogram(hist, i < n && (m & mask) == prefix ? (m >> shift) & 0xffu : 0x100u);
+                }
+            }
+            __syncthreads();
+            if (threadIdx.x < 32) {
+                choose_bin(hist, remaining, chosen);
+            }
+            __syncthreads();
+            prefix |= chosen[0] << shift;
+            mask |= 0xffu << shift;
+            remaining = chosen[1];
+            in_bin = chosen[2];
+            __syncthreads();
+            if (in_bin <= CANDIDATES) {
+                break;
             }
         }
-        __syncthreads();
-        if (threadIdx.x < in_bin) {
-            const u64 key = candidate_keys[threadIdx.x];
-            u32 better = 0;
-            for (u32 j = 0; j < in_bin; ++j) {
-                better += candidate_keys[j] > key ? 1 : 0;
+        // 3. The kept entries in index order: quantized, their error left in
+        // the residual, their index and code noted for packing.
+        if (in_bin <= CANDIDATES) {
+            // Every entry above the bin is kept, none below; inside it, the
+            // `remaining` best keys. Rank the bin's keys to find the last
+            // kept.
+            if (threadIdx.x == 0) {
+                candidate_total = 0;
             }
-            if (better == remaining - 1) {
-                cutoff_key = key;
+            __syncthreads();
+            for (u32 i = threadIdx.x; i < n; i += THREADS) {
+                const u32 m = magnitude(acc[i]);
+                if ((m & mask) == prefix) {
+                    keys[atomicAdd(&candidate_total, 1u)] = selection_key(m, i);
+                }
             }
+            __syncthreads();
+            if (threadIdx.x < in_bin) {
+                const u64 key = keys[threadIdx.x];
+                u32 better = 0;
+                for (u32 j = 0; j < in_bin; ++j) {
+                    better += keys[j] > key ? 1 : 0;
+                }
+                if (better == remaining - 1) {
+                    cutoff_key = key;
+                }
+            }
+            __syncthreads();
+            select_by_cutoff(acc, out, n, cutoff_key, scale, half, max_code, chunk_index, chunk_code,
+                             warp_scratch);
+        } else {
+            select_by_scan(acc, out, n, k, prefix, remaining, scale, half, max_code, chunk_index, chunk_code,
+                           warp_scratch);
         }
-        __syncthreads();
-        select_by_cutoff(acc, out, n, cutoff_key, scale, half, max_code, chunk_index, chunk_code, warp_scratch);
-    } else {
-        select_by_scan(acc, out, n, k, prefix, remaining, scale, half, max_code, chunk_index, chunk_code, warp_scratch);
     }
     __syncthreads();
 
     // 4. Pack the chunk's indices and codes into its runs of the payload.
     pack(chunk_index, k, index_bits, index_bytes + (u64)c * index_bytes_full);
     pack(chunk_code, k, value_bits, value_bytes + (u64)c * value_bytes_full);
+}
+
+// The kernel for chunks that cannot take the register path, at full
+// occupancy (it needs few registers).
+extern "C" __global__ void __launch_bounds__(THREADS) compress_chunks(COMPRESS_PARAMS) {
+    compress_chunk<false>(COMPRESS_ARGS);
+}
+
+// The kernel for chunks that may take the register path; its registers
+// leave room for four blocks per multiprocessor.
+extern "C" __global__ void __launch_bounds__(THREADS, 4) compress_chunks_in_registers(COMPRESS_PARAMS) {
+    compress_chunk<true>(COMPRESS_ARGS);
 }
 
 // One thread per kept entry of a payload: dense[i] = dense[i] + weight ×

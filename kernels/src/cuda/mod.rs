@@ -45,11 +45,16 @@ const SOURCE: &str = include_str!("kernels.cu");
 /// Threads per block; `THREADS` in the source.
 const THREADS: u32 = 256;
 
+/// Entries per thread on the compression kernel's register path;
+/// `PER_THREAD` in the source.
+const PER_THREAD: u32 = 16;
+
 /// The compiled kernels, bound to one stream: every call is ordered on it,
 /// after whatever was queued there before (a candle step, say).
 pub struct DeviceKernels {
     stream: Arc<CudaStream>,
     compress_chunks: CudaFunction,
+    compress_chunks_in_registers: CudaFunction,
     add_payload: CudaFunction,
     staging: Arc<Staging>,
 }
@@ -81,6 +86,9 @@ impl DeviceKernels {
         Ok(Self {
             compress_chunks: module
                 .load_function("compress_chunks")
+                .map_err(device_error)?,
+            compress_chunks_in_registers: module
+                .load_function("compress_chunks_in_registers")
                 .map_err(device_error)?,
             add_payload: module.load_function("add_payload").map_err(device_error)?,
             stream,

@@ -73,6 +73,10 @@ fn compress_matches_the_cpu_bit_for_bit() {
     let mut rng = Rng(7);
     let cases = [
         (100_000, settings(4096, 0.01, ValueBits::Eight)),
+        // The register path at its limit (k = 256), and with a short last
+        // chunk.
+        (100_000, settings(4096, 0.0625, ValueBits::Eight)),
+        (70_001, settings(4096, 0.05, ValueBits::Four)),
         (100_003, settings(4096, 0.5, ValueBits::Four)),
         (65_536, settings(1024, 0.25, ValueBits::Two)),
         (50_001, settings(20_000, 0.03, ValueBits::Eight)),
@@ -112,11 +116,22 @@ fn ties_everywhere_match_the_cpu() {
         return;
     };
     // All equal, then two magnitudes only: the kept set is decided by index.
+    // Then a hundred equal largest entries per chunk among small distinct
+    // ones: few enough candidates to be ranked from registers.
     let constant = vec![0.5f32; 40_000];
     let two: Vec<f32> = (0..40_000)
         .map(|i| if i % 3 == 0 { -2.0 } else { 1.0 })
         .collect();
-    for delta in [constant, two] {
+    let few_largest: Vec<f32> = (0..40_000)
+        .map(|i| {
+            if i % 41 == 0 {
+                2.0
+            } else {
+                1e-3 * (i % 977) as f32
+            }
+        })
+        .collect();
+    for delta in [constant, two, few_largest] {
         for density in [0.01, 0.3, 0.9] {
             let settings = settings(4096, density, ValueBits::Eight);
             let mut cpu_residual = vec![0.0; delta.len()];
