@@ -422,14 +422,20 @@ __device__ __forceinline__ void compress_chunk(COMPRESS_PARAMS) {
     u32 absmax_bits;
     bool selected = false;
     if (REGISTERS && staged && n <= THREADS * PER_THREAD && k >= 1 && k <= THREADS) {
+        // All loads first, none waiting on another (entries past n read
+        // entry 0 and are not used), then the checks and stores.
         u32 v[PER_THREAD];
+#pragma unroll
+        for (u32 j = 0; j < PER_THREAD; ++j) {
+            const u32 i = j * THREADS + threadIdx.x;
+            const u64 at = start + (i < n ? i : 0);
+            v[j] = __float_as_uint(__fadd_rn(__ldg(residual_in + at), __ldg(delta + at)));
+        }
         u32 thread_max = 0;
 #pragma unroll
         for (u32 j = 0; j < PER_THREAD; ++j) {
             const u32 i = j * THREADS + threadIdx.x;
-            const u32 at = i < n ? i : 0;
-            const float a = __fadd_rn(residual_in[start + at], delta[start + at]);
-            v[j] = __float_as_uint(a);
+            const float a = __uint_as_float(v[j]);
             if (i < n) {
                 if (!isfinite(a)) {
                     atomicMax(first_non_finite, ~(start + i));
