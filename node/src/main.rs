@@ -111,10 +111,19 @@ fn main() -> std::process::ExitCode {
 
 /// What went wrong and why, for a person: each cause on a line of its own,
 /// without the stack trace `RUST_BACKTRACE` would add to an ordinary error
-/// (a missing file, a bad option) — those are not bugs.
+/// (a missing file, a bad option) — those are not bugs. A cause that the
+/// line above already quotes (an error that names its source in its own
+/// message, as many library errors do) is not repeated.
 fn error_report(error: &anyhow::Error) -> String {
     let mut report = format!("Error: {error}");
-    let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+    let mut above = error.to_string();
+    let mut causes = Vec::new();
+    for cause in error.chain().skip(1).map(ToString::to_string) {
+        if !above.contains(&cause) {
+            causes.push(cause.clone());
+        }
+        above = cause;
+    }
     if !causes.is_empty() {
         report.push_str("\n\nCaused by:");
         for cause in causes {
@@ -251,5 +260,20 @@ mod tests {
             error_report(&error),
             "Error: reading --key\n\nCaused by:\n    node.key\n    No such file"
         );
+        // A cause quoted by the error above it is said once.
+        let quoted = anyhow::Error::new(Quoting(Quoted)).context("starting the node");
+        assert_eq!(
+            error_report(&quoted),
+            "Error: starting the node\n\nCaused by:\n    training: bad device"
+        );
     }
+
+    /// An error that quotes its source in its own message.
+    #[derive(Debug, thiserror::Error)]
+    #[error("training: {0}")]
+    struct Quoting(#[source] Quoted);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("bad device")]
+    struct Quoted;
 }

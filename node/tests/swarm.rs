@@ -57,7 +57,7 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             training: Training::Replica {
                 tokens: corpus.shard(usize::from(i), 3).unwrap().to_vec(),
-                device: "cpu".to_owned(),
+                device: p2ptrain_trainer::device::Device::Cpu,
             },
         };
         let (node_events, mut from_node) = mpsc::channel(64);

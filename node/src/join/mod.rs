@@ -106,6 +106,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         .map(access::load_allow_list)
         .transpose()
         .context("reading --allow")?;
+    let device = p2ptrain_trainer::device::parse(&args.device).context("--device")?;
     let key = load_or_create_key(&args.key)?;
     let me = PeerKey::from(&key);
     let report = Report::new(args.log_format, me);
@@ -135,10 +136,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             ..NetConfig::default()
         },
         listen: listen_addresses(&args.listen, args.psk.is_some(), &report),
-        training: Training::Replica {
-            tokens,
-            device: args.device.clone(),
-        },
+        training: Training::Replica { tokens, device },
     };
     let (events_tx, mut events) = mpsc::channel(256);
     let node = Node::new(setup, events_tx).context("starting the node")?;

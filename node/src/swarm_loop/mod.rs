@@ -68,9 +68,10 @@ pub enum Training {
     Replica {
         /// Its training data (one token per byte).
         tokens: Vec<u8>,
-        /// Where it trains: `cpu`, `cuda:N` or `auto` (a GPU needs a build
-        /// with `--features cuda`).
-        device: String,
+        /// Where it trains ([`p2ptrain_trainer::device::parse`] reads
+        /// `cpu`, `cuda:N` or `auto`; a GPU needs a build with `--features
+        /// cuda`).
+        device: p2ptrain_trainer::device::Device,
     },
     /// Any other source of updates.
     Worker(Box<dyn Worker>),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use p2ptrain_kernels::Payload;
 use p2ptrain_protocol::RunManifest;
-use p2ptrain_trainer::device::{self, ErrorFeedback};
+use p2ptrain_trainer::device::{Device, ErrorFeedback};
 use p2ptrain_trainer::{LocalTrainer, Sampler};
 
 use super::worker::{StepProgress, Worker};
@@ -52,26 +52,23 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
-    /// A replica of `manifest`'s model at `params` on `device` (`cpu`,
-    /// `cuda:N` or `auto`), training on `tokens` (one per byte), its batches
-    /// drawn with `seed`.
+    /// A replica of `manifest`'s model at `params` on `device`, training on
+    /// `tokens` (one per byte), its batches drawn with `seed`.
     ///
     /// # Errors
     ///
-    /// [`ReplicaError`] if the device is unusable or the model cannot be
-    /// built.
+    /// [`ReplicaError`] if the model or its residual cannot be built there.
     pub fn new(
         manifest: &RunManifest,
         params: Vec<f32>,
         tokens: Vec<u8>,
         seed: u64,
         total_steps: u64,
-        device: &str,
+        device: &Device,
     ) -> Result<Self, ReplicaError> {
-        let device = device::parse(device)?;
-        let feedback = ErrorFeedback::new(&device, params.len())?;
+        let feedback = ErrorFeedback::new(device, params.len())?;
         let trainer =
-            LocalTrainer::new(manifest.model, params, manifest.inner, total_steps, &device)?;
+            LocalTrainer::new(manifest.model, params, manifest.inner, total_steps, device)?;
         Ok(Self {
             trainer,
             sampler: Sampler::new(tokens, seed),

@@ -39,17 +39,24 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
     let dir = root.join("run");
     let key = root.join("node.key");
     let missing = root.join("missing");
+    let missing = missing.to_str().unwrap();
     let not_an_allow_list = root.join("allow.txt");
     fs::write(&not_an_allow_list, "zz\n").unwrap();
     for (option, value, said) in [
-        ("--psk", &missing, "reading --psk"),
-        ("--data", &missing, "reading --data"),
-        ("--allow", &not_an_allow_list, "\"zz\" is not a peer key"),
+        ("--psk", missing, "reading --psk"),
+        ("--data", missing, "reading --data"),
+        (
+            "--allow",
+            not_an_allow_list.to_str().unwrap(),
+            "\"zz\" is not a peer key",
+        ),
+        (
+            "--device",
+            "gpu",
+            "device \"gpu\": expected cpu, cuda:N or auto",
+        ),
     ] {
-        fails_saying(
-            &join_args(&dir, &key, &[option, value.to_str().unwrap()]),
-            said,
-        );
+        fails_saying(&join_args(&dir, &key, &[option, value]), said);
         assert!(!dir.exists(), "{option}: a run was started");
         assert!(!key.exists(), "{option}: a key was created");
     }

@@ -9,7 +9,8 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use candle_core::{Device, Tensor};
+pub use candle_core::Device;
+use candle_core::Tensor;
 use p2ptrain_kernels::{KernelError, Payload};
 use p2ptrain_protocol::CompressionSettings;
 
