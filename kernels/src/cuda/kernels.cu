@@ -45,26 +45,44 @@ __device__ __forceinline__ float dequantize(u32 code, float scale, float half) {
     return __fmul_rn(__fsub_rn((float)code, half), scale);
 }
 
-// How many threads before this one in the block have `flag` set; the
+// Adds the totals of the warps before this one to `before_in_warp` (what
+// comes before this thread within its warp), given its warp's total; the
 // block's total goes to `*total`. Every thread of the block must call it.
-__device__ u32 block_count_before(bool flag, u32* warp_counts, u32* total) {
-    const u32 lane = threadIdx.x & 31;
+__device__ u32 block_before(u32 before_in_warp, u32 warp_total, u32* warp_scratch, u32* total) {
     const u32 warp = threadIdx.x >> 5;
-    const u32 ballot = __ballot_sync(FULL_MASK, flag);
-    const u32 in_warp = __popc(ballot & ((1u << lane) - 1u));
     __syncthreads();
-    if (lane == 0) {
-        warp_counts[warp] = __popc(ballot);
+    if ((threadIdx.x & 31) == 0) {
+        warp_scratch[warp] = warp_total;
     }
     __syncthreads();
     u32 before = 0, sum = 0;
     for (u32 w = 0; w < WARPS; ++w) {
-        const u32 c = warp_counts[w];
+        const u32 c = warp_scratch[w];
         before += w < warp ? c : 0;
         sum += c;
     }
     *total = sum;
-    return before + in_warp;
+    return before + before_in_warp;
+}
+
+// How many threads before this one in the block have `flag` set; the
+// block's total goes to `*total`. Every thread of the block must call it.
+__device__ u32 block_count_before(bool flag, u32* warp_scratch, u32* total) {
+    const u32 lane = threadIdx.x & 31;
+    const u32 ballot = __ballot_sync(FULL_MASK, flag);
+    return block_before(__popc(ballot & ((1u << lane) - 1u)), __popc(ballot), warp_scratch, total);
+}
+
+// The sum of `x` over the threads before this one in the block; the block's
+// total goes to `*total`. Every thread of the block must call it.
+__device__ u32 block_sum_before(u32 x, u32* warp_scratch, u32* total) {
+    const u32 lane = threadIdx.x & 31;
+    u32 inclusive = x;
+    for (u32 offset = 1; offset < 32; offset <<= 1) {
+        const u32 t = __shfl_up_sync(FULL_MASK, inclusive, offset);
+        inclusive += lane >= offset ? t : 0;
+    }
+    return block_before(inclusive - x, __shfl_sync(FULL_MASK, inclusive, 31), warp_scratch, total);
 }
 
 // The largest value of `v` over the block, for every thread.
@@ -82,31 +100,6 @@ __device__ u32 block_max(u32 v, u32* scratch) {
         m = max(m, scratch[w]);
     }
     return m;
-}
-
-// The sum of `x` over the threads before this one in the block; the block's
-// total goes to `*total`. Every thread of the block must call it.
-__device__ u32 block_sum_before(u32 x, u32* warp_scratch, u32* total) {
-    const u32 lane = threadIdx.x & 31;
-    const u32 warp = threadIdx.x >> 5;
-    u32 inclusive = x;
-    for (u32 offset = 1; offset < 32; offset <<= 1) {
-        const u32 t = __shfl_up_sync(FULL_MASK, inclusive, offset);
-        inclusive += lane >= offset ? t : 0;
-    }
-    __syncthreads();
-    if (lane == 31) {
-        warp_scratch[warp] = inclusive;
-    }
-    __syncthreads();
-    u32 before = 0, sum = 0;
-    for (u32 w = 0; w < WARPS; ++w) {
-        const u32 c = warp_scratch[w];
-        before += w < warp ? c : 0;
-        sum += c;
-    }
-    *total = sum;
-    return before + inclusive - x;
 }
 
 // Run by the first warp over a complete 256-bin histogram: the digit whose
@@ -139,6 +132,23 @@ __device__ void choose_bin(const u32* hist, u32 remaining, u32* chosen) {
             before += counts[j];
         }
     }
+}
+
+// One radix step, once every thread has added its digits to `hist` (every
+// thread calls it): narrows `prefix` under `mask` to the bin, at `shift`,
+// that holds the `remaining`-th largest entry, and `remaining` to its rank
+// inside that bin; returns how many entries the bin holds.
+__device__ __forceinline__ u32 narrow_to_bin(const u32* hist, u32* chosen, int shift, u32& prefix, u32& mask,
+                                             u32& remaining) {
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        choose_bin(hist, remaining, chosen);
+    }
+    __syncthreads();
+    prefix |= chosen[0] << shift;
+    mask |= 0xffu << shift;
+    remaining = chosen[1];
+    return chosen[2];
 }
 
 // Packs `count` fields of `bits` bits, least significant bit first, into
@@ -222,14 +232,7 @@ __device__ u32 block_kth_largest_floor(u32 value, u32 k, int bytes, u32* hist, u
         }
         __syncthreads();
         add_to_histogram(hist, (value & mask) == prefix ? (value >> shift) & 0xffu : 0x100u);
-        __syncthreads();
-        if (threadIdx.x < 32) {
-            choose_bin(hist, remaining, chosen);
-        }
-        __syncthreads();
-        prefix |= chosen[0] << shift;
-        mask |= 0xffu << shift;
-        remaining = chosen[1];
+        narrow_to_bin(hist, chosen, shift, prefix, mask, remaining);
     }
     return prefix;
 }
@@ -510,15 +513,7 @@ __device__ __forceinline__ void compress_chunk(COMPRESS_PARAMS) {
                     add_to_histogram(hist, i < n && (m & mask) == prefix ? (m >> shift) & 0xffu : 0x100u);
                 }
             }
-            __syncthreads();
-            if (threadIdx.x < 32) {
-                choose_bin(hist, remaining, chosen);
-            }
-            __syncthreads();
-            prefix |= chosen[0] << shift;
-            mask |= 0xffu << shift;
-            remaining = chosen[1];
-            in_bin = chosen[2];
+            in_bin = narrow_to_bin(hist, chosen, shift, prefix, mask, remaining);
             __syncthreads();
             if (in_bin <= CANDIDATES) {
                 break;
