@@ -305,10 +305,10 @@ __device__ void select_by_scan(const float* acc, float* out, u32 n, u32 k, u32 t
 // A bound narrows the search: the k-th largest of the threads' largest
 // magnitudes is reached by k distinct entries, so the chunk's k-th largest
 // magnitude is at least that, and so at least `floor`, a lower bound of it
-// found from the top 16 bits alone. Every kept entry is among the candidates
-// of magnitude ≥ floor — usually a few more than k. When at most THREADS are, they are
-// ranked directly, the kept ones quantized, and it returns true; otherwise
-// it returns false, having written nothing.
+// found from the top 16 bits alone. Every kept entry is among the
+// candidates of magnitude ≥ floor — usually a few more than k. When at most
+// THREADS are, they are ranked directly, the kept ones quantized, and it
+// returns true; otherwise it returns false, having written no output.
 __device__ __forceinline__ bool select_in_registers(
     const u32 (&v)[PER_THREAD], u32 n, u32 k, u32 thread_max, float scale, float half, u32 max_code,
     float* out, u32* chunk_index, u32* chunk_code, u32* hist, u32* chosen, u32* warp_scratch, u64* keys,
@@ -364,11 +364,10 @@ __device__ __forceinline__ bool select_in_registers(
 }
 
 // One block per chunk (the body of both compression kernels below):
-// residual_out = residual_in + delta, the top k by
-// magnitude (lower index winning ties) quantized against the chunk's
-// absmax, their quantization error left in residual_out, and the chunk's
-// scale, packed indices and packed codes written into `out` at their
-// offsets. The u64 at the start of `out` (zeroed by the caller) ends up as
+// residual_out = residual_in + delta, the top k by magnitude (lower index
+// winning ties) quantized against the chunk's absmax, their quantization
+// error left in residual_out, and the chunk's scale, packed indices and
+// packed codes written into `out` at their offsets. The u64 at the start of `out` (zeroed by the caller) ends up as
 // the bitwise complement of the lowest index whose sum is NaN or infinite,
 // or stays 0 (the caller then discards everything). `stage` is dynamic
 // shared memory of chunk_len floats, used when `staged` is set.
