@@ -36,11 +36,13 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 names=(a b c d e f g h)
+node_devices=()
 first=""
 for ((i = 0; i < NODES; i++)); do
   name=${names[$i]}
   "$BIN" init --dir "$OUT/$name" --inner-steps "$INNER_STEPS" --min-contributors "$NODES" --deadline-ms 20000 >/dev/null 2>&1
   device=${devices[$((i % ${#devices[@]}))]}
+  node_devices+=("$device")
   args=(join --dir "$OUT/$name" --key "$OUT/$name.key" --no-mdns --listen /ip4/127.0.0.1/tcp/0 --rounds "$ROUNDS" --device "$device")
   [[ -n "$first" ]] && args+=(--bootstrap "$first")
   "$BIN" "${args[@]}" >"$OUT/$name.out" 2>"$OUT/$name.log" &
@@ -71,7 +73,7 @@ pids=()
 echo
 echo "checkpoint of the last round on each node:"
 for ((i = 0; i < NODES; i++)); do
-  printf '  %s (%s)  %s\n' "${names[$i]}" "${devices[$((i % ${#devices[@]}))]}" \
+  printf '  %s (%s)  %s\n' "${names[$i]}" "${node_devices[$i]}" \
     "$(grep "^round $((ROUNDS - 1)):" "$OUT/${names[$i]}.out" | awk '{print $4}')"
 done
 echo
