@@ -88,12 +88,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Print a data directory's round records: run, base, result, committer
-    /// and each contribution's author, payload and signature, in hex.
+    /// Print a data directory's round records: a table of rounds (how many
+    /// contributions, the chain's tokens, the resulting checkpoint), or with
+    /// --json every field, in hex: run, base, result, committer and each
+    /// contribution's author, payload and signature.
     History {
         /// The data directory.
         dir: PathBuf,
-        /// One JSON array instead of a table.
+        /// One JSON array of the whole records instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -149,8 +151,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", PeerKey::from(&key));
             eprintln!("wrote {}", out.display());
         }
-        Command::Pubkey { key } => {
-            let key = keyfile::load(&key)?;
+        Command::Pubkey { key: path } => {
+            let key = match keyfile::load(&path) {
+                Err(keyfile::KeyFileError::Io { error, .. })
+                    if error.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    anyhow::bail!(
+                        "no key file at {0}: `p2pnode keygen --out {0}` creates one",
+                        path.display()
+                    )
+                }
+                loaded => loaded?,
+            };
             println!("{}", PeerKey::from(&key));
         }
         Command::SwarmKey { out } => swarm_key(&out)?,
@@ -228,6 +240,13 @@ fn history(dir: &DataDir, json: bool) -> anyhow::Result<()> {
     let records = chain::history(dir)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    if records.as_array().is_none_or(Vec::is_empty) {
+        println!(
+            "no rounds yet: {} holds only its genesis checkpoint",
+            dir.root().display()
+        );
         return Ok(());
     }
     println!(

@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::harness::{exclusive, init, run, scratch, solo, Node};
+use super::harness::{exclusive, init, run, run_ok, scratch, solo, Node};
 
 /// `p2pnode join` on `dir` with `key`, alone (no mDNS), for one round,
 /// with `extra`.
@@ -60,6 +60,25 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
         assert!(!dir.exists(), "{option}: a run was started");
         assert!(!key.exists(), "{option}: a key was created");
     }
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_missing_key_and_an_empty_chain_are_explained() {
+    let (root, dir, key) = solo("explained");
+    fails_saying(
+        &["pubkey", "--key", key.to_str().unwrap()],
+        "`p2pnode keygen --out",
+    );
+    fs::write(&key, "not hex\n").unwrap();
+    fails_saying(
+        &["pubkey", "--key", key.to_str().unwrap()],
+        "is not a key file",
+    );
+    let table = run_ok(&["history", dir.to_str().unwrap()]);
+    assert!(table.starts_with("no rounds yet"), "{table}");
+    let json = run_ok(&["history", "--json", dir.to_str().unwrap()]);
+    assert_eq!(json.trim(), "[]");
     fs::remove_dir_all(root).unwrap();
 }
 
