@@ -160,6 +160,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         &format!("node {me} — waiting for peers; it trains alone until some join"),
     );
     let mut stop = std::pin::pin!(stop_requested());
+    let mut asked_to_stop = false;
     loop {
         tokio::select! {
             event = events.recv() => {
@@ -176,13 +177,31 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                 }
                 report.refresh(&status.borrow_and_update());
             }
-            () = &mut stop => break,
+            () = &mut stop => {
+                asked_to_stop = true;
+                break;
+            }
         }
     }
     report.finish();
     let _ = commands.send(Command::Shutdown).await;
     running.await?.context("the node stopped with an error")?;
     let _ = std::fs::remove_file(data.root().join(control::STATUS_SOCKET));
+    let last = status.borrow();
+    let held = format!(
+        "{} holds {} rounds, up to checkpoint {}",
+        args.dir.display(),
+        last.round,
+        last.checkpoint
+    );
+    if asked_to_stop {
+        report.note(
+            "stopped",
+            &format!("stopped: {held}; the same command resumes from there"),
+        );
+    } else {
+        report.note("done", &format!("done: {held}"));
+    }
     Ok(())
 }
 
