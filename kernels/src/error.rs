@@ -32,6 +32,9 @@ pub enum KernelError {
     /// A weight is NaN or infinite, or (for aggregation) not positive.
     #[error("invalid weight {0}: must be finite (and positive to aggregate)")]
     InvalidWeight(f32),
+    /// A residual decay factor outside `[0, 1]`.
+    #[error("invalid residual decay {0}: must be between 0 and 1")]
+    InvalidDecay(f32),
     /// Aggregation was asked for the mean of nothing.
     #[error("nothing to aggregate")]
     NoInputs,

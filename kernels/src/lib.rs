@@ -76,6 +76,7 @@
 mod compress;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod decay;
 mod decompress;
 mod error;
 mod layout;
@@ -86,6 +87,7 @@ mod topk;
 mod wire;
 
 pub use compress::compress;
+pub use decay::{decay_residual, validate_residual_decay};
 pub use decompress::{aggregate, aggregate_into, decompress_into, AggregateInput, WeightedMean};
 pub use error::KernelError;
 pub use payload::Payload;

@@ -58,6 +58,7 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
             training: Training::Replica {
                 tokens: corpus.shard(usize::from(i), 3).unwrap().to_vec(),
                 device: p2ptrain_trainer::device::Device::Cpu,
+                residual_decay: p2ptrain_trainer::device::RESIDUAL_DECAY,
             },
         };
         let (node_events, mut from_node) = mpsc::channel(64);

@@ -227,10 +227,8 @@ fn diloco(setup: &Setup, corpus: &Corpus, validation: &[Batch]) -> Result<f32, E
                     .zip(&mut residuals)
                     .map(|(delta, residual)| compress(delta, residual, settings))
                     .collect::<Result<Vec<_>, _>>()?;
-                if setup.ef_decay != 1.0 {
-                    for residual in &mut residuals {
-                        residual.iter_mut().for_each(|r| *r *= setup.ef_decay);
-                    }
+                for residual in &mut residuals {
+                    p2ptrain_kernels::decay_residual(residual, setup.ef_decay)?;
                 }
                 let inputs: Vec<_> = payloads
                     .iter()

@@ -5,7 +5,7 @@
 use candle_core::Device;
 use p2ptrain_kernels::{compress, Payload};
 use p2ptrain_protocol::{CompressionSettings, InnerOptimizer, RunManifest, ValueBits};
-use p2ptrain_trainer::device::{self, ErrorFeedback};
+use p2ptrain_trainer::device::{self, ErrorFeedback, RESIDUAL_DECAY};
 use p2ptrain_trainer::{LocalTrainer, ParamLayout, Preset};
 
 fn inner() -> InnerOptimizer {
@@ -40,8 +40,9 @@ fn settings() -> CompressionSettings {
 }
 
 /// Trains `steps` steps from `start` on `device`, then compresses the
-/// update twice (so the residual carried over counts); returns both
-/// payloads, the residual, and the trained parameters.
+/// update twice, the residual decayed after each (so the residual carried
+/// over and its decay count); returns both payloads, the residual, and the
+/// trained parameters.
 fn round(device: &Device, start: &[f32], steps: usize) -> (Vec<Payload>, Vec<f32>, Vec<f32>) {
     let config = Preset::Tiny.config();
     let mut trainer = LocalTrainer::new(config, start.to_vec(), inner(), 20, device).unwrap();
@@ -52,8 +53,10 @@ fn round(device: &Device, start: &[f32], steps: usize) -> (Vec<Payload>, Vec<f32
     for _ in 0..steps {
         trainer.step(&x, &y).unwrap();
     }
-    payloads.push(trainer.compress_update(&mut feedback, &settings()).unwrap());
-    payloads.push(trainer.compress_update(&mut feedback, &settings()).unwrap());
+    for _ in 0..2 {
+        payloads.push(trainer.compress_update(&mut feedback, &settings()).unwrap());
+        feedback.decay(RESIDUAL_DECAY).unwrap();
+    }
     let trained = trainer.params().unwrap().to_vec();
     (payloads, feedback.values().unwrap(), trained)
 }
@@ -62,9 +65,14 @@ fn round(device: &Device, start: &[f32], steps: usize) -> (Vec<Payload>, Vec<f32
 fn by_hand(start: &[f32], trained: &[f32]) -> (Vec<Payload>, Vec<f32>) {
     let delta: Vec<f32> = start.iter().zip(trained).map(|(s, t)| s - t).collect();
     let mut residual = vec![0.0; delta.len()];
-    let first = compress(&delta, &mut residual, &settings()).unwrap();
-    let second = compress(&delta, &mut residual, &settings()).unwrap();
-    (vec![first, second], residual)
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        payloads.push(compress(&delta, &mut residual, &settings()).unwrap());
+        for r in &mut residual {
+            *r *= RESIDUAL_DECAY;
+        }
+    }
+    (payloads, residual)
 }
 
 #[test]
@@ -88,6 +96,24 @@ fn a_payload_added_back_returns_to_the_residual() {
     for (r, d) in feedback.values().unwrap().iter().zip(&delta) {
         assert!((r - d).abs() <= 1e-5 * d.abs().max(1.0), "{r} vs {d}");
     }
+}
+
+#[test]
+fn a_decay_outside_zero_to_one_is_refused_and_the_residual_kept() {
+    let len = 1_000;
+    let delta: Vec<f32> = (0..len).map(|i| (i % 7) as f32 - 3.0).collect();
+    let tensor = candle_core::Tensor::from_slice(&delta, len, &Device::Cpu).unwrap();
+    let mut feedback = ErrorFeedback::new(&Device::Cpu, len).unwrap();
+    feedback.compress(&tensor, &settings()).unwrap();
+    let before = feedback.values().unwrap();
+    assert!(before.iter().any(|r| *r != 0.0));
+    for factor in [1.5, -0.5, f32::NAN] {
+        assert!(feedback.decay(factor).is_err(), "{factor}");
+        assert_eq!(feedback.values().unwrap(), before);
+    }
+    feedback.decay(0.5).unwrap();
+    let halved: Vec<f32> = before.iter().map(|r| r * 0.5).collect();
+    assert_eq!(feedback.values().unwrap(), halved);
 }
 
 #[test]

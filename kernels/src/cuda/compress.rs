@@ -73,6 +73,25 @@ impl DeviceResidual {
         Ok(values)
     }
 
+    /// Multiplies the residual by `factor` ([`decay_residual`](crate::decay_residual)'s
+    /// rule), through the host: once a round, a copy each way.
+    ///
+    /// # Errors
+    ///
+    /// [`KernelError::InvalidDecay`] unless `0 ≤ factor ≤ 1` (nothing
+    /// changes), [`KernelError::Device`] when a copy fails.
+    pub fn decay(&mut self, stream: &Arc<CudaStream>, factor: f32) -> Result<(), KernelError> {
+        crate::validate_residual_decay(factor)?;
+        if factor == 1.0 || self.len == 0 {
+            return Ok(());
+        }
+        let mut values = self.to_host(stream)?;
+        crate::decay_residual(&mut values, factor)?;
+        stream
+            .memcpy_htod(&values, &mut self.current)
+            .map_err(device_error)
+    }
+
     /// The residual as a device buffer (at least one element long).
     pub fn values_mut(&mut self) -> &mut CudaSlice<f32> {
         &mut self.current

@@ -5,11 +5,12 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use p2ptrain_kernels::{compress, decompress_into, Payload};
+use p2ptrain_kernels::{compress, decay_residual, decompress_into, Payload};
 use p2ptrain_node::engine::{Engine, Head, Input, LocalUpdate, Output, RejectReason};
 use p2ptrain_protocol::{
     Contribution, Digest, PeerKey, RoundRecord, RunManifest, Signed, SigningKey,
 };
+use p2ptrain_trainer::device::RESIDUAL_DECAY;
 use p2ptrain_trainer::Corpus;
 
 use crate::checker::SharedChecker;
@@ -549,6 +550,8 @@ impl Simulation {
             &mut self.peers[p].residual,
             &self.manifest.compression,
         )?;
+        // As a node's replica does with its residual after each update.
+        decay_residual(&mut self.peers[p].residual, RESIDUAL_DECAY)?;
         let update = LocalUpdate {
             payload: Arc::from(payload.encode()?),
             tokens: self.tokens_per_update,

@@ -22,6 +22,7 @@ use p2ptrain_node::keyfile;
 use p2ptrain_node::net::{self, access, NetConfig};
 use p2ptrain_node::swarm_loop::{Command, Node, NodeSetup, Status, Training};
 use p2ptrain_protocol::PeerKey;
+use p2ptrain_trainer::device::RESIDUAL_DECAY;
 use p2ptrain_trainer::Corpus;
 use tokio::sync::{mpsc, watch};
 
@@ -71,6 +72,13 @@ pub struct JoinArgs {
     /// CPU and GPU peers share a run.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// What this node's error-feedback residual (the part of its updates
+    /// that compression left out) keeps from one round to the next, 0 to 1.
+    /// At 1 nothing fades: the replica learns the held-back part again each
+    /// round, the residual piles up, and with top-1% compression a long
+    /// run's loss climbs back after a few dozen rounds.
+    #[arg(long, value_name = "FACTOR", default_value_t = RESIDUAL_DECAY, value_parser = residual_decay)]
+    residual_decay: f32,
     /// Stop once the chain holds this many rounds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     rounds: u64,
@@ -136,7 +144,11 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             ..NetConfig::default()
         },
         listen: listen_addresses(&args.listen, args.psk.is_some(), &report),
-        training: Training::Replica { tokens, device },
+        training: Training::Replica {
+            tokens,
+            device,
+            residual_decay: args.residual_decay,
+        },
     };
     let (events_tx, mut events) = mpsc::channel(256);
     let node = Node::new(setup, events_tx).context("starting the node")?;
@@ -203,6 +215,15 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         report.note("done", &format!("done: {held}"));
     }
     Ok(())
+}
+
+/// Reads `--residual-decay`: a number from 0 to 1.
+fn residual_decay(text: &str) -> Result<f32, String> {
+    let factor: f32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    p2ptrain_kernels::validate_residual_decay(factor).map_err(|e| e.to_string())?;
+    Ok(factor)
 }
 
 /// Resolves when the node is asked to stop: Ctrl-C, or SIGTERM (what

@@ -72,6 +72,10 @@ pub enum Training {
         /// `cpu`, `cuda:N` or `auto`; a GPU needs a build with `--features
         /// cuda`).
         device: p2ptrain_trainer::device::Device,
+        /// What its error-feedback residual keeps from one round to the
+        /// next, in `[0, 1]` (usually
+        /// [`RESIDUAL_DECAY`](p2ptrain_trainer::device::RESIDUAL_DECAY)).
+        residual_decay: f32,
     },
     /// Any other source of updates.
     Worker(Box<dyn Worker>),
@@ -169,7 +173,11 @@ impl Node {
                 .map_err(|e| NodeError::Address(address.clone(), with_causes(&e)))?;
         }
         let worker: Box<dyn Worker> = match setup.training {
-            Training::Replica { tokens, device } => {
+            Training::Replica {
+                tokens,
+                device,
+                residual_decay,
+            } => {
                 let seed =
                     u64::from_le_bytes(setup.key.to_bytes()[..8].try_into().unwrap_or([0; 8]));
                 Box::new(Replica::new(
@@ -179,6 +187,7 @@ impl Node {
                     seed,
                     1_000 * u64::from(manifest.inner_steps),
                     &device,
+                    residual_decay,
                 )?)
             }
             Training::Worker(worker) => worker,

@@ -39,6 +39,8 @@ pub struct Replica {
     sampler: Sampler,
     manifest: RunManifest,
     feedback: ErrorFeedback,
+    /// What the residual keeps from one session to the next.
+    residual_decay: f32,
     /// Mean training loss of the last session.
     last_loss: Option<f32>,
 }
@@ -53,11 +55,14 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     /// A replica of `manifest`'s model at `params` on `device`, training on
-    /// `tokens` (one per byte), its batches drawn with `seed`.
+    /// `tokens` (one per byte), its batches drawn with `seed`; after each
+    /// update it sends, its error-feedback residual is multiplied by
+    /// `residual_decay` (see [`RESIDUAL_DECAY`](p2ptrain_trainer::device::RESIDUAL_DECAY)).
     ///
     /// # Errors
     ///
-    /// [`ReplicaError`] if the model or its residual cannot be built there.
+    /// [`ReplicaError`] if the model or its residual cannot be built there,
+    /// or `residual_decay` is not in `[0, 1]`.
     pub fn new(
         manifest: &RunManifest,
         params: Vec<f32>,
@@ -65,7 +70,9 @@ impl Replica {
         seed: u64,
         total_steps: u64,
         device: &Device,
+        residual_decay: f32,
     ) -> Result<Self, ReplicaError> {
+        p2ptrain_kernels::validate_residual_decay(residual_decay)?;
         let feedback = ErrorFeedback::new(device, params.len())?;
         let trainer =
             LocalTrainer::new(manifest.model, params, manifest.inner, total_steps, device)?;
@@ -74,6 +81,7 @@ impl Replica {
             sampler: Sampler::new(tokens, seed),
             manifest: manifest.clone(),
             feedback,
+            residual_decay,
             last_loss: None,
         })
     }
@@ -81,7 +89,8 @@ impl Replica {
 
 impl Worker for Replica {
     /// One session: `inner_steps` steps from `start`, then the compressed
-    /// pseudo-gradient `start − trained` (plus the residual).
+    /// pseudo-gradient `start − trained` (plus the residual), and the
+    /// residual's decay.
     fn session(
         &mut self,
         start: &[f32],
@@ -104,6 +113,7 @@ impl Worker for Replica {
         let payload = self
             .trainer
             .compress_update(&mut self.feedback, &self.manifest.compression)?;
+        self.feedback.decay(self.residual_decay)?;
         let tokens = u64::from(self.manifest.inner_steps) * (batch * context) as u64;
         Ok(LocalUpdate {
             payload: Arc::from(payload.encode()?),

@@ -55,6 +55,7 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
             "gpu",
             "device \"gpu\": expected cpu, cuda:N or auto",
         ),
+        ("--residual-decay", "1.5", "must be between 0 and 1"),
     ] {
         fails_saying(&join_args(&dir, &key, &[option, value]), said);
         assert!(!dir.exists(), "{option}: a run was started");

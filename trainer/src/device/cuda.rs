@@ -47,6 +47,10 @@ impl Feedback {
         Ok(self.kernels.compress(&view, &mut self.residual, settings)?)
     }
 
+    pub fn decay(&mut self, factor: f32) -> Result<()> {
+        Ok(self.residual.decay(self.kernels.stream(), factor)?)
+    }
+
     pub fn add_back(&mut self, payload: &Payload) -> Result<()> {
         let residual = self.residual.values_mut();
         Ok(self.kernels.decompress_into(payload, 1.0, residual)?)

@@ -10,6 +10,16 @@
 mod cuda;
 
 pub use candle_core::Device;
+
+/// What a replica keeps of its error-feedback residual from one round to
+/// the next ([`ErrorFeedback::decay`]) unless told otherwise.
+///
+/// Measured with the `diloco` example on the bundled corpus, one replica,
+/// top-1% at 8 bits, H = 50: keeping all of it (1.0), the validation loss
+/// swings between 2.7 and 3.7 over 60 rounds and ends at 2.78, and a node
+/// trained alone for 135 rounds saw its training loss climb from 2.4 to
+/// 5.1; at 0.9 it falls to 2.17 by round 60 (uncompressed: 1.62).
+pub const RESIDUAL_DECAY: f32 = 0.9;
 use candle_core::Tensor;
 use p2ptrain_kernels::{KernelError, Payload};
 use p2ptrain_protocol::CompressionSettings;
@@ -149,6 +159,21 @@ impl ErrorFeedback {
             }
             #[cfg(feature = "cuda")]
             Feedback::Cuda(feedback) => feedback.compress(&delta, settings),
+        }
+    }
+
+    /// Multiplies the residual by `factor`, in `[0, 1]` (see
+    /// [`p2ptrain_kernels::decay_residual`]), where it lives.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainerError::Compression`] for a factor outside `[0, 1]` (the
+    /// residual is unchanged), or when a copy to or from the GPU fails.
+    pub fn decay(&mut self, factor: f32) -> Result<()> {
+        match &mut self.0 {
+            Feedback::Host(residual) => Ok(p2ptrain_kernels::decay_residual(residual, factor)?),
+            #[cfg(feature = "cuda")]
+            Feedback::Cuda(feedback) => feedback.decay(factor),
         }
     }
 
