@@ -3,6 +3,7 @@
 mod init;
 mod join;
 mod status;
+mod words;
 
 use std::path::PathBuf;
 
@@ -205,8 +206,11 @@ fn verify(dir: &DataDir) -> anyhow::Result<()> {
     let verified = chain::replay(dir, params_of(&manifest))
         .with_context(|| format!("verification of {} failed", dir.root().display()))?;
     println!(
-        "ok: {} rounds, {} contributions, {} tokens; checkpoint {}",
-        verified.rounds, verified.contributions, verified.chain_tokens, verified.head
+        "ok: {}, {}, {} tokens; checkpoint {}",
+        words::counted(verified.rounds, "round"),
+        words::counted(verified.contributions, "contribution"),
+        verified.chain_tokens,
+        verified.head
     );
     Ok(())
 }

@@ -48,11 +48,11 @@ fn describe(s: &Status) -> String {
         text.push_str(&format!("train loss  {loss:.3} (last session)\n"));
     }
     text.push_str(&format!(
-        "peers       {}\nrounds      {} ended since start, {} contributions in the last\n\
+        "peers       {}\nrounds      {} ended since start, {} in the last\n\
          traffic     {} in, {} out\n",
         s.peers,
         s.rounds_done,
-        s.last_contributions,
+        crate::words::counted(s.last_contributions as u64, "contribution"),
         indicatif::HumanBytes(s.bytes_in),
         indicatif::HumanBytes(s.bytes_out)
     ));

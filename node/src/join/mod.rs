@@ -21,7 +21,7 @@ use p2ptrain_node::control;
 use p2ptrain_node::keyfile;
 use p2ptrain_node::net::{self, access, NetConfig};
 use p2ptrain_node::swarm_loop::{Command, Node, NodeSetup, Status, Training};
-use p2ptrain_protocol::PeerKey;
+use p2ptrain_protocol::{PeerKey, RunManifest};
 use p2ptrain_trainer::device::RESIDUAL_DECAY;
 use p2ptrain_trainer::Corpus;
 use tokio::sync::{mpsc, watch};
@@ -94,11 +94,14 @@ pub struct JoinArgs {
 
 pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     // What the options name is read before anything is written: a mistyped
-    // path leaves no new key or run behind.
+    // path leaves no new key or run behind. A node does not evaluate, so it
+    // trains on all of the user's data; of the bundled corpus, on the
+    // training part, the rest being the validation set that netsim and the
+    // benchmarks report on.
     let tokens = match &args.data {
         Some(path) => Corpus::load(path, 0)
             .with_context(|| format!("reading --data {}", path.display()))?
-            .train()
+            .tokens()
             .to_vec(),
         None => Corpus::bundled().train().to_vec(),
     };
@@ -115,10 +118,13 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         .transpose()
         .context("reading --allow")?;
     let device = p2ptrain_trainer::device::parse(&args.device).context("--device")?;
+    let data = DataDir::new(&args.dir);
+    if let Some(path) = &args.data {
+        check_fits_a_window(&data, path, tokens.len())?;
+    }
     let key = load_or_create_key(&args.key)?;
     let me = PeerKey::from(&key);
     let report = Report::new(args.log_format, me);
-    let data = DataDir::new(&args.dir);
     // A run whose manifest cannot be read is reported by the node when it
     // starts on it, never replaced by a new one.
     if !data.holds_run() {
@@ -201,9 +207,9 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(data.root().join(control::STATUS_SOCKET));
     let last = status.borrow();
     let held = format!(
-        "{} holds {} rounds, up to checkpoint {}",
+        "{} holds {}, up to checkpoint {}",
         args.dir.display(),
-        last.round,
+        crate::words::counted(last.round, "round"),
         last.checkpoint
     );
     if asked_to_stop {
@@ -348,6 +354,29 @@ fn listen_addresses(addresses: &[Multiaddr], private: bool, report: &Report) -> 
         .filter(|a| !net::is_quic(a))
         .cloned()
         .collect()
+}
+
+/// Refuses `--data` too short for one window of the run's model (the run
+/// in `data`, or the one a new run would get), before anything is written.
+/// A run whose manifest cannot be read is left for the node to report.
+fn check_fits_a_window(data: &DataDir, path: &Path, tokens: usize) -> anyhow::Result<()> {
+    let model = if data.holds_run() {
+        match data.manifest() {
+            Ok(manifest) => manifest.model,
+            Err(_) => return Ok(()),
+        }
+    } else {
+        RunManifest::default().model
+    };
+    let needed = model.context_len as usize + 1;
+    anyhow::ensure!(
+        tokens >= needed,
+        "--data {} gives {tokens} training tokens (one per byte), but the run's model reads \
+         windows of {} and needs at least {needed}",
+        path.display(),
+        model.context_len
+    );
+    Ok(())
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<p2ptrain_protocol::SigningKey> {

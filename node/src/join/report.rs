@@ -117,7 +117,8 @@ impl Report {
             } => {
                 let loss = train_loss.map_or(String::new(), |l| format!(", train loss {l:.3}"));
                 out(format!(
-                    "round {round}: checkpoint {checkpoint} ({contributions} contributions{loss})"
+                    "round {round}: checkpoint {checkpoint} ({}{loss})",
+                    crate::words::counted(contributions as u64, "contribution")
                 ));
             }
             NodeEvent::Adopted { round, checkpoint } => {

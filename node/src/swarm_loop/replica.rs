@@ -62,7 +62,9 @@ impl Replica {
     /// # Errors
     ///
     /// [`ReplicaError`] if the model or its residual cannot be built there,
-    /// or `residual_decay` is not in `[0, 1]`.
+    /// `residual_decay` is not in `[0, 1]`, or `tokens` are fewer than one
+    /// window of the model's context plus its target
+    /// ([`DataError::TooShort`](p2ptrain_trainer::DataError::TooShort)).
     pub fn new(
         manifest: &RunManifest,
         params: Vec<f32>,
@@ -73,6 +75,14 @@ impl Replica {
         residual_decay: f32,
     ) -> Result<Self, ReplicaError> {
         p2ptrain_kernels::validate_residual_decay(residual_decay)?;
+        let needed = manifest.model.context_len as usize + 1;
+        if tokens.len() < needed {
+            return Err(p2ptrain_trainer::DataError::TooShort {
+                needed,
+                found: tokens.len(),
+            }
+            .into());
+        }
         let feedback = ErrorFeedback::new(device, params.len())?;
         let trainer =
             LocalTrainer::new(manifest.model, params, manifest.inner, total_steps, device)?;
@@ -141,5 +151,41 @@ impl Worker for Replica {
         let device = self.trainer.device().clone();
         self.feedback = ErrorFeedback::from_values(&device, values)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use p2ptrain_trainer::{DataError, ParamLayout};
+
+    use super::*;
+
+    fn replica(tokens: usize) -> Result<Replica, ReplicaError> {
+        let manifest = RunManifest::default();
+        let params = ParamLayout::gpt2(&manifest.model).initial_values(1);
+        Replica::new(
+            &manifest,
+            params,
+            vec![b'a'; tokens],
+            7,
+            100,
+            &Device::Cpu,
+            0.5,
+        )
+    }
+
+    #[test]
+    fn data_shorter_than_one_window_is_refused_at_once() {
+        let needed = RunManifest::default().model.context_len as usize + 1;
+        let refused = replica(needed - 1).expect_err("one token short of a window");
+        assert!(
+            matches!(
+                refused,
+                ReplicaError::Data(DataError::TooShort { needed: n, found })
+                    if n == needed && found == needed - 1
+            ),
+            "{refused}"
+        );
+        assert!(replica(needed).is_ok());
     }
 }

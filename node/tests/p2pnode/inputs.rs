@@ -42,9 +42,17 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
     let missing = missing.to_str().unwrap();
     let not_an_allow_list = root.join("allow.txt");
     fs::write(&not_an_allow_list, "zz\n").unwrap();
+    let too_short = root.join("short.txt");
+    fs::write(&too_short, "thirty-one bytes of own text..\n").unwrap();
     for (option, value, said) in [
         ("--psk", missing, "reading --psk"),
         ("--data", missing, "reading --data"),
+        (
+            "--data",
+            too_short.to_str().unwrap(),
+            "gives 31 training tokens (one per byte), but the run's model reads windows of 64 \
+             and needs at least 65",
+        ),
         (
             "--allow",
             not_an_allow_list.to_str().unwrap(),

@@ -387,7 +387,10 @@ fn sigterm_stops_a_node_cleanly_and_it_resumes_with_its_residual() {
     // Saved on the way out, which a killed node cannot do.
     assert!(second.said("restored the error-feedback residual"));
     // Each says where it stopped: asked to, and at its --rounds.
-    let held = |rounds: u64| format!("{} holds {rounds} rounds", dir.display());
+    let held = |rounds: u64| {
+        let s = if rounds == 1 { "" } else { "s" };
+        format!("{} holds {rounds} round{s}", dir.display())
+    };
     assert!(first.said(&format!("stopped: {}", held(last + 1))));
     assert!(second.said(&format!("done: {}", held(last + 2))));
     std::fs::remove_dir_all(root).unwrap();
