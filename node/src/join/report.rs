@@ -129,6 +129,10 @@ impl Report {
             NodeEvent::Rejected(reason) => err(format!("dropped a contribution: {reason}")),
             NodeEvent::PeerConnected(peer) => err(format!("peer {peer} connected")),
             NodeEvent::PeerLeft(peer) => err(format!("peer {peer} left")),
+            NodeEvent::OtherRun { peer, run } => err(format!(
+                "peer {peer} is on another run ({run}): the two do not train together \
+                 (each run is its own swarm)"
+            )),
             NodeEvent::Refused(peer) => {
                 err(format!("refused peer {peer}: not on the allow-list"));
             }
@@ -202,6 +206,11 @@ impl Report {
                 json!({ "event": "peer_connected", "peer": peer.to_string() })
             }
             NodeEvent::PeerLeft(peer) => json!({ "event": "peer_left", "peer": peer.to_string() }),
+            NodeEvent::OtherRun { peer, run } => json!({
+                "event": "other_run",
+                "peer": peer.to_string(),
+                "run": run,
+            }),
             NodeEvent::Refused(peer) => json!({ "event": "refused", "peer": peer.to_string() }),
             NodeEvent::DialFailed(error) => json!({ "event": "dial_failed", "error": error }),
             NodeEvent::Reachability { public } => {

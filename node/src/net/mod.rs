@@ -19,7 +19,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{identity, Multiaddr, PeerId};
 use p2ptrain_protocol::{PeerKey, SigningKey};
 
-pub use swarm::{build_swarm, topics, Behaviour, BehaviourEvent, NetConfig, NetError, Topics};
+pub use swarm::{
+    announced_run, build_swarm, topics, Behaviour, BehaviourEvent, NetConfig, NetError, Topics,
+};
 
 /// The libp2p keypair of a node key: the same ed25519 key.
 ///

@@ -113,6 +113,24 @@ pub fn topics(run: &Digest) -> Topics {
     }
 }
 
+/// The run whose announcements `topic` carries, if it is a run's announce
+/// topic: the run id as the topic spells it.
+///
+/// ```
+/// # use p2ptrain_node::net::{announced_run, topics};
+/// # use p2ptrain_protocol::Digest;
+/// let run = Digest::of(b"a run");
+/// let topic = topics(&run).announce.hash();
+/// assert_eq!(announced_run(topic.as_str()), Some(run.to_string().as_str()));
+/// assert_eq!(announced_run("/ipfs/pubsub"), None);
+/// ```
+pub fn announced_run(topic: &str) -> Option<&str> {
+    topic
+        .strip_prefix("/p2ptrain/")?
+        .strip_suffix("/announce")
+        .filter(|run| !run.is_empty() && !run.contains('/'))
+}
+
 /// A tokio swarm identified by `key` with every behaviour: over TCP (noise,
 /// yamux) and QUIC, or, with a pre-shared key, over TCP inside pnet only.
 ///

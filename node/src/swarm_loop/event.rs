@@ -46,6 +46,14 @@ pub enum NodeEvent {
     PeerConnected(PeerKey),
     /// A peer's last connection closed.
     PeerLeft(PeerKey),
+    /// A connected peer takes part in another run: it is not waited for,
+    /// and nothing is exchanged with it but routing.
+    OtherRun {
+        /// The peer.
+        peer: PeerKey,
+        /// Its run's id, as its announce topic spells it.
+        run: String,
+    },
     /// A connection with a peer off the allow-list was refused.
     Refused(PeerKey),
     /// A dial failed.

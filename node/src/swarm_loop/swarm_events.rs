@@ -6,13 +6,39 @@ use p2ptrain_protocol::{codec, Commit, Contribution, Signed};
 
 use super::{Node, NodeError, NodeEvent};
 use crate::engine::Input;
-use crate::net::{peer_key, BehaviourEvent};
+use crate::net::{announced_run, peer_key, BehaviourEvent};
 
 impl Node {
     pub(super) async fn refused(&mut self, peer: &PeerId) {
         if let Some(key) = peer_key(peer) {
             self.report(NodeEvent::Refused(key)).await;
         }
+    }
+
+    /// A peer subscribed to a topic. To this run's announcements: it is a
+    /// member of the swarm from now on (the round waits for its
+    /// contribution), and it hears this round's announcement again, which
+    /// went out before it was listening. A connected peer that never
+    /// subscribes (another run's, or another libp2p program's, found by
+    /// mDNS or Kademlia) is never waited for; another run's is named.
+    async fn on_subscribed(
+        &mut self,
+        peer: PeerId,
+        topic: &gossipsub::TopicHash,
+    ) -> Result<(), NodeError> {
+        let Some(key) = peer_key(&peer) else {
+            return Ok(());
+        };
+        if *topic == self.topics.announce.hash() {
+            if let Some(signed) = self.engine.own_announcement() {
+                self.publish(&self.topics.announce.clone(), &signed);
+            }
+            self.feed(Input::PeerSeen(key)).await?;
+        } else if let Some(run) = announced_run(topic.as_str()) {
+            let run = run.to_owned();
+            self.report(NodeEvent::OtherRun { peer: key, run }).await;
+        }
+        Ok(())
     }
 
     pub(super) async fn on_swarm_event(
@@ -45,7 +71,6 @@ impl Node {
                         }
                         self.report(NodeEvent::PeerConnected(key)).await;
                     }
-                    self.feed(Input::PeerSeen(key)).await?;
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -102,14 +127,15 @@ impl Node {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                peer_id,
                 topic,
-                ..
+            })) => self.on_subscribed(peer_id, &topic).await?,
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Unsubscribed {
+                peer_id,
+                topic,
             })) if topic == self.topics.announce.hash() => {
-                // A peer that subscribes after this round's announcement went
-                // out never got it: send it again (a new message, by its
-                // sequence number).
-                if let Some(signed) = self.engine.own_announcement() {
-                    self.publish(&self.topics.announce.clone(), &signed);
+                if let Some(key) = peer_key(&peer_id) {
+                    self.feed(Input::PeerGone(key)).await?;
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event).await?,

@@ -6,6 +6,7 @@ mod harness;
 mod inputs;
 mod observe;
 mod rogue;
+mod runs;
 
 use std::collections::BTreeMap;
 use std::path::Path;
