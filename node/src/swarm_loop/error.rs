@@ -1,5 +1,6 @@
 //! Why a node stops, and how a libp2p error is told to a person.
 
+use libp2p::swarm::DialError;
 use libp2p::Multiaddr;
 
 use super::ReplicaError;
@@ -42,9 +43,26 @@ pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
     messages.join(": ")
 }
 
+/// A failed dial told in one line: for each address tried, `ADDRESS:
+/// reason` (libp2p's own message wraps the list in a sentence and repeats
+/// each reason).
+pub(super) fn dial_failure(error: &DialError) -> String {
+    match error {
+        DialError::Transport(attempts) if !attempts.is_empty() => attempts
+            .iter()
+            .map(|(address, error)| format!("{address}: {}", with_causes(error)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => with_causes(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::with_causes;
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+
+    use super::{dial_failure, with_causes};
 
     /// An error with a message and an optional cause.
     #[derive(Debug)]
@@ -77,6 +95,46 @@ mod tests {
             Some(Box::new(Layer("permission denied", None))),
         );
         assert_eq!(with_causes(&two), "listening: permission denied");
+    }
+
+    #[tokio::test]
+    async fn a_refused_dial_is_one_address_and_one_reason() {
+        let mut swarm = crate::net::build_swarm(
+            &p2ptrain_protocol::SigningKey::from_bytes(&[8; 32]),
+            &crate::net::NetConfig {
+                mdns: false,
+                ..crate::net::NetConfig::default()
+            },
+        )
+        .unwrap();
+        // A port that was free a moment ago: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        swarm.dial(address.clone()).unwrap();
+        let failed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                if let SwarmEvent::OutgoingConnectionError { error, .. } =
+                    swarm.select_next_some().await
+                {
+                    break error;
+                }
+            }
+        })
+        .await
+        .expect("a dial to a closed port fails at once");
+        let told = dial_failure(&failed);
+        let reason = told
+            .strip_prefix(&format!("{address}: "))
+            .unwrap_or_else(|| panic!("{told}"));
+        // The operating system's words, once ("Connection refused (os
+        // error 111)" on Linux).
+        let said = reason.to_lowercase();
+        assert_eq!(said.matches("connection refused").count(), 1, "{told}");
+        assert!(!said.contains(": "), "{told}");
     }
 
     #[tokio::test]

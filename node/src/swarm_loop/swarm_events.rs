@@ -4,6 +4,7 @@ use libp2p::swarm::{DialError, ListenError, SwarmEvent};
 use libp2p::{allow_block_list, gossipsub, mdns, PeerId};
 use p2ptrain_protocol::{codec, Commit, Contribution, Signed};
 
+use super::error::dial_failure;
 use super::{Node, NodeError, NodeEvent};
 use crate::engine::Input;
 use crate::net::{announced_run, peer_key, BehaviourEvent};
@@ -106,7 +107,10 @@ impl Node {
                 {
                     self.refused(&peer).await;
                 }
-                (_, error) => self.report(NodeEvent::DialFailed(error.to_string())).await,
+                (_, error) => {
+                    self.report(NodeEvent::DialFailed(dial_failure(&error)))
+                        .await
+                }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 self.dial_discovered(found);
