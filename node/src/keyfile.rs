@@ -32,6 +32,41 @@ pub enum KeyFileError {
     /// The file is not 64 hex characters.
     #[error("{0} is not a key file (expected 64 hex characters)")]
     Malformed(PathBuf),
+    /// Another node on this machine runs with this key.
+    #[error(
+        "{} is in use by another node on this machine: each node needs a key of its \
+         own (`--key OTHER.key`, created if missing)", .0.display()
+    )]
+    InUse(PathBuf),
+}
+
+/// A key file held by this process while its node runs; released when
+/// dropped (or when the process ends, however it ends).
+#[derive(Debug)]
+pub struct KeyHold {
+    _file: fs::File,
+}
+
+/// Holds the key file at `path` for this process alone. Two nodes with one
+/// key are one peer to the network: they never connect to each other, and
+/// every other peer sees one author with two updates a round. Readers of
+/// the file (`p2pnode pubkey`) are not affected.
+///
+/// # Errors
+///
+/// [`KeyFileError::InUse`] if another process holds it, [`KeyFileError::Io`]
+/// if it cannot be opened or locked.
+pub fn hold(path: &Path) -> Result<KeyHold, KeyFileError> {
+    let io_err = |error| KeyFileError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let file = fs::File::open(path).map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(KeyHold { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(KeyFileError::InUse(path.to_owned())),
+        Err(fs::TryLockError::Error(error)) => Err(io_err(error)),
+    }
 }
 
 /// A new key from the operating system's random source.
@@ -145,6 +180,26 @@ mod tests {
         let message = missing.to_string();
         assert!(message.contains("missing.key"), "{message}");
         assert!(std::error::Error::source(&missing).is_none());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_is_held_by_one_node_at_a_time() {
+        let dir = scratch_dir("hold");
+        let path = dir.join("node.key");
+        save(&path, &SigningKey::from_bytes(&[3; 32])).unwrap();
+        let first = hold(&path).unwrap();
+        let second = hold(&path).unwrap_err();
+        assert!(matches!(second, KeyFileError::InUse(_)), "{second}");
+        assert!(second.to_string().contains("--key OTHER.key"), "{second}");
+        // Readers do not hold it.
+        assert_eq!(load(&path).unwrap().to_bytes(), [3; 32]);
+        drop(first);
+        hold(&path).unwrap();
+        assert!(matches!(
+            hold(&dir.join("missing.key")),
+            Err(KeyFileError::Io { .. })
+        ));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -123,6 +123,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         check_fits_a_window(&data, path, tokens.len())?;
     }
     let key = load_or_create_key(&args.key)?;
+    let _key_held = keyfile::hold(&args.key)?;
     let me = PeerKey::from(&key);
     let report = Report::new(args.log_format, me);
     // A run whose manifest cannot be read is reported by the node when it

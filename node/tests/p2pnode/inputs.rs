@@ -119,7 +119,7 @@ fn an_interrupted_init_is_done_again() {
 }
 
 #[test]
-fn a_second_node_on_a_working_directory_is_refused_and_the_first_goes_on() {
+fn a_second_node_on_a_working_directory_or_key_is_refused_and_the_first_goes_on() {
     let _machine = exclusive();
     let (root, dir, key) = solo("second");
     let mut first = Node::join("first", &dir, &key, &["--rounds", "3"]);
@@ -129,6 +129,13 @@ fn a_second_node_on_a_working_directory_is_refused_and_the_first_goes_on() {
         &join_args(&dir, &other_key, &[]),
         "another node is working on",
     );
+    // Another directory, the same key: one identity for two nodes.
+    let elsewhere = root.join("elsewhere");
+    fails_saying(
+        &join_args(&elsewhere, &key, &[]),
+        "is in use by another node on this machine",
+    );
+    assert!(!elsewhere.exists(), "a run was started with a key in use");
     assert!(first.exit().success());
     let verified = String::from_utf8(run(&["verify", dir.to_str().unwrap()]).stdout).unwrap();
     assert!(verified.starts_with("ok: 3 rounds"), "{verified}");
