@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use p2ptrain_netsim::exchange::{self, ExchangeConfig};
 use p2ptrain_netsim::report;
-use p2ptrain_netsim::scenario::Scenario;
+use p2ptrain_netsim::scenario::{Scenario, ScenarioError};
 use p2ptrain_netsim::sim;
+use p2ptrain_node::cli::error_report;
 use p2ptrain_protocol::{CompressionSettings, ValueBits};
 
 /// Deterministic simulations of a p2ptrain swarm on one machine: the same
@@ -112,15 +113,26 @@ impl ExchangeArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let done = match Cli::parse().command {
         Command::Run(args) => run_scenario(args),
-        Command::Exchange(args) => run_exchange(args.into_config()?),
+        Command::Exchange(args) => args.into_config().and_then(run_exchange),
+    };
+    match done {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", error_report(&error));
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
 fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
-    let scenario = Scenario::load(&args.scenario)?;
+    let scenario = Scenario::load(&args.scenario).map_err(|error| match error {
+        ScenarioError::Read { .. } => anyhow::Error::from(error),
+        error => anyhow::Error::from(error)
+            .context(format!("{} is not a scenario", args.scenario.display())),
+    })?;
     let name = args.scenario.file_stem().map_or_else(
         || "scenario".to_owned(),
         |s| s.to_string_lossy().into_owned(),

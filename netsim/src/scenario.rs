@@ -36,9 +36,11 @@ pub enum ScenarioError {
         /// What went wrong.
         error: std::io::Error,
     },
-    /// Not valid TOML, or a key is unknown or of the wrong type.
+    /// Not valid TOML, or a key is unknown or of the wrong type. (Its
+    /// message is the whole report, with the line; it is not also handed
+    /// on as a source, which a report would print twice.)
     #[error("{0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(toml::de::Error),
     /// Valid TOML whose values do not make a scenario.
     #[error("invalid scenario: {0}")]
     Invalid(String),
@@ -333,7 +335,8 @@ impl Scenario {
     ///
     /// # Errors
     ///
-    /// [`ScenarioError`] naming the file, the unknown key, or the bad value.
+    /// [`ScenarioError::Read`] naming the file, or those of
+    /// [`from_toml`](Self::from_toml): the unknown key or the bad value.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
             path: path.display().to_string(),
@@ -349,7 +352,7 @@ impl Scenario {
     /// [`ScenarioError::Parse`] for bad TOML or unknown keys,
     /// [`ScenarioError::Invalid`] for values out of range.
     pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
-        let scenario: Scenario = toml::from_str(text)?;
+        let scenario: Scenario = toml::from_str(text).map_err(ScenarioError::Parse)?;
         scenario.check()?;
         Ok(scenario)
     }
@@ -481,9 +484,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let err = Scenario::from_toml("[run]\nrounds = 1\n[[groups]]\ncount = 1\nsped = 2\n")
-            .unwrap_err()
-            .to_string();
+        let parse = Scenario::from_toml("[run]\nrounds = 1\n[[groups]]\ncount = 1\nsped = 2\n")
+            .unwrap_err();
+        // The whole report is the message; no source repeats it.
+        assert!(std::error::Error::source(&parse).is_none());
+        let err = parse.to_string();
         assert!(err.contains("sped"), "{err}");
         let err = Scenario::from_toml("[run]\nrounds = 1\nvalue_bits = 3\n[[groups]]\ncount = 1\n")
             .unwrap_err()

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod chain;
+pub mod cli;
 pub mod control;
 pub mod engine;
 pub mod keyfile;

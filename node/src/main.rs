@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use p2ptrain_node::chain::{self, DataDir};
-use p2ptrain_node::{keyfile, net};
+use p2ptrain_node::{cli::error_report, keyfile, net};
 use p2ptrain_protocol::{PeerKey, RunManifest};
 use p2ptrain_trainer::ParamLayout;
 
@@ -110,31 +110,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// What went wrong and why, for a person: each cause on a line of its own,
-/// without the stack trace `RUST_BACKTRACE` would add to an ordinary error
-/// (a missing file, a bad option) — those are not bugs. A cause that the
-/// line above already quotes (an error that names its source in its own
-/// message, as many library errors do) is not repeated.
-fn error_report(error: &anyhow::Error) -> String {
-    let mut report = format!("Error: {error}");
-    let mut above = error.to_string();
-    let mut causes = Vec::new();
-    for cause in error.chain().skip(1).map(ToString::to_string) {
-        if !above.contains(&cause) {
-            causes.push(cause.clone());
-        }
-        above = cause;
-    }
-    if !causes.is_empty() {
-        report.push_str("\n\nCaused by:");
-        for cause in causes {
-            report.push_str("\n    ");
-            report.push_str(&cause);
-        }
-    }
-    report
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -267,36 +242,4 @@ fn history(dir: &DataDir, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::error_report;
-
-    #[test]
-    fn an_error_is_reported_with_its_causes_and_no_stack_trace() {
-        assert_eq!(error_report(&anyhow::anyhow!("no key")), "Error: no key");
-        let error = anyhow::anyhow!("No such file")
-            .context("node.key")
-            .context("reading --key");
-        assert_eq!(
-            error_report(&error),
-            "Error: reading --key\n\nCaused by:\n    node.key\n    No such file"
-        );
-        // A cause quoted by the error above it is said once.
-        let quoted = anyhow::Error::new(Quoting(Quoted)).context("starting the node");
-        assert_eq!(
-            error_report(&quoted),
-            "Error: starting the node\n\nCaused by:\n    training: bad device"
-        );
-    }
-
-    /// An error that quotes its source in its own message.
-    #[derive(Debug, thiserror::Error)]
-    #[error("training: {0}")]
-    struct Quoting(#[source] Quoted);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("bad device")]
-    struct Quoted;
 }
