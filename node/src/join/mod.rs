@@ -98,12 +98,26 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     // trains on all of the user's data; of the bundled corpus, on the
     // training part, the rest being the validation set that netsim and the
     // benchmarks report on.
-    let tokens = match &args.data {
-        Some(path) => Corpus::load(path, 0)
-            .with_context(|| format!("reading --data {}", path.display()))?
-            .tokens()
-            .to_vec(),
-        None => Corpus::bundled().train().to_vec(),
+    let (tokens, data_note) = match &args.data {
+        Some(path) => {
+            let corpus = Corpus::load(path, 0)
+                .with_context(|| format!("reading --data {}", path.display()))?;
+            let note = format!(
+                "training on {}: {}, {} tokens (one per byte); they never leave this machine",
+                path.display(),
+                crate::words::counted(corpus.documents() as u64, "file"),
+                corpus.tokens().len()
+            );
+            (corpus.tokens().to_vec(), note)
+        }
+        None => {
+            let tokens = Corpus::bundled().train().to_vec();
+            let note = format!(
+                "training on the bundled Shakespeare: {} tokens (--data PATH for your own files)",
+                tokens.len()
+            );
+            (tokens, note)
+        }
     };
     let psk = args
         .psk
@@ -138,6 +152,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         );
         crate::init(&data, &crate::InitArgs::default())?;
     }
+    report.note("data", &data_note);
     if let Some(keys) = &allow_list {
         report.note("allow_list", &format!("allow-list: {} peers", keys.len()));
     }
