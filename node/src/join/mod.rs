@@ -37,7 +37,8 @@ pub struct JoinArgs {
     /// that already holds rounds resumes after the last one.
     #[arg(long, default_value = "p2ptrain-data")]
     dir: PathBuf,
-    /// This node's key (created if missing).
+    /// This node's key (created if missing). It is the node's identity:
+    /// one running node at a time may use it.
     #[arg(long, default_value = "node.key")]
     key: PathBuf,
     /// Addresses to listen on: TCP and QUIC on every interface unless
@@ -49,8 +50,8 @@ pub struct JoinArgs {
     /// Peers to dial at start (besides those mDNS finds on the LAN).
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
-    /// Train on these files or folders (recursive) instead of the bundled
-    /// corpus. The data never leaves this machine.
+    /// Train on these files or folders (recursive, all of them) instead of
+    /// the bundled corpus. The data never leaves this machine.
     #[arg(long)]
     data: Option<PathBuf>,
     /// A private swarm's key file (`p2pnode swarm-key`): only TCP, inside
