@@ -97,16 +97,21 @@ mod tests {
         assert_eq!(with_causes(&two), "listening: permission denied");
     }
 
-    #[tokio::test]
-    async fn a_refused_dial_is_one_address_and_one_reason() {
-        let mut swarm = crate::net::build_swarm(
-            &p2ptrain_protocol::SigningKey::from_bytes(&[8; 32]),
+    /// A swarm with every behaviour but mDNS, its key drawn from `seed`.
+    fn swarm(seed: u8) -> libp2p::Swarm<crate::net::Behaviour> {
+        crate::net::build_swarm(
+            &p2ptrain_protocol::SigningKey::from_bytes(&[seed; 32]),
             &crate::net::NetConfig {
                 mdns: false,
                 ..crate::net::NetConfig::default()
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_dial_is_one_address_and_one_reason() {
+        let mut swarm = swarm(8);
         // A port that was free a moment ago: nothing listens on it.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -139,14 +144,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_listen_error_names_its_cause() {
-        let mut swarm = crate::net::build_swarm(
-            &p2ptrain_protocol::SigningKey::from_bytes(&[7; 32]),
-            &crate::net::NetConfig {
-                mdns: false,
-                ..crate::net::NetConfig::default()
-            },
-        )
-        .unwrap();
+        let mut swarm = swarm(7);
         // An address of no interface here (TEST-NET-1): the bind fails at
         // once, and libp2p's error keeps the reason in its source only.
         let error = swarm
