@@ -3,7 +3,7 @@
 
 use p2ptrain_protocol::{Commit, Digest, Signed};
 
-use super::round::{Entry, EntryState, Phase};
+use super::round::{Entry, EntryState, Phase, RecentHeads};
 use super::validate::Checker;
 use super::{set_digest, Engine, Head, Millis, Output, MAX_FUTURE};
 
@@ -157,6 +157,9 @@ impl<C: Checker> Engine<C> {
                 out.push(Output::ReturnToResidual { payload });
             }
         }
+        // The chain is the adopted one from here; of its past only the
+        // adopted checkpoint is known.
+        self.chain = RecentHeads::new(head.base);
         self.enter(now, head, out);
     }
 }

@@ -78,6 +78,10 @@ impl<C: Checker> Engine<C> {
         if contribution.round < self.round.number {
             if self.applied.contains(&id) {
                 self.reject(id, Some(author), RejectReason::Replay, out);
+            } else if !self.chain.contains(&contribution.base) {
+                // Behind, and not on this chain: a branch that will adopt
+                // this one (a straggler trains from a checkpoint of it).
+                self.round.elsewhere.insert(author);
             }
             return;
         }
@@ -88,6 +92,7 @@ impl<C: Checker> Engine<C> {
             return;
         }
         if contribution.base != self.round.base {
+            self.round.elsewhere.insert(author);
             if self.known_checkpoints.contains(&contribution.base) {
                 // Trained on another chain; fork choice settles chains.
                 return;

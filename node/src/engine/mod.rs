@@ -55,7 +55,7 @@ use std::sync::Arc;
 use p2ptrain_protocol::{Commit, Contribution, Digest, IdSet, PeerKey, Signed};
 
 pub use io::{Accepted, EngineConfig, EngineError, Head, Input, LocalUpdate, Output};
-use round::{Entry, EntryState, Phase, RoundState};
+use round::{Entry, EntryState, Phase, RecentHeads, RoundState};
 pub use validate::{Checker, PayloadFacts, RejectCounts, RejectReason, Verify};
 
 /// Milliseconds on the host's clock (virtual in `netsim`).
@@ -99,6 +99,10 @@ pub struct Engine<C: Checker = Verify> {
     /// held: a contribution trained from one of them belongs to another
     /// chain, not to a forger.
     known_checkpoints: HashSet<Digest>,
+    /// The latest checkpoints of this peer's own chain, the head last: a
+    /// contribution from an earlier round trained on one of them is a
+    /// straggler's, on anything else another branch's.
+    chain: RecentHeads,
     counts: RejectCounts,
 }
 
@@ -151,6 +155,7 @@ impl<C: Checker> Engine<C> {
             eligible: None,
             deferred: Vec::new(),
             known_checkpoints: HashSet::from([head.base]),
+            chain: RecentHeads::new(head.base),
             counts: RejectCounts::new(),
         })
     }

@@ -1,7 +1,7 @@
 //! One round's working state: the contributions heard of, their payloads,
 //! the commits received, and where the round is in its close.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use p2ptrain_protocol::{Commit, Contribution, Digest, IdSet, PeerKey, Signed};
@@ -53,6 +53,35 @@ pub(super) enum Phase {
     },
 }
 
+/// Checkpoints a peer's chain held last, the newest last.
+#[derive(Debug, Clone)]
+pub(super) struct RecentHeads(VecDeque<Digest>);
+
+impl RecentHeads {
+    /// How many are kept: a peer further behind than this is told apart
+    /// from another branch no more, and is not waited for either.
+    const KEPT: usize = 64;
+
+    /// A chain known from `head` on (a start, or an adopted checkpoint).
+    pub fn new(head: Digest) -> Self {
+        Self(VecDeque::from([head]))
+    }
+
+    /// The chain moved on to `head`.
+    pub fn push(&mut self, head: Digest) {
+        if self.0.back() != Some(&head) {
+            if self.0.len() == Self::KEPT {
+                self.0.pop_front();
+            }
+            self.0.push_back(head);
+        }
+    }
+
+    pub fn contains(&self, checkpoint: &Digest) -> bool {
+        self.0.contains(checkpoint)
+    }
+}
+
 /// The state of round `number`, started from checkpoint `base`.
 #[derive(Debug, Clone)]
 pub(super) struct RoundState {
@@ -75,6 +104,11 @@ pub(super) struct RoundState {
     pub commits: BTreeMap<PeerKey, (Signed<Commit>, Commit)>,
     /// Payloads a peer failed to deliver: not asked of that peer again.
     pub failed_sources: BTreeSet<(Digest, PeerKey)>,
+    /// Peers that announced, during this round, an update trained on a
+    /// checkpoint off this peer's chain (another branch, or one too old to
+    /// tell): none from them for this round's base is coming until they
+    /// adopt this chain, so the round does not wait for them.
+    pub elsewhere: BTreeSet<PeerKey>,
     pub phase: Phase,
 }
 
@@ -91,6 +125,7 @@ impl RoundState {
             sat_out: false,
             commits: BTreeMap::new(),
             failed_sources: BTreeSet::new(),
+            elsewhere: BTreeSet::new(),
             phase: Phase::Collecting,
         }
     }
@@ -121,12 +156,17 @@ impl RoundState {
     }
 
     /// Whether `author`'s contribution is settled: held, dropped, or known
-    /// to be unavailable.
+    /// to be unavailable — or none is coming, the author being on another
+    /// branch.
     pub fn settled_for(&self, author: &PeerKey) -> bool {
-        self.by_author
+        match self
+            .by_author
             .get(author)
             .and_then(|id| self.entries.get(id))
-            .is_some_and(|e| !matches!(e.state, EntryState::Fetching { .. }))
+        {
+            Some(entry) => !matches!(entry.state, EntryState::Fetching { .. }),
+            None => self.elsewhere.contains(author),
+        }
     }
 
     /// Whether every id of `set` is settled here.

@@ -245,6 +245,41 @@ fn a_straggler_past_the_deadline_is_left_out_and_contributes_next_round() {
 }
 
 #[test]
+fn a_member_on_another_branch_is_not_waited_for_but_a_straggler_is() {
+    let mut swarm = Swarm::new(3, manifest());
+    swarm.start();
+    swarm.rounds(1, &[0, 1, 2]);
+    assert_eq!(swarm.heads()[0].round, 1);
+    // Round 1: peer 2's latest update is round 0's, on genesis, a
+    // checkpoint of this chain: a straggler, waited for.
+    let genesis = Head::genesis(&manifest()).base;
+    let behind = forged(&swarm, 2, |c| {
+        c.round = 0;
+        c.base = genesis;
+    });
+    swarm.broadcast(2, &Input::Announced(behind));
+    swarm.train(&[0, 1], |_| 1.0);
+    swarm.advance(101);
+    assert_eq!(swarm.heads()[0].round, 1, "waits for the straggler");
+    swarm.advance(1_000);
+    swarm.advance(101);
+    assert_eq!(swarm.heads()[0].round, 2, "until the deadline");
+    // Round 2: peer 2's update is on a checkpoint off this chain, another
+    // branch's: the round closes without it, before any deadline.
+    let branch = forged(&swarm, 2, |c| {
+        c.round = 1;
+        c.base = Digest::of(b"another branch");
+    });
+    swarm.broadcast(2, &Input::Announced(branch));
+    swarm.train(&[0, 1], |_| 1.0);
+    swarm.advance(100);
+    swarm.advance(1);
+    assert_eq!(swarm.heads()[0].round, 3);
+    assert_eq!(swarm.heads()[1].round, 3);
+    assert_eq!(swarm.finalized[0][2].2.len(), 2);
+}
+
+#[test]
 fn a_contribution_one_peer_missed_reaches_it_through_the_commits() {
     let mut swarm = Swarm::new(4, manifest());
     swarm.start();

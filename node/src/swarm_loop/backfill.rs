@@ -59,12 +59,7 @@ impl Node {
             return;
         }
         let mut peers: Vec<PeerId> = first.into_iter().collect();
-        peers.extend(
-            self.swarm
-                .connected_peers()
-                .filter(|p| Some(**p) != first)
-                .copied(),
-        );
+        peers.extend(self.run_peers().into_iter().filter(|p| Some(*p) != first));
         self.backfill = Some(Backfill {
             missing,
             head,
@@ -83,7 +78,7 @@ impl Node {
     /// A round ended: a parked backfill asks again (and meets peers that
     /// connected since).
     pub(super) fn wake_backfill(&mut self) {
-        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let connected = self.run_peers();
         let Some(backfill) = self.backfill.as_mut().filter(|b| b.parked) else {
             return;
         };

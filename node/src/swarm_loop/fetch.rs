@@ -149,8 +149,8 @@ impl Node {
     }
 
     /// Starts downloading `head`'s checkpoint, named by `from`'s commit,
-    /// from `from` and every connected peer; the engine's input if it
-    /// cannot start.
+    /// from `from` and every connected peer of this run; the engine's input
+    /// if it cannot start.
     pub(super) fn start_download(
         &mut self,
         head: Head,
@@ -170,10 +170,21 @@ impl Node {
             });
         };
         let total = 8 * self.state.params.len() as u64;
-        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let peers = self.run_peers();
         self.download = Some(Download::new(head, total, from, peers));
         self.pump_download();
         None
+    }
+
+    /// The connected peers of this run (subscribed to its announcements):
+    /// those that may hold its checkpoints and records.
+    pub(super) fn run_peers(&self) -> Vec<PeerId> {
+        let members = self.engine.members();
+        self.swarm
+            .connected_peers()
+            .filter(|peer| peer_key(peer).is_some_and(|key| members.contains(&key)))
+            .copied()
+            .collect()
     }
 
     /// Sends the download's next slice requests.

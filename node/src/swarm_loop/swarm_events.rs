@@ -18,8 +18,9 @@ impl Node {
 
     /// A peer subscribed to a topic. To this run's announcements: it is a
     /// member of the swarm from now on (the round waits for its
-    /// contribution), and it hears this round's announcement again, which
-    /// went out before it was listening. A connected peer that never
+    /// contribution, a download and the records' backfill ask it too), and
+    /// it hears this round's announcement again, which went out before it
+    /// was listening. A connected peer that never
     /// subscribes (another run's, or another libp2p program's, found by
     /// mDNS or Kademlia) is never waited for; another run's is named.
     async fn on_subscribed(
@@ -35,6 +36,16 @@ impl Node {
                 self.publish(&self.topics.announce.clone(), &signed);
             }
             self.feed(Input::PeerSeen(key)).await?;
+            // Records of rounds adopted before a restart, asked of the
+            // first peer of this run met.
+            if !self.backfill_checked && self.backfill.is_none() {
+                self.backfill_checked = true;
+                self.start_backfill(Some(peer), self.engine.head());
+            }
+            if let Some(download) = &mut self.download {
+                download.add_peer(peer);
+                self.pump_download();
+            }
         } else if let Some(run) = announced_run(topic.as_str()) {
             let run = run.to_owned();
             self.report(NodeEvent::OtherRun { peer: key, run }).await;
@@ -61,15 +72,6 @@ impl Node {
                 if let Some(key) = peer_key(&peer_id) {
                     if num_established.get() == 1 {
                         self.status.send_modify(|s| s.peers += 1);
-                        // Records of rounds adopted before a restart.
-                        if !self.backfill_checked && self.backfill.is_none() {
-                            self.backfill_checked = true;
-                            self.start_backfill(Some(peer_id), self.engine.head());
-                        }
-                        if let Some(download) = &mut self.download {
-                            download.add_peer(peer_id);
-                            self.pump_download();
-                        }
                         self.report(NodeEvent::PeerConnected(key)).await;
                     }
                 }

@@ -1,7 +1,7 @@
 //! Two runs on one network: their nodes connect (routing is shared) but
-//! never wait for one another.
+//! never wait for one another, and one run's node introduces the other's.
 
-use crate::harness::{exclusive, run_ok, scratch, Node, Stream};
+use crate::harness::{exclusive, round_line, run_ok, scratch, Node, Stream};
 
 /// A run of single-contributor rounds whose deadline no test outlives: a
 /// round that waited for a peer which never contributes would not end.
@@ -48,6 +48,27 @@ fn a_peer_of_another_run_is_named_and_never_waited_for() {
         let next = node.rounds().last().map_or(0, |r| r.0 + 1);
         node.round(next + 1);
     }
-    drop((us, them));
+    // A newcomer to our run that knows only their node: routing is shared,
+    // so it meets ours through theirs, and takes our run's checkpoint.
+    let late = root.join("late");
+    init_patient(&late, "1");
+    let mut newcomer = Node::join(
+        "late",
+        &late,
+        &root.join("late.key"),
+        &["--bootstrap", &address],
+    );
+    // Alone at first, it may close a round or two of its own; the heavier
+    // chain, ours, then wins, and it agrees with us from there.
+    let mut after = None;
+    let agreed = (0..20).any(|_| {
+        let (round, hash, _) = newcomer.wait_for("a round line", |s, line| {
+            round_line(s, line).filter(|(r, _, _)| after.is_none_or(|a| *r > a))
+        });
+        after = Some(round);
+        us.round(round) == hash
+    });
+    assert!(agreed, "the newcomer never joined our chain");
+    drop((us, them, newcomer));
     std::fs::remove_dir_all(root).unwrap();
 }
