@@ -20,9 +20,9 @@ impl Node {
     /// member of the swarm from now on (the round waits for its
     /// contribution, a download and the records' backfill ask it too), and
     /// it hears this round's announcement again, which went out before it
-    /// was listening. A connected peer that never
-    /// subscribes (another run's, or another libp2p program's, found by
-    /// mDNS or Kademlia) is never waited for; another run's is named.
+    /// was listening. A connected peer that never subscribes (another
+    /// run's, or another libp2p program's, found by mDNS or Kademlia) is
+    /// never waited for; another run's is named.
     async fn on_subscribed(
         &mut self,
         peer: PeerId,
