@@ -95,31 +95,8 @@ pub struct JoinArgs {
 
 pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     // What the options name is read before anything is written: a mistyped
-    // path leaves no new key or run behind. A node does not evaluate, so it
-    // trains on all of the user's data; of the bundled corpus, on the
-    // training part, the rest being the validation set that netsim and the
-    // benchmarks report on.
-    let (tokens, data_note) = match &args.data {
-        Some(path) => {
-            let corpus = Corpus::load(path, 0)
-                .with_context(|| format!("reading --data {}", path.display()))?;
-            let note = format!(
-                "training on {}: {}, {} tokens (one per byte); they never leave this machine",
-                path.display(),
-                crate::words::counted(corpus.documents() as u64, "file"),
-                corpus.tokens().len()
-            );
-            (corpus.tokens().to_vec(), note)
-        }
-        None => {
-            let tokens = Corpus::bundled().train().to_vec();
-            let note = format!(
-                "training on the bundled Shakespeare: {} tokens (--data PATH for your own files)",
-                tokens.len()
-            );
-            (tokens, note)
-        }
-    };
+    // path leaves no new key or run behind.
+    let (tokens, data_note) = training_tokens(args.data.as_deref())?;
     let psk = args
         .psk
         .as_deref()
@@ -371,6 +348,30 @@ fn listen_addresses(addresses: &[Multiaddr], private: bool, report: &Report) -> 
         .filter(|a| !net::is_quic(a))
         .cloned()
         .collect()
+}
+
+/// The tokens this node trains on, and a line saying what they are. A node
+/// does not evaluate, so it trains on all of the user's data (`path`); of
+/// the bundled corpus, on the training part, the rest being the validation
+/// set that netsim and the benchmarks report on.
+fn training_tokens(path: Option<&Path>) -> anyhow::Result<(Vec<u8>, String)> {
+    let Some(path) = path else {
+        let tokens = Corpus::bundled().train().to_vec();
+        let note = format!(
+            "training on the bundled Shakespeare: {} tokens (--data PATH for your own files)",
+            tokens.len()
+        );
+        return Ok((tokens, note));
+    };
+    let corpus =
+        Corpus::load(path, 0).with_context(|| format!("reading --data {}", path.display()))?;
+    let note = format!(
+        "training on {}: {}, {} tokens (one per byte); they never leave this machine",
+        path.display(),
+        crate::words::counted(corpus.documents() as u64, "file"),
+        corpus.tokens().len()
+    );
+    Ok((corpus.tokens().to_vec(), note))
 }
 
 /// Refuses `--data` too short for one window of the run's model (the run
