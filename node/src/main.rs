@@ -178,8 +178,18 @@ fn verify(dir: &DataDir) -> anyhow::Result<()> {
     let manifest = dir
         .manifest()
         .with_context(|| format!("{} is not a data directory", dir.root().display()))?;
-    let verified = chain::replay(dir, params_of(&manifest))
-        .with_context(|| format!("verification of {} failed", dir.root().display()))?;
+    // A bar on a terminal: a large model's chain takes a while to replay.
+    let rounds = dir.last_record()?.map_or(0, |last| last + 1);
+    let bar = indicatif::ProgressBar::new(rounds).with_style(
+        indicatif::ProgressStyle::with_template("replaying round {pos}/{len} [{bar:32}] {eta}")?
+            .progress_chars("=> "),
+    );
+    let verified = chain::replay_with_progress(dir, params_of(&manifest), &mut |done| {
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let verified =
+        verified.with_context(|| format!("verification of {} failed", dir.root().display()))?;
     println!(
         "ok: {}, {}, {} tokens; checkpoint {}",
         words::counted(verified.rounds, "round"),

@@ -18,7 +18,7 @@ pub use datadir::{DataDir, DirLock};
 pub use history::history;
 pub use resume::{latest, resume, Resumed, ResumedFrom};
 pub use state::{Buffers, ChainState, StepInput};
-pub use verify::{replay, Verified};
+pub use verify::{replay, replay_with_progress, Verified};
 
 /// Why a chain cannot be read, stored or verified.
 #[derive(Debug, thiserror::Error)]

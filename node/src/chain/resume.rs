@@ -132,7 +132,7 @@ pub fn latest(dir: &DataDir, params: usize) -> Result<Resumed, ChainError> {
             if round == last {
                 return Ok(resumed(state, &at, ResumedFrom::Head));
             }
-            let (verified, state) = replay_after(dir, &manifest, at, state)?;
+            let (verified, state) = replay_after(dir, &manifest, at, state, &mut |_| {})?;
             let from = ResumedFrom::Replayed {
                 last_record: last,
                 found: Some(found),
@@ -155,7 +155,7 @@ fn from_genesis(
     last_record: u64,
     found: Option<Digest>,
 ) -> Result<Resumed, ChainError> {
-    let (verified, state) = replay_records(dir, params)?;
+    let (verified, state) = replay_records(dir, params, &mut |_| {})?;
     let from = ResumedFrom::Replayed {
         last_record,
         found,
@@ -261,6 +261,11 @@ mod tests {
         let head = resumed.head();
         assert_eq!((head.round, head.base), (3, states[3].hash()));
         assert_eq!((head.chain_tokens, head.last_contributors), (300, 1));
+        // verify's replay tells of each round as it goes.
+        let mut told = Vec::new();
+        let verified =
+            crate::chain::replay_with_progress(&dir, PARAMS, &mut |done| told.push(done)).unwrap();
+        assert_eq!((verified.rounds, told), (3, vec![1, 2, 3]));
         std::fs::remove_dir_all(dir.root()).unwrap();
     }
 

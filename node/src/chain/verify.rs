@@ -30,7 +30,21 @@ pub struct Verified {
 /// (with what is wrong), or another [`ChainError`] for the manifest, the
 /// genesis, or a head checkpoint that is no result of the chain.
 pub fn replay(dir: &DataDir, params: usize) -> Result<Verified, ChainError> {
-    let (verified, _) = replay_records(dir, params)?;
+    replay_with_progress(dir, params, &mut |_| {})
+}
+
+/// [`replay`], calling `on_round` with the number of rounds replayed so far
+/// after each one (for a progress bar: a large model's chain takes a while).
+///
+/// # Errors
+///
+/// As [`replay`].
+pub fn replay_with_progress(
+    dir: &DataDir,
+    params: usize,
+    on_round: &mut dyn FnMut(u64),
+) -> Result<Verified, ChainError> {
+    let (verified, _) = replay_records(dir, params, on_round)?;
     // The chain ends at its first missing record; a record after that one
     // belongs to no chain this directory can show.
     if let Some(last) = dir.last_record()? {
@@ -67,10 +81,12 @@ fn is_result_on_chain(dir: &DataDir, hash: &Digest, rounds: u64) -> bool {
 }
 
 /// The replay of every record from genesis, head.ckpt left aside: what it
-/// established, and the state it ends on.
+/// established, and the state it ends on; `on_round` hears of each round
+/// replayed.
 pub(super) fn replay_records(
     dir: &DataDir,
     params: usize,
+    on_round: &mut dyn FnMut(u64),
 ) -> Result<(Verified, ChainState), ChainError> {
     let manifest = dir.manifest()?;
     let state = dir.genesis(params)?;
@@ -88,17 +104,19 @@ pub(super) fn replay_records(
         head: hash,
         last_contributors: 0,
     };
-    replay_after(dir, &manifest, genesis, state)
+    replay_after(dir, &manifest, genesis, state, on_round)
 }
 
 /// Replays the records that follow `from` (the chain up to round
 /// `from.rounds - 1`, ending on `state`), checking each as
 /// [`replay`] does; `from.contributions` counts only what `from` says.
+/// `on_round` is told the rounds replayed, `from`'s included, after each.
 pub(super) fn replay_after(
     dir: &DataDir,
     manifest: &RunManifest,
     from: Verified,
     mut state: ChainState,
+    on_round: &mut dyn FnMut(u64),
 ) -> Result<(Verified, ChainState), ChainError> {
     let run = manifest.id()?;
     let mut hash = from.head;
@@ -174,6 +192,7 @@ pub(super) fn replay_after(
         contributions += applied.len() as u64;
         last_contributors = applied.len();
         rounds += 1;
+        on_round(rounds);
     }
     let verified = Verified {
         rounds,
