@@ -76,8 +76,7 @@ impl<C: Checker> Engine<C> {
     /// A majority of the last round's contributors (at least
     /// `min_contributors`): fewer cannot close a round.
     pub(super) fn quorum(&self) -> usize {
-        let rules = &self.config.manifest.rounds;
-        (self.head.last_contributors / 2 + 1).max(rules.min_contributors.max(1)) as usize
+        self.head.quorum(&self.config.manifest.rounds)
     }
 
     /// The union of other peers' commits for this round, once a quorum of

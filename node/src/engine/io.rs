@@ -98,6 +98,13 @@ impl Head {
             last_contributors: 0,
         }
     }
+
+    /// The valid contributions a round from this head needs before it can
+    /// close: a majority of the last round's, and at least `rules`'
+    /// minimum (and one).
+    pub fn quorum(&self, rules: &p2ptrain_protocol::RoundRules) -> usize {
+        (self.last_contributors / 2 + 1).max(rules.min_contributors.max(1)) as usize
+    }
 }
 
 /// This peer's update for a round, compressed.

@@ -163,13 +163,21 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     let mut status = node.status();
     serve(&args, &data, &report, &status).await?;
     let (commands, command_rx) = mpsc::channel(16);
+    let quorum = node.quorum();
     let running = tokio::spawn(node.run(command_rx));
     for address in args.bootstrap {
         commands.send(Command::Dial(address)).await?;
     }
+    let waiting = match quorum.saturating_sub(1) {
+        0 => "it trains alone until some join".to_owned(),
+        1 => format!("a round needs {quorum} contributions: none closes until 1 more peer joins"),
+        more => format!(
+            "a round needs {quorum} contributions: none closes until {more} more peers join"
+        ),
+    };
     report.note(
         "waiting",
-        &format!("node {me} — waiting for peers; it trains alone until some join"),
+        &format!("node {me} — waiting for peers; {waiting}"),
     );
     let mut stop = std::pin::pin!(stop_requested());
     let mut asked_to_stop = false;

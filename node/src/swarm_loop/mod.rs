@@ -252,6 +252,12 @@ impl Node {
         self.engine.head()
     }
 
+    /// The contributions the current round needs before it can close (see
+    /// [`Head::quorum`]): more than one, and this node cannot go on alone.
+    pub fn quorum(&self) -> usize {
+        self.engine.head().quorum(&self.manifest.rounds)
+    }
+
     /// Whether the residual saved when the node last stopped was restored
     /// (it is only when it goes with the checkpoint resumed from).
     pub fn restored_residual(&self) -> bool {

@@ -64,6 +64,8 @@ fn three_nodes_agree_on_the_checkpoint_of_every_round() {
     // Several rounds were closed together, not only adopted.
     let finalized = nodes[0].rounds().iter().filter(|r| !r.2).count();
     assert!(finalized >= 3, "{:?}", nodes[0].rounds());
+    // Rounds of two contributions: the first node said it cannot go alone.
+    assert!(nodes[0].said("a round needs 2 contributions: none closes until 1 more peer joins"));
     std::fs::remove_dir_all(root).unwrap();
 }
 
@@ -404,6 +406,7 @@ fn verify_passes_on_a_finished_directory_and_names_a_flipped_byte() {
     let (root, dir, key) = solo("verify");
     let mut node = Node::join("solo", &dir, &key, &["--rounds", "3"]);
     assert!(node.exit().success());
+    assert!(node.said("it trains alone until some join"));
     let dir_arg = dir.to_str().unwrap();
     let verified = run_ok(&["verify", dir_arg]);
     assert!(
