@@ -23,7 +23,7 @@ use p2ptrain_node::net::{self, access, NetConfig};
 use p2ptrain_node::swarm_loop::{Command, Node, NodeSetup, Status, Training};
 use p2ptrain_protocol::{PeerKey, RunManifest};
 use p2ptrain_trainer::device::RESIDUAL_DECAY;
-use p2ptrain_trainer::Corpus;
+use p2ptrain_trainer::{Corpus, Sampler};
 use tokio::sync::{mpsc, watch};
 
 pub use report::LogFormat;
@@ -394,15 +394,14 @@ fn check_fits_a_window(data: &DataDir, path: &Path, tokens: usize) -> anyhow::Re
     } else {
         RunManifest::default().model
     };
-    let needed = model.context_len as usize + 1;
-    anyhow::ensure!(
-        tokens >= needed,
-        "--data {} gives {tokens} training tokens (one per byte), but the run's model reads \
-         windows of {} and needs at least {needed}",
-        path.display(),
-        model.context_len
-    );
-    Ok(())
+    Sampler::check_fits(tokens, model.context_len as usize).with_context(|| {
+        format!(
+            "--data {} is too short for the run's model, which reads windows of {} tokens \
+             (one per byte)",
+            path.display(),
+            model.context_len
+        )
+    })
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<p2ptrain_protocol::SigningKey> {

@@ -75,14 +75,7 @@ impl Replica {
         residual_decay: f32,
     ) -> Result<Self, ReplicaError> {
         p2ptrain_kernels::validate_residual_decay(residual_decay)?;
-        let needed = manifest.model.context_len as usize + 1;
-        if tokens.len() < needed {
-            return Err(p2ptrain_trainer::DataError::TooShort {
-                needed,
-                found: tokens.len(),
-            }
-            .into());
-        }
+        Sampler::check_fits(tokens.len(), manifest.model.context_len as usize)?;
         let feedback = ErrorFeedback::new(device, params.len())?;
         let trainer =
             LocalTrainer::new(manifest.model, params, manifest.inner, total_steps, device)?;

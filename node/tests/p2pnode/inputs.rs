@@ -50,8 +50,8 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
         (
             "--data",
             too_short.to_str().unwrap(),
-            "gives 31 training tokens (one per byte), but the run's model reads windows of 64 \
-             and needs at least 65",
+            "is too short for the run's model, which reads windows of 64 tokens (one per \
+             byte)\n\nCaused by:\n    need at least 65 tokens, found 31",
         ),
         (
             "--allow",

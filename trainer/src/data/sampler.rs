@@ -39,6 +39,21 @@ impl Sampler {
         }
     }
 
+    /// Whether a stream of `found` tokens holds one window of `context_len`
+    /// tokens and the target after it, as [`next_batch`](Self::next_batch)
+    /// needs.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::TooShort`] if it does not.
+    pub fn check_fits(found: usize, context_len: usize) -> Result<(), DataError> {
+        let needed = context_len.saturating_add(1);
+        if found < needed {
+            return Err(DataError::TooShort { needed, found });
+        }
+        Ok(())
+    }
+
     /// The next batch: `batch_size` windows, each starting at a position drawn
     /// uniformly from `0..=len - context_len - 1`, in row order.
     ///
@@ -51,18 +66,15 @@ impl Sampler {
         batch_size: usize,
         context_len: usize,
     ) -> Result<Batch, DataError> {
-        let needed = context_len.saturating_add(1);
         let found = self.tokens.len();
-        if found < needed {
-            return Err(DataError::TooShort { needed, found });
-        }
+        Self::check_fits(found, context_len)?;
         let starts = found - context_len;
         let cells = batch_size.saturating_mul(context_len);
         let mut inputs = Vec::with_capacity(cells);
         let mut targets = Vec::with_capacity(cells);
         for _ in 0..batch_size {
             let start = self.rng.below_usize(starts);
-            let window = &self.tokens[start..start + needed];
+            let window = &self.tokens[start..=start + context_len];
             inputs.extend(window[..context_len].iter().map(|&t| u32::from(t)));
             targets.extend(window[1..].iter().map(|&t| u32::from(t)));
         }
