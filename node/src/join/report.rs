@@ -70,8 +70,8 @@ impl Report {
             None => status.phase.as_str().to_owned(),
         };
         self.bar.set_message(format!(
-            "{loss}· {doing} · {} peers · in {} out {}",
-            status.peers,
+            "{loss}· {doing} · {} · in {} out {}",
+            crate::words::counted(status.peers as u64, "peer"),
             indicatif::HumanBytes(status.bytes_in),
             indicatif::HumanBytes(status.bytes_out),
         ));

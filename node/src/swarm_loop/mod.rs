@@ -324,7 +324,17 @@ impl Node {
 
     async fn feed(&mut self, input: Input) -> Result<(), NodeError> {
         let outputs = self.engine.handle(self.now(), input);
-        self.carry_out(outputs).await
+        self.carry_out(outputs).await?;
+        // Membership changes only through inputs: the count of the run's
+        // peers follows it (a relay, or a peer of another run, is
+        // connected but not counted).
+        let members = self.engine.members().len();
+        self.status.send_if_modified(|s| {
+            let changed = s.peers != members;
+            s.peers = members;
+            changed
+        });
+        Ok(())
     }
 
     async fn carry_out(&mut self, outputs: Vec<Output>) -> Result<(), NodeError> {

@@ -49,7 +49,8 @@ pub struct Status {
     pub step_loss: Option<f32>,
     /// Mean loss of the last finished session.
     pub train_loss: Option<f32>,
-    /// Peers connected now.
+    /// Peers of this run connected now (subscribed to its announcements;
+    /// not a relay, nor a peer of another run).
     pub peers: usize,
     /// Rounds this process has seen end (finalized or adopted).
     pub rounds_done: u64,
@@ -115,7 +116,7 @@ impl Status {
         metric(
             "p2ptrain_peers",
             "gauge",
-            "Peers connected.",
+            "Peers of this run connected.",
             self.peers.to_string(),
         );
         metric(

@@ -71,7 +71,6 @@ impl Node {
                 self.on_connection(peer_id, connection_id, endpoint.is_relayed());
                 if let Some(key) = peer_key(&peer_id) {
                     if num_established.get() == 1 {
-                        self.status.send_modify(|s| s.peers += 1);
                         self.report(NodeEvent::PeerConnected(key)).await;
                     }
                 }
@@ -85,8 +84,6 @@ impl Node {
                 self.on_connection_closed(peer_id, connection_id);
                 // The last connection to the peer: it left.
                 if let Some(key) = peer_key(&peer_id).filter(|_| num_established == 0) {
-                    self.status
-                        .send_modify(|s| s.peers = s.peers.saturating_sub(1));
                     self.report(NodeEvent::PeerLeft(key)).await;
                     self.feed(Input::PeerGone(key)).await?;
                 }

@@ -25,6 +25,14 @@ fn init_patient(dir: &std::path::Path, seed: &str) {
     ]);
 }
 
+/// The peers of its run that the node running on `dir` counts, from
+/// `p2pnode status`.
+fn run_peers(dir: &std::path::Path) -> u64 {
+    let status = run_ok(&["status", "--dir", dir.to_str().unwrap(), "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    status["peers"].as_u64().unwrap()
+}
+
 #[test]
 fn a_peer_of_another_run_is_named_and_never_waited_for() {
     let _machine = exclusive();
@@ -48,6 +56,8 @@ fn a_peer_of_another_run_is_named_and_never_waited_for() {
         let next = node.rounds().last().map_or(0, |r| r.0 + 1);
         node.round(next + 1);
     }
+    // Connected, but not a peer of our run: the status does not count it.
+    assert_eq!(run_peers(&ours), 0);
     // A newcomer to our run that knows only their node: routing is shared,
     // so it meets ours through theirs, and takes our run's checkpoint.
     let late = root.join("late");
@@ -69,6 +79,7 @@ fn a_peer_of_another_run_is_named_and_never_waited_for() {
         us.round(round) == hash
     });
     assert!(agreed, "the newcomer never joined our chain");
+    assert_eq!(run_peers(&ours), 1);
     drop((us, them, newcomer));
     std::fs::remove_dir_all(root).unwrap();
 }
