@@ -10,9 +10,15 @@ use p2ptrain_node::swarm_loop::{Phase, Status};
 /// Prints the status of the node running on `dir`.
 pub async fn show(dir: &Path, json: bool) -> anyhow::Result<()> {
     let socket = dir.join(control::STATUS_SOCKET);
-    let status = control::read_status(&socket)
-        .await
-        .with_context(|| format!("asking the node on {}", dir.display()))?;
+    let status = match control::read_status(&socket).await {
+        // Nothing listens (or a killed node's socket is left): say how to
+        // start one rather than what connecting said.
+        Err(control::ControlError::NotRunning { .. }) => anyhow::bail!(
+            "no node is running on {dir}: `p2pnode join --dir {dir}` starts one",
+            dir = dir.display()
+        ),
+        answer => answer.with_context(|| format!("asking the node on {}", dir.display()))?,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -73,7 +73,13 @@ fn a_running_node_answers_status_and_metrics_and_its_checkpoint_exports() {
     let asked = run(&["status", "--dir", dir_arg]);
     assert!(!asked.status.success());
     let said = String::from_utf8_lossy(&asked.stderr);
-    assert!(said.contains("no node is running"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "no node is running on {dir_arg}: `p2pnode join --dir"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("Caused by"), "{said}");
 
     let out = root.join("hf");
     let exported = run_ok(&["export", dir_arg, "--out", out.to_str().unwrap()]);
