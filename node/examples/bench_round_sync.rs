@@ -309,7 +309,7 @@ async fn main() -> Result<(), Error> {
                         return true;
                     }
                 }
-                NodeEvent::Rejected(reason) => {
+                NodeEvent::Rejected { reason, .. } => {
                     eprintln!("peer {peer} dropped a contribution: {reason}")
                 }
                 NodeEvent::Adopted { round, .. } => eprintln!("peer {peer} adopted round {round}"),

@@ -103,7 +103,7 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
                         return;
                     }
                 }
-                NodeEvent::Rejected(reason) => {
+                NodeEvent::Rejected { reason, .. } => {
                     panic!("node {i} rejected an honest contribution: {reason}")
                 }
                 _ => {}

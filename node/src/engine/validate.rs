@@ -78,6 +78,30 @@ impl RejectReason {
     }
 }
 
+impl RejectReason {
+    /// What the reason means, for people reading a node's log.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::BadSignature => "its signature does not verify",
+            Self::WrongRun => "it names another run",
+            Self::WrongBase => "trained from a checkpoint that no valid commit names",
+            Self::NotAllowed => "its author is off the allow-list, or was caught equivocating",
+            Self::SettingsMismatch => "its compression settings or length differ from the run's",
+            Self::TokensOutOfRange => "it claims no tokens, or more than a round trains",
+            Self::PayloadMismatch => "the bytes served are not the payload it names",
+            Self::MalformedPayload => "its payload does not decode",
+            Self::NonFinite => "its update holds NaN or infinite values",
+            Self::NormOutlier => "its update's norm is over 3 times the round's median",
+            Self::Replay => "it was applied in an earlier round",
+            Self::Duplicate => {
+                "its author sent a different one this round: a faulty peer, or two nodes \
+                 sharing one key"
+            }
+            Self::WithheldPayload => "its author never delivered the payload",
+        }
+    }
+}
+
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

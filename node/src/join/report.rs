@@ -126,7 +126,13 @@ impl Report {
                     "round {round}: checkpoint {checkpoint} (adopted from a peer)"
                 ));
             }
-            NodeEvent::Rejected(reason) => err(format!("dropped a contribution: {reason}")),
+            NodeEvent::Rejected { id, author, reason } => {
+                let by = author.map_or_else(String::new, |a| format!(" by {a}"));
+                err(format!(
+                    "dropped contribution {id}{by}: {reason} ({})",
+                    reason.explain()
+                ))
+            }
             NodeEvent::PeerConnected(peer) => err(format!("peer {peer} connected")),
             NodeEvent::PeerLeft(peer) => err(format!("peer {peer} left")),
             NodeEvent::OtherRun { peer, run } => err(format!(
@@ -199,9 +205,12 @@ impl Report {
                 "round": round,
                 "checkpoint": checkpoint.to_string(),
             }),
-            NodeEvent::Rejected(reason) => {
-                json!({ "event": "rejected", "reason": reason.as_str() })
-            }
+            NodeEvent::Rejected { id, author, reason } => json!({
+                "event": "rejected",
+                "id": id.to_string(),
+                "author": author.map(|a| a.to_string()),
+                "reason": reason.as_str(),
+            }),
             NodeEvent::PeerConnected(peer) => {
                 json!({ "event": "peer_connected", "peer": peer.to_string() })
             }
@@ -236,4 +245,39 @@ impl Report {
 /// Writes one JSON line on stdout.
 fn line(value: serde_json::Value) {
     println!("{value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use p2ptrain_node::engine::RejectReason;
+    use p2ptrain_protocol::{Digest, SigningKey};
+
+    use super::*;
+
+    #[test]
+    fn a_dropped_contribution_is_reported_with_its_id_author_and_reason() {
+        let author = PeerKey::from(&SigningKey::from_bytes(&[7; 32]));
+        let report = Report::new(LogFormat::Json, author);
+        let id = Digest::of(b"a contribution");
+        let event = NodeEvent::Rejected {
+            id,
+            author: Some(author),
+            reason: RejectReason::Duplicate,
+        };
+        assert_eq!(
+            report.json(event),
+            json!({
+                "event": "rejected",
+                "id": id.to_string(),
+                "author": author.to_string(),
+                "reason": "duplicate",
+            })
+        );
+        let unsigned = NodeEvent::Rejected {
+            id,
+            author: None,
+            reason: RejectReason::BadSignature,
+        };
+        assert_eq!(report.json(unsigned)["author"], serde_json::Value::Null);
+    }
 }

@@ -41,7 +41,14 @@ pub enum NodeEvent {
         checkpoint: Digest,
     },
     /// A contribution was dropped.
-    Rejected(RejectReason),
+    Rejected {
+        /// Its id.
+        id: Digest,
+        /// Its author, when its signature held.
+        author: Option<PeerKey>,
+        /// Why.
+        reason: RejectReason,
+    },
     /// A peer connected (its first connection).
     PeerConnected(PeerKey),
     /// A peer's last connection closed.

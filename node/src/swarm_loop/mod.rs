@@ -430,7 +430,7 @@ impl Node {
                 }
             }
             Output::RequestCheckpoint { head, from } => return Ok(self.start_download(head, from)),
-            Output::Rejected { reason, .. } => {
+            Output::Rejected { id, author, reason } => {
                 let rejected = self.engine.rejected().clone();
                 self.status.send_modify(|s| {
                     s.rejected = rejected
@@ -438,7 +438,8 @@ impl Node {
                         .map(|(reason, n)| (reason.as_str().to_owned(), *n))
                         .collect();
                 });
-                let _ = self.events.send(NodeEvent::Rejected(reason)).await;
+                let rejected = NodeEvent::Rejected { id, author, reason };
+                let _ = self.events.send(rejected).await;
             }
         }
         Ok(None)

@@ -19,6 +19,11 @@ use p2ptrain_trainer::ParamLayout;
 
 use crate::harness::{exclusive, init, run_ok, scratch, Node, Stream};
 
+/// The rogue peer's key.
+fn rogue_key() -> SigningKey {
+    SigningKey::from_bytes(&[0xbd; 32])
+}
+
 /// Runs the rogue peer until `stop`: dials `node`, announces a round-0
 /// contribution of the run in `dir`, and answers its fetch with a payload
 /// one byte off.
@@ -26,7 +31,7 @@ fn rogue(dir: &DataDir, node: Multiaddr, stop: Arc<AtomicBool>) -> std::thread::
     let manifest = dir.manifest().unwrap();
     let run = manifest.id().unwrap();
     let params = ParamLayout::gpt2(&manifest.model).len();
-    let key = SigningKey::from_bytes(&[0xbd; 32]);
+    let key = rogue_key();
     let payload = compress(
         &vec![1e-3; params],
         &mut vec![0.0; params],
@@ -117,8 +122,14 @@ fn a_tampered_payload_is_dropped_and_counted() {
     let address: Multiaddr = node.address().parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let rogue = rogue(&DataDir::new(&dir), address, stop.clone());
+    // The log names the contribution, its author and what was wrong.
+    let by = format!(
+        " by {}: payload_mismatch (the bytes served",
+        PeerKey::from(&rogue_key())
+    );
     node.wait_for("the tampered payload dropped", |s, line| {
-        (s == Stream::Err && line == "dropped a contribution: payload_mismatch").then_some(())
+        (s == Stream::Err && line.starts_with("dropped contribution ") && line.contains(&by))
+            .then_some(())
     });
     let status = run_ok(&["status", "--dir", dir.to_str().unwrap(), "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
