@@ -53,7 +53,8 @@ if "byzantine" in summaries and "byzantine-clean" in summaries:
     print(f"\nbyzantine: final loss {a:.4f} vs {b:.4f} without adversaries ({100 * (a / b - 1):+.2f}%); "
           f"malicious contributions sent {adv['sent']}, rejected {adv['rejected']}, "
           f"applied within bounds {adv['applied']}; rejected by reason {summaries['byzantine']['rejected']}")
-ok = all(s["honest_replicas_agree"] and s["honest_rejected"] == 0 for s in summaries.values())
-print("\nevery scenario: honest replicas agree and no honest contribution rejected:", ok)
+ok = all(s["honest_replicas_agree"] and s["honest_rejected"] == 0 and s["honest_banned"] == 0
+         for s in summaries.values())
+print("\nevery scenario: honest replicas agree, no honest contribution rejected, no honest peer ignored:", ok)
 sys.exit(0 if ok else 1)
 PY

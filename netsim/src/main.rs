@@ -224,6 +224,10 @@ fn print_table(outcome: &sim::Outcome) {
     );
     println!("honest rejected        {}", s.honest_rejected);
     println!(
+        "peers ignored          {} (honest: {})",
+        s.banned, s.honest_banned
+    );
+    println!(
         "adversarial            sent {}, rejected {}, applied {}",
         s.adversarial.sent, s.adversarial.rejected, s.adversarial.applied
     );

@@ -36,6 +36,11 @@ pub struct Summary {
     pub rejected: BTreeMap<String, u64>,
     /// Honest contributions that honest peers dropped.
     pub honest_rejected: u64,
+    /// Peers some honest peer ignores from now on (caught equivocating,
+    /// or claiming a checkpoint nobody could deliver).
+    pub banned: u64,
+    /// Of those, honest peers.
+    pub honest_banned: u64,
     /// What became of the malicious contributions.
     pub adversarial: Adversarial,
     /// Times an honest peer adopted a heavier chain.

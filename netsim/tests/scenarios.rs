@@ -23,6 +23,7 @@ fn assert_honest(outcome: &Outcome, rounds: u64) {
     assert_eq!(s.rounds_completed, rounds, "{s:#?}");
     assert!(s.honest_replicas_agree, "{s:#?}");
     assert_eq!(s.honest_rejected, 0, "{s:#?}");
+    assert_eq!(s.honest_banned, 0, "{s:#?}");
 }
 
 #[test]

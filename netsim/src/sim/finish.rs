@@ -124,6 +124,8 @@ impl Simulation {
             compute_utilization,
             rejected,
             honest_rejected: self.honest_rejected.len() as u64,
+            banned: self.banned.len() as u64,
+            honest_banned: self.honest_banned.len() as u64,
             adversarial,
             forks_resolved: self.forks_resolved,
             virtual_seconds: now as f64 / 1000.0,

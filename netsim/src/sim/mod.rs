@@ -204,6 +204,10 @@ pub struct Simulation {
     honest_ids: BTreeSet<Digest>,
     adversary_ids: BTreeSet<Digest>,
     honest_rejected: BTreeSet<Digest>,
+    /// Peers an honest peer ignores from now on, and which of them are
+    /// honest.
+    banned: BTreeSet<PeerKey>,
+    honest_banned: BTreeSet<PeerKey>,
     /// Honest contributions an adversary sent again in a later round.
     replayed: BTreeSet<Digest>,
     applied_ids: BTreeSet<Digest>,
@@ -523,6 +527,18 @@ impl Simulation {
                     let replay = reason == RejectReason::Replay && self.replayed.contains(&id);
                     if author_honest && self.honest_ids.contains(&id) && !replay {
                         self.honest_rejected.insert(id);
+                    }
+                }
+            }
+            Output::Banned { peer, .. } => {
+                if honest {
+                    self.banned.insert(peer);
+                    if self
+                        .peers
+                        .iter()
+                        .any(|q| q.public == peer && q.role == Role::Honest)
+                    {
+                        self.honest_banned.insert(peer);
                     }
                 }
             }

@@ -148,6 +148,8 @@ impl Simulation {
             honest_ids: BTreeSet::new(),
             adversary_ids: BTreeSet::new(),
             honest_rejected: BTreeSet::new(),
+            banned: BTreeSet::new(),
+            honest_banned: BTreeSet::new(),
             replayed: BTreeSet::new(),
             applied_ids: BTreeSet::new(),
             forks_resolved: 0,

@@ -5,7 +5,7 @@ use p2ptrain_protocol::{Commit, Digest, Signed};
 
 use super::round::{Entry, EntryState, Phase, RecentHeads};
 use super::validate::Checker;
-use super::{set_digest, Engine, Head, Millis, Output, MAX_FUTURE};
+use super::{set_digest, BanReason, Engine, Head, Millis, Output, MAX_FUTURE};
 
 impl<C: Checker> Engine<C> {
     pub(super) fn on_commit(&mut self, now: Millis, signed: Signed<Commit>, out: &mut Vec<Output>) {
@@ -30,9 +30,10 @@ impl<C: Checker> Engine<C> {
         match self.commit_results.get(&key) {
             Some(result) if *result != commit.result => {
                 // Two results for one set from one key: equivocation.
-                self.banned.insert(committer);
-                self.members.remove(&committer);
-                self.eligible = None;
+                let reason = BanReason::Equivocated {
+                    round: commit.round,
+                };
+                self.ban(committer, reason, out);
                 self.round.commits.remove(&committer);
                 return;
             }

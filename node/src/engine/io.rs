@@ -235,6 +235,47 @@ pub enum Output {
         /// Why.
         reason: RejectReason,
     },
+    /// A peer is ignored from now on: its contributions and commits are
+    /// dropped, and rounds no longer wait for it.
+    Banned {
+        /// The peer.
+        peer: PeerKey,
+        /// What it did.
+        reason: BanReason,
+    },
+}
+
+/// Why a peer is ignored from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanReason {
+    /// It signed two commits of one round with the same base and set but
+    /// different results: a faulty peer, or two nodes sharing one key.
+    Equivocated {
+        /// The round.
+        round: u64,
+    },
+    /// Its commit named a checkpoint that could not be had from it (nor
+    /// from any other peer).
+    CheckpointUnavailable {
+        /// The checkpoint.
+        result: Digest,
+    },
+}
+
+impl std::fmt::Display for BanReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Equivocated { round } => write!(
+                f,
+                "it signed two different results for one set of round {round} (a faulty \
+                 peer, or two nodes sharing one key)"
+            ),
+            Self::CheckpointUnavailable { result } => write!(
+                f,
+                "its commit named checkpoint {result}, which no peer could deliver"
+            ),
+        }
+    }
 }
 
 /// Why an engine cannot start.

@@ -54,7 +54,7 @@ use std::sync::Arc;
 
 use p2ptrain_protocol::{Commit, Contribution, Digest, IdSet, PeerKey, Signed};
 
-pub use io::{Accepted, EngineConfig, EngineError, Head, Input, LocalUpdate, Output};
+pub use io::{Accepted, BanReason, EngineConfig, EngineError, Head, Input, LocalUpdate, Output};
 use round::{Entry, EntryState, Phase, RecentHeads, RoundState};
 pub use validate::{Checker, PayloadFacts, RejectCounts, RejectReason, Verify};
 
@@ -282,13 +282,21 @@ impl<C: Checker> Engine<C> {
                 if self.adopting == Some(result) {
                     self.adopting = None;
                 }
-                self.banned.insert(from);
-                self.members.remove(&from);
-                self.eligible = None;
+                self.ban(from, BanReason::CheckpointUnavailable { result }, &mut out);
             }
         }
         self.progress(now, &mut out);
         out
+    }
+
+    /// Ignores `peer` from now on (once: a ban is reported when it
+    /// starts).
+    fn ban(&mut self, peer: PeerKey, reason: BanReason, out: &mut Vec<Output>) {
+        self.members.remove(&peer);
+        self.eligible = None;
+        if self.banned.insert(peer) {
+            out.push(Output::Banned { peer, reason });
+        }
     }
 }
 

@@ -60,6 +60,7 @@ struct Swarm {
     finalized: Vec<Vec<(u64, Digest, Vec<Digest>)>>,
     returned: Vec<usize>,
     rejected: Vec<(usize, RejectReason)>,
+    banned: Vec<(usize, PeerKey, BanReason)>,
 }
 
 impl Swarm {
@@ -81,6 +82,7 @@ impl Swarm {
             finalized: vec![Vec::new(); n],
             returned: vec![0; n],
             rejected: Vec::new(),
+            banned: Vec::new(),
         };
         for i in 0..n {
             for j in 0..n {
@@ -159,6 +161,7 @@ impl Swarm {
                     self.queue.push_back((i, Input::CheckpointAdopted(head)));
                 }
                 Output::Rejected { reason, .. } => self.rejected.push((i, reason)),
+                Output::Banned { peer, reason } => self.banned.push((i, peer, reason)),
             }
         }
         training
@@ -437,12 +440,17 @@ fn two_results_for_one_set_from_one_key_get_the_key_ignored() {
         };
         Signed::sign(&c, &key(1)).unwrap()
     };
-    let (a, b) = (commit(b"a"), commit(b"b"));
-    swarm.queue.push_back((0, Input::CommitReceived(a)));
-    swarm.queue.push_back((0, Input::CommitReceived(b)));
+    let (a, b, c) = (commit(b"a"), commit(b"b"), commit(b"c"));
+    for signed in [a, b, c] {
+        swarm.queue.push_back((0, Input::CommitReceived(signed)));
+    }
     swarm.run();
-    assert!(swarm.engines[0].banned.contains(&PeerKey::from(&key(1))));
-    assert!(!swarm.engines[0].members().contains(&PeerKey::from(&key(1))));
+    let equivocator = PeerKey::from(&key(1));
+    assert!(swarm.engines[0].banned.contains(&equivocator));
+    assert!(!swarm.engines[0].members().contains(&equivocator));
+    // Said once, when the ban starts.
+    let reason = BanReason::Equivocated { round: 0 };
+    assert_eq!(swarm.banned, vec![(0, equivocator, reason)]);
 }
 
 #[test]

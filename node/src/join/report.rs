@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use p2ptrain_node::engine::BanReason;
 use p2ptrain_node::swarm_loop::{NodeEvent, Status};
 use p2ptrain_protocol::PeerKey;
 use serde_json::json;
@@ -133,6 +134,9 @@ impl Report {
                     reason.explain()
                 ))
             }
+            NodeEvent::Banned { peer, reason } => {
+                err(format!("peer {peer} is ignored from now on: {reason}"))
+            }
             NodeEvent::PeerConnected(peer) => err(format!("peer {peer} connected")),
             NodeEvent::PeerLeft(peer) => err(format!("peer {peer} left")),
             NodeEvent::OtherRun { peer, run } => err(format!(
@@ -211,6 +215,24 @@ impl Report {
                 "author": author.map(|a| a.to_string()),
                 "reason": reason.as_str(),
             }),
+            NodeEvent::Banned { peer, reason } => {
+                let mut event = json!({
+                    "event": "banned",
+                    "peer": peer.to_string(),
+                    "message": reason.to_string(),
+                });
+                match reason {
+                    BanReason::Equivocated { round } => {
+                        event["reason"] = "equivocated".into();
+                        event["round"] = round.into();
+                    }
+                    BanReason::CheckpointUnavailable { result } => {
+                        event["reason"] = "checkpoint_unavailable".into();
+                        event["checkpoint"] = result.to_string().into();
+                    }
+                }
+                event
+            }
             NodeEvent::PeerConnected(peer) => {
                 json!({ "event": "peer_connected", "peer": peer.to_string() })
             }

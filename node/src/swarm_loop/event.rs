@@ -3,7 +3,7 @@
 use libp2p::Multiaddr;
 use p2ptrain_protocol::{Digest, PeerKey};
 
-use crate::engine::RejectReason;
+use crate::engine::{BanReason, RejectReason};
 
 /// What the node reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +48,13 @@ pub enum NodeEvent {
         author: Option<PeerKey>,
         /// Why.
         reason: RejectReason,
+    },
+    /// A peer is ignored from now on.
+    Banned {
+        /// The peer.
+        peer: PeerKey,
+        /// What it did.
+        reason: BanReason,
     },
     /// A peer connected (its first connection).
     PeerConnected(PeerKey),

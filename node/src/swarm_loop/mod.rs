@@ -441,6 +441,9 @@ impl Node {
                 let rejected = NodeEvent::Rejected { id, author, reason };
                 let _ = self.events.send(rejected).await;
             }
+            Output::Banned { peer, reason } => {
+                self.report(NodeEvent::Banned { peer, reason }).await;
+            }
         }
         Ok(None)
     }
