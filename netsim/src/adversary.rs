@@ -14,10 +14,23 @@ use crate::scenario::AttackKind;
 /// serves (`None`: it serves nothing).
 #[derive(Debug, Clone)]
 pub struct Attack {
-    /// Announced to everyone.
+    /// Announced to everyone (to half of the peers, with a twin).
     pub contribution: Signed<Contribution>,
     /// Served on request.
     pub payload: Option<Arc<[u8]>>,
+    /// `equivocate`'s second contribution, for the same round and base,
+    /// and its payload: announced to the other half of the peers.
+    pub twin: Option<(Signed<Contribution>, Arc<[u8]>)>,
+}
+
+impl Attack {
+    fn single(contribution: Signed<Contribution>, payload: Option<Arc<[u8]>>) -> Self {
+        Self {
+            contribution,
+            payload,
+            twin: None,
+        }
+    }
 }
 
 /// Where the attacker stands this round.
@@ -71,52 +84,52 @@ pub fn craft(
     let honest = honest_dense(cx)?;
     let attack = match kind {
         AttackKind::Replay => {
-            return Ok(cx.applied_before.map(|signed| Attack {
-                contribution: signed.clone(),
-                payload: None,
-            }))
+            return Ok(cx
+                .applied_before
+                .map(|signed| Attack::single(signed.clone(), None)))
         }
         AttackKind::BadSignature => {
             let (signed, payload) = sign(cx, cx.base, encode(&honest, cx)?)?;
             let mut signature = *signed.signature();
             signature[0] ^= 0x5a;
             let forged = Signed::from_parts(signed.body().to_vec(), signed.signer(), signature);
-            Attack {
-                contribution: forged,
-                payload: Some(payload),
-            }
+            Attack::single(forged, Some(payload))
         }
         AttackKind::Nan => {
             let mut bytes = encode(&honest, cx)?;
             let at = first_scale_offset(cx.len, &cx.settings);
             bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
             let (contribution, payload) = sign(cx, cx.base, bytes)?;
-            Attack {
-                contribution,
-                payload: Some(payload),
-            }
+            Attack::single(contribution, Some(payload))
         }
         AttackKind::Scaled => {
             let scaled: Vec<f32> = honest.iter().map(|v| v * cx.factor).collect();
             let (contribution, payload) = sign(cx, cx.base, encode(&scaled, cx)?)?;
-            Attack {
-                contribution,
-                payload: Some(payload),
-            }
+            Attack::single(contribution, Some(payload))
         }
         AttackKind::WrongBase => {
             let base = Digest::of(&rng.next_u64().to_le_bytes());
             let (contribution, payload) = sign(cx, base, encode(&honest, cx)?)?;
-            Attack {
-                contribution,
-                payload: Some(payload),
-            }
+            Attack::single(contribution, Some(payload))
         }
         AttackKind::WithholdPayload => {
             let (contribution, _) = sign(cx, cx.base, encode(&honest, cx)?)?;
+            Attack::single(contribution, None)
+        }
+        AttackKind::Equivocate => {
+            let (contribution, payload) = sign(cx, cx.base, encode(&honest, cx)?)?;
+            // Half the update for half the tokens: a different
+            // contribution even when there is no honest update to copy.
+            let half: Vec<f32> = honest.iter().map(|v| 0.5 * v).collect();
+            let halved = Context {
+                tokens: (cx.tokens / 2).max(1),
+                ..*cx
+            };
+            let twin = sign(&halved, cx.base, encode(&half, cx)?)?;
             Attack {
                 contribution,
-                payload: None,
+                payload: Some(payload),
+                twin: Some(twin),
             }
         }
         AttackKind::RandomNoise => {
@@ -130,10 +143,7 @@ pub fn craft(
                 noise.iter_mut().for_each(|v| *v *= s);
             }
             let (contribution, payload) = sign(cx, cx.base, encode(&noise, cx)?)?;
-            Attack {
-                contribution,
-                payload: Some(payload),
-            }
+            Attack::single(contribution, Some(payload))
         }
     };
     Ok(Some(attack))
@@ -282,5 +292,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_ne!(wrong.contribution.verify().unwrap().base, cx.base);
+        let two = craft(AttackKind::Equivocate, &cx, &mut rng)
+            .unwrap()
+            .unwrap();
+        let (twin, _) = two.twin.unwrap();
+        let (a, b) = (two.contribution.verify().unwrap(), twin.verify().unwrap());
+        assert_ne!(two.contribution.id(), twin.id());
+        assert_eq!((a.round, a.base, a.author), (b.round, b.base, b.author));
+        assert!(payload_facts(&two.payload.unwrap()).is_ok());
     }
 }

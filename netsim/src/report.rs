@@ -61,7 +61,10 @@ pub struct Adversarial {
     /// Of those, dropped by at least one honest peer.
     pub rejected: u64,
     /// Of those, applied by the honest chain (they passed every check, so
-    /// their weight and norm are within the honest bounds).
+    /// their weight and norm are within the honest bounds). One of an
+    /// equivocating pair can count here and under `rejected`: applied on
+    /// the branch that won its round, dropped as a duplicate by the peers
+    /// that heard the other first.
     pub applied: u64,
 }
 

@@ -300,6 +300,9 @@ pub enum AttackKind {
     WithholdPayload,
     /// Random values with an honest update's norm.
     RandomNoise,
+    /// Two different honest-looking updates for one round and base, each
+    /// announced to half of the peers.
+    Equivocate,
 }
 
 impl AttackKind {
@@ -313,6 +316,7 @@ impl AttackKind {
             Self::WrongBase => "wrong_base",
             Self::WithholdPayload => "withhold_payload",
             Self::RandomNoise => "random_noise",
+            Self::Equivocate => "equivocate",
         }
     }
 }

@@ -71,5 +71,5 @@ pub use compression::{CompressionSettings, InvalidSettings, ValueBits};
 pub use digest::{Digest, ParseIdError};
 pub use identity::{PeerKey, SigningKey, VerifyingKey};
 pub use manifest::{InnerOptimizer, ModelConfig, OuterOptimizer, RoundRules, RunManifest};
-pub use round::{Commit, Contribution, IdSet, PayloadRef, RecordError, RoundRecord};
+pub use round::{Commit, Contribution, Equivocation, IdSet, PayloadRef, RecordError, RoundRecord};
 pub use signed::{Signable, Signed, SignedError};

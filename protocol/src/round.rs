@@ -50,6 +50,54 @@ impl Signable for Contribution {
 
 crate::impl_message!(Signed<Contribution>, max_len = 512 + 128);
 
+/// Two contributions signed by one key for one round and base: proof that
+/// the key equivocated, which any peer can check. Peers pass it on so that
+/// every peer ignores the key, not only those that heard both.
+///
+/// ```
+/// use p2ptrain_protocol::*;
+///
+/// let key = SigningKey::from_bytes(&[5; 32]);
+/// let contribution = |tokens| {
+///     let c = Contribution {
+///         run: Digest::of(b"run"),
+///         round: 3,
+///         base: Digest::of(b"base"),
+///         author: PeerKey::from(&key),
+///         tokens,
+///         payload: PayloadRef { hash: Digest::of(b"p"), len: 1 },
+///         compression: CompressionSettings::default(),
+///     };
+///     Signed::sign(&c, &key).unwrap()
+/// };
+/// let proof = Equivocation { first: contribution(10), second: contribution(20) };
+/// assert_eq!(proof.proven().map(|c| (c.author, c.round)), Some((PeerKey::from(&key), 3)));
+/// let same = Equivocation { first: contribution(10), second: contribution(10) };
+/// assert!(same.proven().is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct Equivocation {
+    /// One contribution.
+    pub first: Signed<Contribution>,
+    /// Another, by the same key for the same run, round and base.
+    pub second: Signed<Contribution>,
+}
+
+crate::impl_message!(Equivocation, max_len = 2 * (512 + 128) + 16);
+
+impl Equivocation {
+    /// The first contribution, when the two prove that its author
+    /// equivocated: both signatures hold, the contributions differ, and
+    /// they share author, run, round and base.
+    pub fn proven(&self) -> Option<Contribution> {
+        let first = self.first.verify().ok()?;
+        let second = self.second.verify().ok()?;
+        let alike = (first.author, first.run, first.round, first.base)
+            == (second.author, second.run, second.round, second.base);
+        (alike && self.first.id() != self.second.id()).then_some(first)
+    }
+}
+
 /// A set of content ids, strictly ascending: the canonical order.
 ///
 /// Decoding refuses ids out of order or repeated, so one set has one encoding.

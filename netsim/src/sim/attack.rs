@@ -90,7 +90,18 @@ impl Simulation {
         } else if !self.bodies.contains_key(&id) {
             self.holders.remove(&id);
         }
-        self.broadcast(p, Input::Announced(attack.contribution))
+        let Some((twin, twin_payload)) = attack.twin else {
+            return self.broadcast(p, Input::Announced(attack.contribution));
+        };
+        // Equivocation: peers of even index hear one, the others the twin.
+        let twin_id = twin.id();
+        self.adversary_ids.insert(twin_id);
+        self.bodies.insert(twin_id, (twin.clone(), twin_payload));
+        self.holders.insert(twin_id, vec![p]);
+        let first = Input::Announced(attack.contribution);
+        let second = Input::Announced(twin);
+        self.broadcast_to(p, &first, |q| q % 2 == 0)?;
+        self.broadcast_to(p, &second, |q| q % 2 == 1)
     }
 
     pub(super) fn checker_contribution(

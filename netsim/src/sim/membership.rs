@@ -68,6 +68,17 @@ impl Simulation {
         self.carry_out(p, outputs)?;
         match self.peers[p].role {
             Role::Honest => {
+                // Back in the round it left in: its contribution from then
+                // stands (a second would get its key ignored).
+                if let Some((contribution, bytes)) = self.peers[p].announced.clone() {
+                    self.feed(
+                        p,
+                        Input::Reannounce {
+                            contribution,
+                            bytes,
+                        },
+                    )?;
+                }
                 let outputs = self.peers[p]
                     .engine
                     .as_mut()

@@ -50,6 +50,16 @@ pub enum SimError {
     /// The data directory asked for cannot be written.
     #[error("recording the chain: {0}")]
     Record(#[from] p2ptrain_node::chain::ChainError),
+    /// A peer heard a contribution signed with its own key that it did not
+    /// make: every simulated peer has a key of its own, so the simulator
+    /// or the engine is wrong.
+    #[error("peer {peer} heard another contribution signed with its own key in round {round}")]
+    KeyShared {
+        /// The peer.
+        peer: usize,
+        /// The round.
+        round: u64,
+    },
 }
 
 /// What the caller sees as the simulation goes.
@@ -101,6 +111,9 @@ struct Peer {
     wake_handled: Option<Millis>,
     wake_scheduled: Option<Millis>,
     last_record: Option<RoundRecord>,
+    /// Its last own contribution and payload, as a node keeps them on
+    /// disk: announced again if it comes back in that round.
+    announced: Option<(Signed<Contribution>, Arc<[u8]>)>,
     attacked_round: Option<u64>,
     /// Left because of churn (may come back), as opposed to its group's leave.
     churned: bool,
@@ -489,6 +502,7 @@ impl Simulation {
                     let id = signed.id();
                     self.honest_ids.insert(id);
                     if let Some(body) = self.peers[p].engine.as_ref().and_then(|e| e.payload(&id)) {
+                        self.peers[p].announced = Some(body.clone());
                         self.bodies.insert(id, body);
                         self.holders.insert(id, vec![p]);
                     }
@@ -498,6 +512,17 @@ impl Simulation {
             Output::PublishCommit(signed) => {
                 if honest {
                     self.broadcast(p, Input::CommitReceived(signed))?;
+                }
+            }
+            // An adversary signs its attacks outside its engine, which may
+            // hear them.
+            Output::KeyShared { round } if honest => {
+                return Err(SimError::KeyShared { peer: p, round })
+            }
+            Output::KeyShared { .. } => {}
+            Output::PublishEvidence(proof) => {
+                if honest {
+                    self.broadcast(p, Input::Evidence(proof))?;
                 }
             }
             Output::Fetch { id, from } => self.fetch(p, id, from),
@@ -620,8 +645,10 @@ impl Simulation {
 fn input_id(input: &Input) -> Option<Digest> {
     match input {
         Input::Announced(s) => Some(s.id()),
+        Input::Reannounce { contribution, .. } => Some(contribution.id()),
         Input::PayloadArrived { contribution, .. } => Some(contribution.id()),
         Input::CommitReceived(s) => Some(s.id()),
+        Input::Evidence(proof) => Some(proof.second.id()),
         Input::FetchFailed { id } => Some(*id),
         Input::CheckpointAdopted(head) => Some(head.base),
         Input::CheckpointUnavailable { result, .. } => Some(*result),

@@ -99,6 +99,7 @@ impl Simulation {
                     wake_handled: None,
                     wake_scheduled: None,
                     last_record: None,
+                    announced: None,
                     attacked_round: None,
                     churned: false,
                 });

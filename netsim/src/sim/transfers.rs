@@ -11,13 +11,25 @@ use crate::scenario::ModelKind;
 
 impl Simulation {
     pub(super) fn broadcast(&mut self, p: usize, input: Input) -> Result<(), SimError> {
-        let bytes = match &input {
+        self.broadcast_to(p, &input, |_| true)
+    }
+
+    /// Sends `input` from `p` to the live peers it reaches whose index
+    /// passes `to`.
+    pub(super) fn broadcast_to(
+        &mut self,
+        p: usize,
+        input: &Input,
+        to: impl Fn(usize) -> bool,
+    ) -> Result<(), SimError> {
+        let bytes = match input {
             Input::Announced(s) => codec::encoded_len(s)?,
             Input::CommitReceived(s) => codec::encoded_len(s)?,
+            Input::Evidence(proof) => codec::encoded_len(proof)?,
             _ => 64,
         } as u64;
         for q in 0..self.peers.len() {
-            if q == p || !self.peers[q].live || !self.net.reachable(p, q) {
+            if q == p || !to(q) || !self.peers[q].live || !self.net.reachable(p, q) {
                 continue;
             }
             let at = self.net.message(self.now, p, q, bytes, &mut self.rng);

@@ -7,6 +7,9 @@
 //! DIR/head.ckpt                 ChainState bytes after the last record
 //! DIR/records/00000007.bin      RoundRecord of round 7 (protocol codec)
 //! DIR/payloads/<blake3 hex>.bin a payload, named by its hash
+//! DIR/announced.bin             the node's last announced contribution:
+//!                               u32 LE length, the signed contribution
+//!                               (protocol codec), its payload
 //! DIR/node.lock                 locked by the node working on DIR
 //! ```
 //!
@@ -16,10 +19,15 @@
 
 use std::path::{Path, PathBuf};
 
-use p2ptrain_protocol::{codec, Digest, RoundRecord, RunManifest};
+use p2ptrain_protocol::{
+    codec, CodecError, Contribution, Digest, RoundRecord, RunManifest, Signed,
+};
 use p2ptrain_trainer::checkpoint::{write_atomically, write_atomically_with};
 
 use super::{ChainError, ChainState};
+
+/// The file of [`DataDir::write_announcement`].
+const ANNOUNCED: &str = "announced.bin";
 
 /// The hold of one process on a data directory, from
 /// [`DataDir::lock`]: released when dropped, or when the process ends,
@@ -230,6 +238,56 @@ impl DataDir {
         Ok(Some((tag, values)))
     }
 
+    /// Keeps this node's contribution and its payload, written before the
+    /// contribution is announced: a node restarted in the same round
+    /// announces it again instead of signing a second one.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] on an encoding or I/O failure.
+    pub fn write_announcement(
+        &self,
+        signed: &Signed<Contribution>,
+        payload: &[u8],
+    ) -> Result<(), ChainError> {
+        let header = codec::encode(signed)?;
+        let len = u32::try_from(header.len()).map_err(|_| CodecError::TooLarge {
+            len: header.len(),
+            max: u32::MAX as usize,
+        })?;
+        let mut bytes = Vec::with_capacity(4 + header.len() + payload.len());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(payload);
+        self.write(&self.file(ANNOUNCED), &bytes)
+    }
+
+    /// The contribution and payload kept by
+    /// [`write_announcement`](Self::write_announcement), if any.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] if the file exists but cannot be read or decoded.
+    pub fn announcement(&self) -> Result<Option<(Signed<Contribution>, Vec<u8>)>, ChainError> {
+        let path = self.file(ANNOUNCED);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = self.read(&path)?;
+        let truncated = || ChainError::Truncated {
+            path: path.display().to_string(),
+        };
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(truncated)?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let header = rest.get(..len).ok_or_else(truncated)?;
+        let payload = &rest[len..];
+        let signed = codec::decode(header).map_err(|error| ChainError::Decode {
+            path: path.display().to_string(),
+            error,
+        })?;
+        Ok(Some((signed, payload.to_vec())))
+    }
+
     /// Writes round `round`'s record.
     ///
     /// # Errors
@@ -360,6 +418,41 @@ mod tests {
         assert!(matches!(dir.lock(), Err(ChainError::InUse(_))));
         drop(held);
         let _again = dir.lock().unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_announcement_comes_back_whole_and_a_truncated_one_is_an_error() {
+        use p2ptrain_protocol::{PayloadRef, PeerKey, SigningKey};
+
+        let root = crate::scratch::scratch_dir("announced");
+        let dir = DataDir::new(&root);
+        assert!(dir.announcement().unwrap().is_none());
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let payload = b"payload bytes".to_vec();
+        let contribution = Contribution {
+            run: Digest::of(b"run"),
+            round: 7,
+            base: Digest::of(b"base"),
+            author: PeerKey::from(&key),
+            tokens: 64,
+            payload: PayloadRef {
+                hash: Digest::of(&payload),
+                len: payload.len() as u64,
+            },
+            compression: Default::default(),
+        };
+        let signed = Signed::sign(&contribution, &key).unwrap();
+        dir.write_announcement(&signed, &payload).unwrap();
+        let (back, bytes) = dir.announcement().unwrap().unwrap();
+        assert_eq!((back.id(), bytes), (signed.id(), payload));
+        let path = root.join(ANNOUNCED);
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..10]).unwrap();
+        assert!(matches!(
+            dir.announcement(),
+            Err(ChainError::Truncated { .. })
+        ));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -47,6 +47,12 @@ pub enum ChainError {
         /// The codec's complaint.
         error: CodecError,
     },
+    /// A file ends before what its header says it holds.
+    #[error("{path}: truncated")]
+    Truncated {
+        /// The file.
+        path: String,
+    },
     /// A value cannot be encoded.
     #[error("encoding: {0}")]
     Encode(#[from] CodecError),

@@ -286,6 +286,7 @@ impl<C: Checker> Engine<C> {
         self.eligible = None;
         self.known_checkpoints.insert(head.base);
         self.chain.push(head.base);
+        self.ignore_equivocators();
         let future = std::mem::take(&mut self.future);
         for signed in future {
             let round = self.checker.contribution(&signed).map(|c| c.round);

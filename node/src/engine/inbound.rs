@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use p2ptrain_protocol::{Contribution, Digest, PayloadRef, PeerKey, Signed};
+use p2ptrain_protocol::{Contribution, Digest, Equivocation, PayloadRef, PeerKey, Signed};
 
 use super::round::{Entry, EntryState, Phase};
 use super::validate::{Checker, RejectReason};
@@ -59,6 +59,28 @@ impl<C: Checker> Engine<C> {
         self.on_announced(now, signed, Some(update.payload), out);
     }
 
+    /// [`Input::Reannounce`]: this peer's contribution from before a
+    /// restart, if it is for the current round and base.
+    pub(super) fn reannounce(
+        &mut self,
+        now: Millis,
+        signed: Signed<Contribution>,
+        bytes: Arc<[u8]>,
+        out: &mut Vec<Output>,
+    ) {
+        let Ok(contribution) = self.checker.contribution(&signed) else {
+            return;
+        };
+        let current =
+            contribution.round == self.round.number && contribution.base == self.round.base;
+        if contribution.author != self.me || !current || self.round.mine.is_some() {
+            return;
+        }
+        self.round.mine = Some(signed.id());
+        out.push(Output::Announce(signed.clone()));
+        self.on_announced(now, signed, Some(bytes), out);
+    }
+
     pub(super) fn on_announced(
         &mut self,
         now: Millis,
@@ -72,8 +94,11 @@ impl<C: Checker> Engine<C> {
             Err(_) => return self.reject(id, None, RejectReason::BadSignature, out),
         };
         let author = contribution.author;
+        // A commit of this round named it: whatever becomes of it, the
+        // round must count it settled.
+        let named = self.round.wanted.remove(&id).is_some();
         if let Some(reason) = self.header_fault(&contribution) {
-            return self.reject(id, Some(author), reason, out);
+            return self.drop_named(signed, contribution, reason, named, out);
         }
         if contribution.round < self.round.number {
             if self.applied.contains(&id) {
@@ -99,17 +124,25 @@ impl<C: Checker> Engine<C> {
             }
             return self.reject(id, Some(author), RejectReason::WrongBase, out);
         }
-        self.round.wanted.remove(&id);
         let known = self.round.entries.get(&id).map(|e| e.state.clone());
         match (known, bytes) {
             (None, bytes) => {
-                if let Some(first) = self.round.by_author.get(&author) {
-                    if *first != id {
-                        return self.reject(id, Some(author), RejectReason::Duplicate, out);
-                    }
+                if let Some(first) = self.round.by_author.get(&author).filter(|f| **f != id) {
+                    // Two contributions signed by one key for one round
+                    // and base. The first heard stands this round (a peer
+                    // that heard the other first ends on another result,
+                    // and fork choice settles it); the key is ignored from
+                    // the next round on, by every peer the proof reaches.
+                    let round = contribution.round;
+                    let proof = self.round.entries.get(first).map(|e| Equivocation {
+                        first: e.signed.clone(),
+                        second: signed.clone(),
+                    });
+                    self.drop_named(signed, contribution, RejectReason::Duplicate, named, out);
+                    return self.caught_equivocating(author, round, proof, out);
                 }
-                self.round.open(now);
                 self.round.by_author.insert(author, id);
+                self.round.open(now);
                 let state = EntryState::Fetching { from: author };
                 self.round.entries.insert(
                     id,
@@ -128,6 +161,29 @@ impl<C: Checker> Engine<C> {
             // Already known: a repeated announcement or delivery.
             _ => {}
         }
+    }
+
+    /// Drops a contribution; one that a commit named is kept, dropped, so
+    /// that the union of the round's commits counts it as settled (else the
+    /// round would wait for it until the deadline).
+    fn drop_named(
+        &mut self,
+        signed: Signed<Contribution>,
+        contribution: Contribution,
+        reason: RejectReason,
+        named: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let (id, author) = (signed.id(), contribution.author);
+        if named && !self.round.entries.contains_key(&id) {
+            let entry = Entry {
+                signed,
+                contribution,
+                state: EntryState::Rejected,
+            };
+            self.round.entries.insert(id, entry);
+        }
+        self.reject(id, Some(author), reason, out);
     }
 
     /// Checks that need only the contribution itself.

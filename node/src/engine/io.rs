@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use p2ptrain_protocol::codec::CodecError;
 use p2ptrain_protocol::{
-    Commit, Contribution, Digest, PeerKey, RoundRecord, RunManifest, Signed, SigningKey,
+    Commit, Contribution, Digest, Equivocation, PeerKey, RoundRecord, RunManifest, Signed,
+    SigningKey,
 };
 
 use super::validate::RejectReason;
@@ -140,6 +141,20 @@ pub enum Input {
     Trained(LocalUpdate),
     /// A contribution was announced (gossip).
     Announced(Signed<Contribution>),
+    /// This peer's own contribution, with its payload, as announced before
+    /// the host restarted: when it is for the current round and base, it
+    /// is this peer's contribution to the round, announced again, and no
+    /// other is trained for the round (two would get this peer's key
+    /// ignored by every peer that saw both).
+    Reannounce {
+        /// The contribution.
+        contribution: Signed<Contribution>,
+        /// Its payload.
+        bytes: Arc<[u8]>,
+    },
+    /// A peer passed on proof that a key signed two contributions for one
+    /// round (gossip).
+    Evidence(Equivocation),
     /// A payload asked for with [`Output::Fetch`] arrived, with its
     /// contribution.
     PayloadArrived {
@@ -205,6 +220,14 @@ pub enum Output {
     },
     /// Publish this commit to all peers.
     PublishCommit(Signed<Commit>),
+    /// Publish this proof of equivocation to all peers.
+    PublishEvidence(Equivocation),
+    /// A contribution signed with this peer's own key, and not its own,
+    /// was heard for `round`: another node holds the key.
+    KeyShared {
+        /// The round.
+        round: u64,
+    },
     /// The round is over: its record, and the new head to train from.
     Finalized {
         /// The commit that closed it and the contributions it applied.
@@ -235,7 +258,8 @@ pub enum Output {
         /// Why.
         reason: RejectReason,
     },
-    /// A peer is ignored from now on: its contributions and commits are
+    /// A peer is ignored (from now on, or, for two contributions in one
+    /// round, from the next round on): its contributions and commits are
     /// dropped, and rounds no longer wait for it.
     Banned {
         /// The peer.
@@ -245,12 +269,19 @@ pub enum Output {
     },
 }
 
-/// Why a peer is ignored from now on.
+/// Why a peer is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BanReason {
     /// It signed two commits of one round with the same base and set but
     /// different results: a faulty peer, or two nodes sharing one key.
     Equivocated {
+        /// The round.
+        round: u64,
+    },
+    /// It signed two different contributions for one round and base: a
+    /// faulty peer, or two nodes sharing one key (a node restarted in a
+    /// round announces the contribution it announced before).
+    TwoContributions {
         /// The round.
         round: u64,
     },
@@ -269,6 +300,11 @@ impl std::fmt::Display for BanReason {
                 f,
                 "it signed two different results for one set of round {round} (a faulty \
                  peer, or two nodes sharing one key)"
+            ),
+            Self::TwoContributions { round } => write!(
+                f,
+                "it signed two different contributions for round {round}, and nothing it \
+                 sends after that round counts (a faulty peer, or two nodes sharing one key)"
             ),
             Self::CheckpointUnavailable { result } => write!(
                 f,

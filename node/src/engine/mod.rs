@@ -52,7 +52,7 @@ pub mod validate;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use p2ptrain_protocol::{Commit, Contribution, Digest, IdSet, PeerKey, Signed};
+use p2ptrain_protocol::{Commit, Contribution, Digest, Equivocation, IdSet, PeerKey, Signed};
 
 pub use io::{Accepted, BanReason, EngineConfig, EngineError, Head, Input, LocalUpdate, Output};
 use round::{Entry, EntryState, Phase, RecentHeads, RoundState};
@@ -74,6 +74,13 @@ pub struct Engine<C: Checker = Verify> {
     head: Head,
     members: BTreeSet<PeerKey>,
     banned: BTreeSet<PeerKey>,
+    /// Keys caught signing two contributions in a round, and the round:
+    /// ignored from the next round on (within it, the first contribution
+    /// each peer heard stands, as for every peer, whenever it learned).
+    equivocators: BTreeMap<PeerKey, u64>,
+    /// Rounds in which a contribution signed with this peer's own key, not
+    /// its own, was heard (reported once a round).
+    key_shared: BTreeSet<u64>,
     /// Ids applied in rounds this engine finalized: a replay is one of them.
     applied: HashSet<Digest>,
     round: RoundState,
@@ -144,6 +151,8 @@ impl<C: Checker> Engine<C> {
             head,
             members: BTreeSet::new(),
             banned: BTreeSet::new(),
+            equivocators: BTreeMap::new(),
+            key_shared: BTreeSet::new(),
             applied: HashSet::new(),
             previous: None,
             future: Vec::new(),
@@ -270,6 +279,15 @@ impl<C: Checker> Engine<C> {
                 self.on_trained(now, update, &mut out);
             }
             Input::Announced(signed) => self.on_announced(now, signed, None, &mut out),
+            Input::Reannounce {
+                contribution,
+                bytes,
+            } => self.reannounce(now, contribution, bytes, &mut out),
+            Input::Evidence(proof) => {
+                if let Some(c) = proof.proven().filter(|c| c.run == self.run) {
+                    self.caught_equivocating(c.author, c.round, None, &mut out);
+                }
+            }
             Input::PayloadArrived {
                 contribution,
                 bytes,
@@ -289,14 +307,64 @@ impl<C: Checker> Engine<C> {
         out
     }
 
-    /// Ignores `peer` from now on (once: a ban is reported when it
-    /// starts).
+    /// `author` signed two contributions for `round`: reported now, and
+    /// ignored from the next round on. `proof`, when this peer found it,
+    /// goes to every peer. When `author` is this peer, another node holds
+    /// its key (its own contribution from before a restart is announced
+    /// again, never a second one).
+    fn caught_equivocating(
+        &mut self,
+        author: PeerKey,
+        round: u64,
+        proof: Option<Equivocation>,
+        out: &mut Vec<Output>,
+    ) {
+        if author == self.me {
+            if self.key_shared.insert(round) {
+                out.push(Output::KeyShared { round });
+            }
+            return;
+        }
+        if self.banned.contains(&author) || self.equivocators.contains_key(&author) {
+            return;
+        }
+        out.extend(proof.map(Output::PublishEvidence));
+        let reason = BanReason::TwoContributions { round };
+        out.push(Output::Banned {
+            peer: author,
+            reason,
+        });
+        self.equivocators.insert(author, round);
+        self.ignore_equivocators();
+    }
+
+    /// Ignores the equivocators caught in rounds before the current one.
+    fn ignore_equivocators(&mut self) {
+        let current = self.round.number;
+        let due: Vec<PeerKey> = self
+            .equivocators
+            .iter()
+            .filter(|(_, round)| **round < current)
+            .map(|(k, _)| *k)
+            .collect();
+        for author in due {
+            self.equivocators.remove(&author);
+            self.ignore(author);
+        }
+    }
+
+    /// Ignores `peer` from now on, and says so (once).
     fn ban(&mut self, peer: PeerKey, reason: BanReason, out: &mut Vec<Output>) {
-        self.members.remove(&peer);
-        self.eligible = None;
-        if self.banned.insert(peer) {
+        if peer != self.me && self.ignore(peer) {
             out.push(Output::Banned { peer, reason });
         }
+    }
+
+    /// Ignores `peer` from now on; whether it was not yet.
+    fn ignore(&mut self, peer: PeerKey) -> bool {
+        self.members.remove(&peer);
+        self.eligible = None;
+        self.banned.insert(peer)
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use p2ptrain_kernels::compress;
 use p2ptrain_protocol::{
-    Commit, Contribution, Digest, PayloadRef, PeerKey, RunManifest, Signed, SigningKey,
+    Commit, Contribution, Digest, Equivocation, PayloadRef, PeerKey, RunManifest, Signed,
+    SigningKey,
 };
 
 use super::*;
@@ -125,6 +126,7 @@ impl Swarm {
                 Output::StartTraining { .. } => training.push(i),
                 Output::Announce(signed) => self.broadcast(i, &Input::Announced(signed)),
                 Output::PublishCommit(signed) => self.broadcast(i, &Input::CommitReceived(signed)),
+                Output::PublishEvidence(proof) => self.broadcast(i, &Input::Evidence(proof)),
                 Output::Fetch { id, from } => {
                     let from = self.index_of(&from);
                     if self.unreachable.contains(&(from, i)) {
@@ -487,3 +489,116 @@ fn overlapping_peers_train_the_next_round_while_this_one_closes() {
 
 mod split;
 mod unreachable;
+
+/// A contribution by peer `author` for its current round, with payload
+/// `update`.
+fn signed_update(swarm: &Swarm, author: usize, update: &LocalUpdate) -> Input {
+    let engine = &swarm.engines[author];
+    let head = engine.head();
+    let contribution = Contribution {
+        run: engine.run(),
+        round: head.round,
+        base: head.base,
+        author: engine.me(),
+        tokens: update.tokens,
+        payload: PayloadRef {
+            hash: Digest::of(&update.payload),
+            len: update.payload.len() as u64,
+        },
+        compression: manifest().compression,
+    };
+    Input::PayloadArrived {
+        contribution: Signed::sign(&contribution, &key(author)).unwrap(),
+        bytes: update.payload.clone(),
+    }
+}
+
+#[test]
+fn a_key_that_signs_two_contributions_in_a_round_is_ignored_by_every_peer_from_the_next() {
+    // Peer 4 equivocates: peers 0 and 1 hear one update, 2 and 3 another.
+    let mut swarm = Swarm::new(5, manifest());
+    swarm.start();
+    let first = signed_update(&swarm, 4, &update(50, 1.0));
+    let second = signed_update(&swarm, 4, &update(51, 1.0));
+    for (peer, input) in [(0, &first), (1, &first), (2, &second), (3, &second)] {
+        swarm.queue.push_back((peer, input.clone()));
+    }
+    swarm.run();
+    swarm.train(&[0, 1, 2, 3], |_| 1.0);
+    for _ in 0..4 {
+        swarm.advance(1_000);
+    }
+    // The commits brought each side the other's: every peer holds the
+    // proof, or was sent it, and ignores the key from round 1 on.
+    let heads = swarm.heads();
+    assert_eq!(heads[0].round, 1);
+    assert!(heads[..4].windows(2).all(|w| w[0] == w[1]), "{heads:?}");
+    let equivocator = swarm.engines[4].me();
+    let reason = BanReason::TwoContributions { round: 0 };
+    let mut banned_by: Vec<usize> = swarm
+        .banned
+        .iter()
+        .filter(|(_, peer, why)| *peer == equivocator && *why == reason)
+        .map(|(i, _, _)| *i)
+        .collect();
+    banned_by.sort_unstable();
+    assert_eq!(banned_by, vec![0, 1, 2, 3]);
+    // Round 1: its contribution is dropped by all, the others' applied.
+    let next = signed_update(&swarm, 4, &update(52, 1.0));
+    for peer in 0..4 {
+        swarm.queue.push_back((peer, next.clone()));
+    }
+    swarm.rejected.clear();
+    swarm.rounds(1, &[0, 1, 2, 3]);
+    assert_eq!(
+        swarm.rejected,
+        (0..4)
+            .map(|i| (i, RejectReason::NotAllowed))
+            .collect::<Vec<_>>()
+    );
+    assert!(swarm.heads()[..4].windows(2).all(|w| w[0] == w[1]));
+    assert!(swarm.finalized[..4].iter().all(|f| f[1].2.len() == 4));
+}
+
+#[test]
+fn proof_of_two_contributions_from_a_peer_gets_the_key_ignored_from_the_next_round() {
+    let mut swarm = Swarm::new(2, manifest());
+    swarm.start();
+    let engine = &swarm.engines[0];
+    let (run, head) = (engine.run(), engine.head());
+    let outsider = key(7);
+    let signed = |tokens| {
+        let c = Contribution {
+            run,
+            round: head.round,
+            base: head.base,
+            author: PeerKey::from(&outsider),
+            tokens,
+            payload: PayloadRef {
+                hash: Digest::of(b"p"),
+                len: 1,
+            },
+            compression: manifest().compression,
+        };
+        Signed::sign(&c, &outsider).unwrap()
+    };
+    // Not a proof: one contribution twice.
+    let same = Equivocation {
+        first: signed(10),
+        second: signed(10),
+    };
+    swarm.queue.push_back((0, Input::Evidence(same)));
+    let proof = Equivocation {
+        first: signed(10),
+        second: signed(20),
+    };
+    swarm.queue.push_back((0, Input::Evidence(proof)));
+    swarm.run();
+    assert!(
+        swarm.banned.is_empty(),
+        "not within the round it was caught in"
+    );
+    swarm.rounds(1, &[0, 1]);
+    let reason = BanReason::TwoContributions { round: 0 };
+    assert_eq!(swarm.banned, vec![(0, PeerKey::from(&outsider), reason)]);
+}

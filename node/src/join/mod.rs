@@ -337,6 +337,16 @@ fn tell_start(report: &Report, node: &Node) {
             );
         }
     }
+    if node.reannounces() {
+        report.note(
+            "reannounce",
+            &format!(
+                "announcing again its contribution to round {}, made before it stopped \
+                 (a second one would get its key ignored)",
+                head.round
+            ),
+        );
+    }
 }
 
 /// The addresses to listen on: in a private swarm QUIC ones are left out,

@@ -134,9 +134,12 @@ impl Report {
                     reason.explain()
                 ))
             }
-            NodeEvent::Banned { peer, reason } => {
-                err(format!("peer {peer} is ignored from now on: {reason}"))
-            }
+            NodeEvent::Banned { peer, reason } => err(format!("peer {peer} is ignored: {reason}")),
+            NodeEvent::KeyShared { round } => err(format!(
+                "another node uses this node's key: it announced a contribution to round \
+                 {round} signed with it. Peers ignore a key that signs two; give each node \
+                 its own (p2pnode keygen)"
+            )),
             NodeEvent::PeerConnected(peer) => err(format!("peer {peer} connected")),
             NodeEvent::PeerLeft(peer) => err(format!("peer {peer} left")),
             NodeEvent::OtherRun { peer, run } => err(format!(
@@ -226,6 +229,10 @@ impl Report {
                         event["reason"] = "equivocated".into();
                         event["round"] = round.into();
                     }
+                    BanReason::TwoContributions { round } => {
+                        event["reason"] = "two_contributions".into();
+                        event["round"] = round.into();
+                    }
                     BanReason::CheckpointUnavailable { result } => {
                         event["reason"] = "checkpoint_unavailable".into();
                         event["checkpoint"] = result.to_string().into();
@@ -233,6 +240,7 @@ impl Report {
                 }
                 event
             }
+            NodeEvent::KeyShared { round } => json!({ "event": "key_shared", "round": round }),
             NodeEvent::PeerConnected(peer) => {
                 json!({ "event": "peer_connected", "peer": peer.to_string() })
             }

@@ -103,13 +103,24 @@ pub struct Topics {
     pub announce: gossipsub::IdentTopic,
     /// Commits.
     pub commit: gossipsub::IdentTopic,
+    /// Proofs that a key signed two contributions for one round.
+    pub evidence: gossipsub::IdentTopic,
 }
 
-/// The topics of run `run`: `/p2ptrain/<run id>/announce` and `.../commit`.
+impl Topics {
+    /// Every topic, in a fixed order.
+    pub fn all(&self) -> [&gossipsub::IdentTopic; 3] {
+        [&self.announce, &self.commit, &self.evidence]
+    }
+}
+
+/// The topics of run `run`: `/p2ptrain/<run id>/announce`, `.../commit`
+/// and `.../evidence`.
 pub fn topics(run: &Digest) -> Topics {
     Topics {
         announce: gossipsub::IdentTopic::new(format!("/p2ptrain/{run}/announce")),
         commit: gossipsub::IdentTopic::new(format!("/p2ptrain/{run}/commit")),
+        evidence: gossipsub::IdentTopic::new(format!("/p2ptrain/{run}/evidence")),
     }
 }
 

@@ -49,12 +49,17 @@ pub enum NodeEvent {
         /// Why.
         reason: RejectReason,
     },
-    /// A peer is ignored from now on.
+    /// A peer is ignored (see [`BanReason`] for when).
     Banned {
         /// The peer.
         peer: PeerKey,
         /// What it did.
         reason: BanReason,
+    },
+    /// Another node announced a contribution signed with this node's key.
+    KeyShared {
+        /// The round it was for.
+        round: u64,
     },
     /// A peer connected (its first connection).
     PeerConnected(PeerKey),

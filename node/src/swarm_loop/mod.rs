@@ -138,6 +138,9 @@ pub struct Node {
     epoch: Instant,
     resumed_from: ResumedFrom,
     restored_residual: bool,
+    /// This node's contribution announced before it stopped, to announce
+    /// again if it resumes in that round.
+    reannounce: Option<Input>,
     /// Set when the node stops: a session under way ends after its step.
     stop_training: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -160,7 +163,7 @@ impl Node {
         let mut swarm = build_swarm(&setup.key, &setup.net)?;
         let run = manifest.id().map_err(ChainError::from)?;
         let topics = topics(&run);
-        for topic in [&topics.announce, &topics.commit] {
+        for topic in topics.all() {
             swarm
                 .behaviour_mut()
                 .gossipsub
@@ -194,6 +197,20 @@ impl Node {
         };
         let mut worker = worker;
         let restored = restore_residual(&setup.data, params, head.base, worker.as_mut())?;
+        // Only a contribution to the round resumed in is announced again.
+        let me = PeerKey::from(&setup.key);
+        let reannounce = setup
+            .data
+            .announcement()?
+            .filter(|(signed, _)| {
+                signed
+                    .verify()
+                    .is_ok_and(|c| (c.author, c.round, c.base) == (me, head.round, head.base))
+            })
+            .map(|(contribution, bytes)| Input::Reannounce {
+                contribution,
+                bytes: Arc::from(bytes),
+            });
         let (status, _) = watch::channel(Status {
             key: PeerKey::from(&setup.key).to_string(),
             round: head.round,
@@ -243,6 +260,7 @@ impl Node {
             epoch: Instant::now(),
             resumed_from: resumed.from,
             restored_residual: restored,
+            reannounce,
             stop_training: Arc::default(),
         })
     }
@@ -262,6 +280,12 @@ impl Node {
     /// (it is only when it goes with the checkpoint resumed from).
     pub fn restored_residual(&self) -> bool {
         self.restored_residual
+    }
+
+    /// Whether the node announces again, as it starts, its contribution to
+    /// the round it resumes in, made before it stopped.
+    pub fn reannounces(&self) -> bool {
+        self.reannounce.is_some()
     }
 
     /// A live view of what the node is doing.
@@ -284,6 +308,9 @@ impl Node {
     ///
     /// [`NodeError`] when training or the data directory fails.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), NodeError> {
+        if let Some(own) = self.reannounce.take() {
+            self.feed(own).await?;
+        }
         let outputs = self.engine.start(self.now());
         self.carry_out(outputs).await?;
         // The engine's last deadline that a tick was fed for.
@@ -379,8 +406,16 @@ impl Node {
                     });
                 }
             }
-            Output::Announce(signed) => self.publish(&self.topics.announce.clone(), &signed),
+            Output::Announce(signed) => {
+                // Kept before it leaves: restarted in this round, the node
+                // announces it again rather than a second contribution.
+                if let Some((_, payload)) = self.engine.payload(&signed.id()) {
+                    self.data.write_announcement(&signed, &payload)?;
+                }
+                self.publish(&self.topics.announce.clone(), &signed);
+            }
             Output::PublishCommit(signed) => self.publish(&self.topics.commit.clone(), &signed),
+            Output::PublishEvidence(proof) => self.publish(&self.topics.evidence.clone(), &proof),
             Output::Fetch { id, from } => {
                 if let Some(peer) = peer_id(&from) {
                     let request = self
@@ -444,6 +479,7 @@ impl Node {
             Output::Banned { peer, reason } => {
                 self.report(NodeEvent::Banned { peer, reason }).await;
             }
+            Output::KeyShared { round } => self.report(NodeEvent::KeyShared { round }).await,
         }
         Ok(None)
     }

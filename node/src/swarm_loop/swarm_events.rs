@@ -2,7 +2,7 @@
 
 use libp2p::swarm::{DialError, ListenError, SwarmEvent};
 use libp2p::{allow_block_list, gossipsub, mdns, PeerId};
-use p2ptrain_protocol::{codec, Commit, Contribution, Signed};
+use p2ptrain_protocol::{codec, Commit, Contribution, Equivocation, Signed};
 
 use super::error::dial_failure;
 use super::{Node, NodeError, NodeEvent};
@@ -126,6 +126,10 @@ impl Node {
                 } else if message.topic == self.topics.commit.hash() {
                     if let Ok(signed) = codec::decode::<Signed<Commit>>(&message.data) {
                         self.feed(Input::CommitReceived(signed)).await?;
+                    }
+                } else if message.topic == self.topics.evidence.hash() {
+                    if let Ok(proof) = codec::decode::<Equivocation>(&message.data) {
+                        self.feed(Input::Evidence(proof)).await?;
                     }
                 }
             }

@@ -5,6 +5,7 @@
 mod data;
 mod harness;
 mod inputs;
+mod keys;
 mod observe;
 mod rogue;
 mod runs;
