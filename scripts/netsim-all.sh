@@ -12,7 +12,7 @@ cargo build --release -q -p p2ptrain-netsim
 bin=target/release/netsim
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-    scenarios=(quickstart wan stragglers churn partition-heal byzantine scale-1000)
+    scenarios=(quickstart wan stragglers churn partition-heal byzantine equivocation scale-1000)
 fi
 
 runs=()
@@ -53,6 +53,13 @@ if "byzantine" in summaries and "byzantine-clean" in summaries:
     print(f"\nbyzantine: final loss {a:.4f} vs {b:.4f} without adversaries ({100 * (a / b - 1):+.2f}%); "
           f"malicious contributions sent {adv['sent']}, rejected {adv['rejected']}, "
           f"applied within bounds {adv['applied']}; rejected by reason {summaries['byzantine']['rejected']}")
+if "equivocation" in summaries and "byzantine-clean" in summaries:
+    s = summaries["equivocation"]
+    b = summaries["byzantine-clean"]["final_val_loss"]
+    a = s["final_val_loss"]
+    print(f"equivocation: final loss {a:.4f} vs {b:.4f} without adversaries ({100 * (a / b - 1):+.2f}%); "
+          f"keys ignored {s['banned']} (honest: {s['honest_banned']}); forks resolved {s['forks_resolved']}; "
+          f"rejected by reason {s['rejected']}")
 ok = all(s["honest_replicas_agree"] and s["honest_rejected"] == 0 and s["honest_banned"] == 0
          for s in summaries.values())
 print("\nevery scenario: honest replicas agree, no honest contribution rejected, no honest peer ignored:", ok)

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use p2ptrain_protocol::codec::{self, Message};
 use p2ptrain_protocol::{
-    CheckpointManifest, Commit, Contribution, RoundRecord, RunManifest, Signed,
+    CheckpointManifest, Commit, Contribution, Equivocation, RoundRecord, RunManifest, Signed,
 };
 
 struct CountingAlloc;
@@ -152,6 +152,11 @@ fn a_million_hostile_inputs_never_panic_nor_overallocate() {
         codec::encode(&common::signed_commit(3)).unwrap(),
         codec::encode(&common::round_record()).unwrap(),
         codec::encode(&common::checkpoint_manifest()).unwrap(),
+        codec::encode(&Equivocation {
+            first: common::signed_contribution(2),
+            second: common::signed_contribution(4),
+        })
+        .unwrap(),
     ];
     let mut rng = Rng(0x0005_eed0_f9e7);
     let mut accepted = 0;
@@ -167,7 +172,8 @@ fn a_million_hostile_inputs_never_panic_nor_overallocate() {
             .max(decode_measured::<Commit>(&input, acc))
             .max(decode_measured::<Signed<Commit>>(&input, acc))
             .max(decode_measured::<RoundRecord>(&input, acc))
-            .max(decode_measured::<CheckpointManifest>(&input, acc));
+            .max(decode_measured::<CheckpointManifest>(&input, acc))
+            .max(decode_measured::<Equivocation>(&input, acc));
     }
     // The mutations must reach past the first checks: some inputs still
     // decode, most do not.
@@ -176,6 +182,6 @@ fn a_million_hostile_inputs_never_panic_nor_overallocate() {
     assert!(largest > 0);
     eprintln!(
         "decoded {accepted} of {} attempts; largest allocation {largest} bytes",
-        7 * INPUTS
+        8 * INPUTS
     );
 }

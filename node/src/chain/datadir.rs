@@ -26,6 +26,16 @@ use p2ptrain_trainer::checkpoint::{write_atomically, write_atomically_with};
 
 use super::{ChainError, ChainState};
 
+/// A node's own contribution and its payload, as kept by
+/// [`DataDir::write_announcement`].
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    /// The signed contribution.
+    pub contribution: Signed<Contribution>,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
 /// The file of [`DataDir::write_announcement`].
 const ANNOUNCED: &str = "announced.bin";
 
@@ -268,7 +278,7 @@ impl DataDir {
     /// # Errors
     ///
     /// [`ChainError`] if the file exists but cannot be read or decoded.
-    pub fn announcement(&self) -> Result<Option<(Signed<Contribution>, Vec<u8>)>, ChainError> {
+    pub fn announcement(&self) -> Result<Option<Announcement>, ChainError> {
         let path = self.file(ANNOUNCED);
         if !path.exists() {
             return Ok(None);
@@ -281,11 +291,14 @@ impl DataDir {
         let len = u32::from_le_bytes(*len) as usize;
         let header = rest.get(..len).ok_or_else(truncated)?;
         let payload = &rest[len..];
-        let signed = codec::decode(header).map_err(|error| ChainError::Decode {
+        let contribution = codec::decode(header).map_err(|error| ChainError::Decode {
             path: path.display().to_string(),
             error,
         })?;
-        Ok(Some((signed, payload.to_vec())))
+        Ok(Some(Announcement {
+            contribution,
+            payload: payload.to_vec(),
+        }))
     }
 
     /// Writes round `round`'s record.
@@ -444,8 +457,11 @@ mod tests {
         };
         let signed = Signed::sign(&contribution, &key).unwrap();
         dir.write_announcement(&signed, &payload).unwrap();
-        let (back, bytes) = dir.announcement().unwrap().unwrap();
-        assert_eq!((back.id(), bytes), (signed.id(), payload));
+        let back = dir.announcement().unwrap().unwrap();
+        assert_eq!(
+            (back.contribution.id(), back.payload),
+            (signed.id(), payload)
+        );
         let path = root.join(ANNOUNCED);
         let whole = std::fs::read(&path).unwrap();
         std::fs::write(&path, &whole[..10]).unwrap();

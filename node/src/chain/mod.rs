@@ -14,7 +14,7 @@ use std::path::Path;
 
 use p2ptrain_protocol::{CodecError, Digest};
 
-pub use datadir::{DataDir, DirLock};
+pub use datadir::{Announcement, DataDir, DirLock};
 pub use history::history;
 pub use resume::{latest, resume, Resumed, ResumedFrom};
 pub use state::{Buffers, ChainState, StepInput};

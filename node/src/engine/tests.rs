@@ -62,6 +62,7 @@ struct Swarm {
     returned: Vec<usize>,
     rejected: Vec<(usize, RejectReason)>,
     banned: Vec<(usize, PeerKey, BanReason)>,
+    key_shared: Vec<(usize, u64)>,
 }
 
 impl Swarm {
@@ -84,6 +85,7 @@ impl Swarm {
             returned: vec![0; n],
             rejected: Vec::new(),
             banned: Vec::new(),
+            key_shared: Vec::new(),
         };
         for i in 0..n {
             for j in 0..n {
@@ -164,6 +166,7 @@ impl Swarm {
                 }
                 Output::Rejected { reason, .. } => self.rejected.push((i, reason)),
                 Output::Banned { peer, reason } => self.banned.push((i, peer, reason)),
+                Output::KeyShared { round } => self.key_shared.push((i, round)),
             }
         }
         training
@@ -601,4 +604,26 @@ fn proof_of_two_contributions_from_a_peer_gets_the_key_ignored_from_the_next_rou
     swarm.rounds(1, &[0, 1]);
     let reason = BanReason::TwoContributions { round: 0 };
     assert_eq!(swarm.banned, vec![(0, PeerKey::from(&outsider), reason)]);
+}
+
+#[test]
+fn a_contribution_signed_with_its_own_key_but_not_its_own_is_reported() {
+    let mut swarm = Swarm::new(3, manifest());
+    swarm.start();
+    swarm.train(&[0], |_| 1.0);
+    // Another node holding peer 0's key announces its own update.
+    let twin = signed_update(&swarm, 0, &update(77, 1.0));
+    swarm.queue.push_back((1, twin.clone()));
+    swarm.queue.push_back((0, twin));
+    swarm.run();
+    assert_eq!(swarm.key_shared, vec![(0, 0)]);
+    // Peer 1 heard both: it ignores the key; peer 0 never bans itself.
+    let key = swarm.engines[0].me();
+    let reason = BanReason::TwoContributions { round: 0 };
+    assert!(
+        swarm.banned.contains(&(1, key, reason)),
+        "{:?}",
+        swarm.banned
+    );
+    assert!(swarm.banned.iter().all(|(i, _, _)| *i != 0));
 }

@@ -202,14 +202,14 @@ impl Node {
         let reannounce = setup
             .data
             .announcement()?
-            .filter(|(signed, _)| {
-                signed
+            .filter(|kept| {
+                kept.contribution
                     .verify()
                     .is_ok_and(|c| (c.author, c.round, c.base) == (me, head.round, head.base))
             })
-            .map(|(contribution, bytes)| Input::Reannounce {
-                contribution,
-                bytes: Arc::from(bytes),
+            .map(|kept| Input::Reannounce {
+                contribution: kept.contribution,
+                bytes: Arc::from(kept.payload),
             });
         let (status, _) = watch::channel(Status {
             key: PeerKey::from(&setup.key).to_string(),

@@ -40,7 +40,7 @@ fn a_node_restarted_in_a_round_announces_its_contribution_again() {
     // a never took b for two nodes.
     let record = data.record(0).unwrap().unwrap();
     let ids: Vec<_> = record.contributions.iter().map(|c| c.id()).collect();
-    assert!(ids.contains(&before.0.id()), "{ids:?}");
+    assert!(ids.contains(&before.contribution.id()), "{ids:?}");
     assert_eq!(ids.len(), 2);
     assert!(!a.said(CAUGHT));
     drop((a, b));

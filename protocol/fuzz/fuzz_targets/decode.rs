@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use p2ptrain_protocol::codec::{self, Message};
 use p2ptrain_protocol::{
-    CheckpointManifest, Commit, Contribution, RoundRecord, RunManifest, Signed,
+    CheckpointManifest, Commit, Contribution, Equivocation, RoundRecord, RunManifest, Signed,
 };
 
 fn check<T: Message>(data: &[u8]) -> Option<T> {
@@ -33,5 +33,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(record) = check::<RoundRecord>(data) {
         let _ = record.verify();
+    }
+    if let Some(proof) = check::<Equivocation>(data) {
+        let _ = proof.proven();
     }
 });
