@@ -520,6 +520,6 @@ mod tests {
             Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             count += 1;
         }
-        assert_eq!(count, 7);
+        assert_eq!(count, 8);
     }
 }
