@@ -567,12 +567,12 @@ fn a_key_that_signs_two_contributions_in_a_round_is_ignored_by_every_peer_from_t
 fn proof_of_two_contributions_from_a_peer_gets_the_key_ignored_from_the_next_round() {
     let mut swarm = Swarm::new(2, manifest());
     swarm.start();
-    let engine = &swarm.engines[0];
-    let (run, head) = (engine.run(), engine.head());
     let outsider = key(7);
-    let signed = |tokens| {
+    let signed = |swarm: &Swarm, tokens| {
+        let engine = &swarm.engines[0];
+        let head = engine.head();
         let c = Contribution {
-            run,
+            run: engine.run(),
             round: head.round,
             base: head.base,
             author: PeerKey::from(&outsider),
@@ -587,23 +587,41 @@ fn proof_of_two_contributions_from_a_peer_gets_the_key_ignored_from_the_next_rou
     };
     // Not a proof: one contribution twice.
     let same = Equivocation {
-        first: signed(10),
-        second: signed(10),
+        first: signed(&swarm, 10),
+        second: signed(&swarm, 10),
     };
     swarm.queue.push_back((0, Input::Evidence(same)));
+    swarm.run();
+    assert!(swarm.banned.is_empty());
     let proof = Equivocation {
-        first: signed(10),
-        second: signed(20),
+        first: signed(&swarm, 10),
+        second: signed(&swarm, 20),
     };
     swarm.queue.push_back((0, Input::Evidence(proof)));
     swarm.run();
-    assert!(
-        swarm.banned.is_empty(),
-        "not within the round it was caught in"
-    );
-    swarm.rounds(1, &[0, 1]);
     let reason = BanReason::TwoContributions { round: 0 };
     assert_eq!(swarm.banned, vec![(0, PeerKey::from(&outsider), reason)]);
+    // Within round 0 its contributions are judged as everyone's are...
+    let delivered = |swarm: &Swarm| {
+        let update = update(60, 1.0);
+        let mut c = signed(swarm, update.tokens).verify().unwrap();
+        c.payload = PayloadRef {
+            hash: Digest::of(&update.payload),
+            len: update.payload.len() as u64,
+        };
+        Input::PayloadArrived {
+            contribution: Signed::sign(&c, &outsider).unwrap(),
+            bytes: update.payload,
+        }
+    };
+    swarm.queue.push_back((0, delivered(&swarm)));
+    swarm.run();
+    assert!(swarm.rejected.is_empty(), "{:?}", swarm.rejected);
+    // ...and from round 1 on they are dropped.
+    swarm.rounds(1, &[0, 1]);
+    swarm.queue.push_back((0, delivered(&swarm)));
+    swarm.run();
+    assert_eq!(swarm.rejected, vec![(0, RejectReason::NotAllowed)]);
 }
 
 #[test]
