@@ -36,8 +36,9 @@ pub struct Summary {
     pub rejected: BTreeMap<String, u64>,
     /// Honest contributions that honest peers dropped.
     pub honest_rejected: u64,
-    /// Peers some honest peer ignores from now on (caught equivocating,
-    /// or claiming a checkpoint nobody could deliver).
+    /// Peers some honest peer ignores (caught signing two contributions
+    /// for a round or two results for one set, or naming a checkpoint
+    /// nobody could deliver).
     pub banned: u64,
     /// Of those, honest peers.
     pub honest_banned: u64,

@@ -18,6 +18,15 @@ fn run(scenario: &Scenario) -> Outcome {
     sim::run(scenario, scenario.run.seed, false, |_| {}).unwrap()
 }
 
+/// The shipped scenario `name`, cut to `rounds` rounds of the timing model.
+fn synthetic(name: &str, rounds: u64) -> Outcome {
+    let mut scenario = shipped(name);
+    scenario.run.rounds = rounds;
+    scenario.run.model = ModelKind::Synthetic;
+    scenario.run.params = 100_000;
+    run(&scenario)
+}
+
 fn assert_honest(outcome: &Outcome, rounds: u64) {
     let s = &outcome.summary;
     assert_eq!(s.rounds_completed, rounds, "{s:#?}");
@@ -117,19 +126,13 @@ fn after_a_partition_heals_there_is_one_chain() {
 
 #[test]
 fn byzantine_peers_are_rejected_or_bounded() {
-    let mut scenario = shipped("byzantine");
-    scenario.run.rounds = 7;
-    scenario.run.model = ModelKind::Synthetic;
-    scenario.run.params = 100_000;
-    let outcome = run(&scenario);
+    let outcome = synthetic("byzantine", 7);
     assert_honest(&outcome, 7);
     let s = &outcome.summary;
     assert!(s.adversarial.sent >= 10, "{s:#?}");
-    // Each was dropped or applied; one of an equivocating pair can be
-    // both: applied on the branch that won the round, dropped as a
-    // duplicate by the peers that heard the other first.
-    assert!(
-        s.adversarial.rejected + s.adversarial.applied >= s.adversarial.sent,
+    assert_eq!(
+        s.adversarial.rejected + s.adversarial.applied,
+        s.adversarial.sent,
         "{s:#?}"
     );
     for reason in [
@@ -148,11 +151,7 @@ fn byzantine_peers_are_rejected_or_bounded() {
 
 #[test]
 fn a_key_that_signs_two_contributions_in_a_round_is_ignored_by_every_honest_peer() {
-    let mut scenario = shipped("equivocation");
-    scenario.run.rounds = 5;
-    scenario.run.model = ModelKind::Synthetic;
-    scenario.run.params = 100_000;
-    let outcome = run(&scenario);
+    let outcome = synthetic("equivocation", 5);
     assert_honest(&outcome, 5);
     let s = &outcome.summary;
     // Both adversaries equivocate in round 0: every honest peer drops one

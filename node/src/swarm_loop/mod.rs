@@ -212,7 +212,7 @@ impl Node {
                 bytes: Arc::from(kept.payload),
             });
         let (status, _) = watch::channel(Status {
-            key: PeerKey::from(&setup.key).to_string(),
+            key: me.to_string(),
             round: head.round,
             checkpoint: head.base.to_string(),
             inner_steps: manifest.inner_steps,
