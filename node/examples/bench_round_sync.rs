@@ -309,8 +309,8 @@ async fn main() -> Result<(), Error> {
                         return true;
                     }
                 }
-                NodeEvent::Rejected { reason, .. } => {
-                    eprintln!("peer {peer} dropped a contribution: {reason}")
+                NodeEvent::Rejected(rejection) => {
+                    eprintln!("peer {peer} dropped a contribution: {}", rejection.reason)
                 }
                 NodeEvent::Adopted { round, .. } => eprintln!("peer {peer} adopted round {round}"),
                 _ => {}

@@ -103,8 +103,11 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
                         return;
                     }
                 }
-                NodeEvent::Rejected { reason, .. } => {
-                    panic!("node {i} rejected an honest contribution: {reason}")
+                NodeEvent::Rejected(rejection) => {
+                    panic!(
+                        "node {i} rejected an honest contribution: {}",
+                        rejection.reason
+                    )
                 }
                 _ => {}
             }

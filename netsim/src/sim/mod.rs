@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use p2ptrain_kernels::{compress, decay_residual, decompress_into, Payload};
-use p2ptrain_node::engine::{Engine, Head, Input, LocalUpdate, Output, RejectReason};
+use p2ptrain_node::engine::{
+    Ban, Engine, Head, Input, LocalUpdate, Output, RejectReason, Rejection,
+};
 use p2ptrain_protocol::{
     Contribution, Digest, PeerKey, RoundRecord, RunManifest, Signed, SigningKey,
 };
@@ -543,7 +545,7 @@ impl Simulation {
                 }
             }
             Output::RequestCheckpoint { head, from } => self.fetch_checkpoint(p, head, from),
-            Output::Rejected { id, author, reason } => {
+            Output::Rejected(Rejection { id, author, reason }) => {
                 if honest {
                     self.rejected.entry(reason).or_default().insert(id);
                     let author_honest = author
@@ -555,7 +557,7 @@ impl Simulation {
                     }
                 }
             }
-            Output::Banned { peer, .. } => {
+            Output::Banned(Ban { peer, .. }) => {
                 if honest {
                     self.banned.insert(peer);
                     if self

@@ -50,11 +50,11 @@ fn contributions_signed_off_the_allow_list_are_rejected_and_counted() {
     assert!(
         matches!(
             outputs[..],
-            [Output::Rejected {
+            [Output::Rejected(Rejection {
                 id,
                 author: Some(author),
                 reason: RejectReason::NotAllowed,
-            }] if id == signed.id() && author == PeerKey::from(&outsider)
+            })] if id == signed.id() && author == PeerKey::from(&outsider)
         ),
         "{outputs:?}"
     );

@@ -7,7 +7,7 @@ use p2ptrain_protocol::{Commit, Contribution, Digest, IdSet, PeerKey, RoundRecor
 
 use super::round::{Entry, EntryState, Phase, RoundState};
 use super::validate::{self, Checker, RejectReason};
-use super::{score, Accepted, Engine, Head, Millis, Output};
+use super::{score, Accepted, Engine, Head, Millis, Output, Rejection};
 
 impl<C: Checker> Engine<C> {
     pub(super) fn progress(&mut self, now: Millis, out: &mut Vec<Output>) {
@@ -367,7 +367,7 @@ impl<C: Checker> Engine<C> {
         out: &mut Vec<Output>,
     ) {
         *self.counts.entry(reason).or_default() += 1;
-        out.push(Output::Rejected { id, author, reason });
+        out.push(Output::Rejected(Rejection { id, author, reason }));
     }
 
     /// Drops an entry already in the round.

@@ -250,23 +250,32 @@ pub enum Output {
         from: PeerKey,
     },
     /// A contribution was dropped.
-    Rejected {
-        /// Its id.
-        id: Digest,
-        /// Its author, when the signature held.
-        author: Option<PeerKey>,
-        /// Why.
-        reason: RejectReason,
-    },
+    Rejected(Rejection),
     /// A peer is ignored (from now on, or, for two contributions in one
     /// round, from the next round on): its contributions and commits are
     /// dropped, and rounds no longer wait for it.
-    Banned {
-        /// The peer.
-        peer: PeerKey,
-        /// What it did.
-        reason: BanReason,
-    },
+    Banned(Ban),
+}
+
+/// A dropped contribution, as the engine reports it (and the node passes
+/// it on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// Its id.
+    pub id: Digest,
+    /// Its author, when the signature held.
+    pub author: Option<PeerKey>,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// A peer the engine ignores, as it reports it (and the node passes it on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ban {
+    /// The peer.
+    pub peer: PeerKey,
+    /// What it did.
+    pub reason: BanReason,
 }
 
 /// Why a peer is ignored.

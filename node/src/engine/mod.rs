@@ -54,7 +54,10 @@ use std::sync::Arc;
 
 use p2ptrain_protocol::{Commit, Contribution, Digest, Equivocation, IdSet, PeerKey, Signed};
 
-pub use io::{Accepted, BanReason, EngineConfig, EngineError, Head, Input, LocalUpdate, Output};
+pub use io::{
+    Accepted, Ban, BanReason, EngineConfig, EngineError, Head, Input, LocalUpdate, Output,
+    Rejection,
+};
 use round::{Entry, EntryState, Phase, RecentHeads, RoundState};
 pub use validate::{Checker, PayloadFacts, RejectCounts, RejectReason, Verify};
 
@@ -330,10 +333,10 @@ impl<C: Checker> Engine<C> {
         }
         out.extend(proof.map(Output::PublishEvidence));
         let reason = BanReason::TwoContributions { round };
-        out.push(Output::Banned {
+        out.push(Output::Banned(Ban {
             peer: author,
             reason,
-        });
+        }));
         self.equivocators.insert(author, round);
         self.ignore_equivocators();
     }
@@ -356,7 +359,7 @@ impl<C: Checker> Engine<C> {
     /// Ignores `peer` from now on, and says so (once).
     fn ban(&mut self, peer: PeerKey, reason: BanReason, out: &mut Vec<Output>) {
         if peer != self.me && self.ignore(peer) {
-            out.push(Output::Banned { peer, reason });
+            out.push(Output::Banned(Ban { peer, reason }));
         }
     }
 

@@ -164,8 +164,8 @@ impl Swarm {
                 Output::RequestCheckpoint { head, .. } => {
                     self.queue.push_back((i, Input::CheckpointAdopted(head)));
                 }
-                Output::Rejected { reason, .. } => self.rejected.push((i, reason)),
-                Output::Banned { peer, reason } => self.banned.push((i, peer, reason)),
+                Output::Rejected(Rejection { reason, .. }) => self.rejected.push((i, reason)),
+                Output::Banned(Ban { peer, reason }) => self.banned.push((i, peer, reason)),
                 Output::KeyShared { round } => self.key_shared.push((i, round)),
             }
         }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use p2ptrain_node::engine::BanReason;
+use p2ptrain_node::engine::{Ban, BanReason, Rejection};
 use p2ptrain_node::swarm_loop::{NodeEvent, Status};
 use p2ptrain_protocol::PeerKey;
 use serde_json::json;
@@ -109,7 +109,7 @@ impl Report {
                     id.unwrap_or_default()
                 ));
             }
-            NodeEvent::Aggregated { .. } => {}
+            NodeEvent::Aggregated { .. } | NodeEvent::Announced { .. } => {}
             NodeEvent::Finalized {
                 round,
                 checkpoint,
@@ -127,14 +127,16 @@ impl Report {
                     "round {round}: checkpoint {checkpoint} (adopted from a peer)"
                 ));
             }
-            NodeEvent::Rejected { id, author, reason } => {
+            NodeEvent::Rejected(Rejection { id, author, reason }) => {
                 let by = author.map_or_else(String::new, |a| format!(" by {a}"));
                 err(format!(
                     "dropped contribution {id}{by}: {reason} ({})",
                     reason.explain()
                 ))
             }
-            NodeEvent::Banned { peer, reason } => err(format!("peer {peer} is ignored: {reason}")),
+            NodeEvent::Banned(Ban { peer, reason }) => {
+                err(format!("peer {peer} is ignored: {reason}"))
+            }
             NodeEvent::KeyShared { round } => err(format!(
                 "another node uses this node's key: it announced a contribution to round \
                  {round} signed with it. Peers ignore a key that signs two; give each node \
@@ -185,6 +187,11 @@ impl Report {
                 "address": address.to_string(),
                 "peer_id": p2ptrain_node::net::peer_id(&self.me).map(|p| p.to_string()),
             }),
+            NodeEvent::Announced { round, id } => json!({
+                "event": "announced",
+                "round": round,
+                "id": id.to_string(),
+            }),
             NodeEvent::Aggregated {
                 round,
                 checkpoint,
@@ -212,13 +219,13 @@ impl Report {
                 "round": round,
                 "checkpoint": checkpoint.to_string(),
             }),
-            NodeEvent::Rejected { id, author, reason } => json!({
+            NodeEvent::Rejected(Rejection { id, author, reason }) => json!({
                 "event": "rejected",
                 "id": id.to_string(),
                 "author": author.map(|a| a.to_string()),
                 "reason": reason.as_str(),
             }),
-            NodeEvent::Banned { peer, reason } => {
+            NodeEvent::Banned(Ban { peer, reason }) => {
                 let mut event = json!({
                     "event": "banned",
                     "peer": peer.to_string(),
@@ -289,11 +296,11 @@ mod tests {
         let author = PeerKey::from(&SigningKey::from_bytes(&[7; 32]));
         let report = Report::new(LogFormat::Json, author);
         let id = Digest::of(b"a contribution");
-        let event = NodeEvent::Rejected {
+        let event = NodeEvent::Rejected(Rejection {
             id,
             author: Some(author),
             reason: RejectReason::Duplicate,
-        };
+        });
         assert_eq!(
             report.json(event),
             json!({
@@ -303,11 +310,11 @@ mod tests {
                 "reason": "duplicate",
             })
         );
-        let unsigned = NodeEvent::Rejected {
+        let unsigned = NodeEvent::Rejected(Rejection {
             id,
             author: None,
             reason: RejectReason::BadSignature,
-        };
+        });
         assert_eq!(report.json(unsigned)["author"], serde_json::Value::Null);
     }
 }

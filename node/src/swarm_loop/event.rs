@@ -3,13 +3,21 @@
 use libp2p::Multiaddr;
 use p2ptrain_protocol::{Digest, PeerKey};
 
-use crate::engine::{BanReason, RejectReason};
+use crate::engine::{Ban, Rejection};
 
 /// What the node reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeEvent {
     /// Listening on an address.
     Listening(Multiaddr),
+    /// This node announced its contribution to a round (kept on disk
+    /// first, see [`DataDir::write_announcement`](crate::chain::DataDir::write_announcement)).
+    Announced {
+        /// The round.
+        round: u64,
+        /// The contribution's id.
+        id: Digest,
+    },
     /// This node computed the outer step of a round: its result, which it
     /// commits to (final once the commit window has passed).
     Aggregated {
@@ -41,21 +49,10 @@ pub enum NodeEvent {
         checkpoint: Digest,
     },
     /// A contribution was dropped.
-    Rejected {
-        /// Its id.
-        id: Digest,
-        /// Its author, when its signature held.
-        author: Option<PeerKey>,
-        /// Why.
-        reason: RejectReason,
-    },
-    /// A peer is ignored (see [`BanReason`] for when).
-    Banned {
-        /// The peer.
-        peer: PeerKey,
-        /// What it did.
-        reason: BanReason,
-    },
+    Rejected(Rejection),
+    /// A peer is ignored (see [`BanReason`](crate::engine::BanReason) for
+    /// when).
+    Banned(Ban),
     /// Another node announced a contribution signed with this node's key.
     KeyShared {
         /// The round it was for.

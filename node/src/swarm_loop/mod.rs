@@ -409,10 +409,13 @@ impl Node {
             Output::Announce(signed) => {
                 // Kept before it leaves: restarted in this round, the node
                 // announces it again rather than a second contribution.
-                if let Some((_, payload)) = self.engine.payload(&signed.id()) {
+                let id = signed.id();
+                if let Some((_, payload)) = self.engine.payload(&id) {
                     self.data.write_announcement(&signed, &payload)?;
                 }
                 self.publish(&self.topics.announce.clone(), &signed);
+                let round = self.engine.head().round;
+                self.report(NodeEvent::Announced { round, id }).await;
             }
             Output::PublishCommit(signed) => self.publish(&self.topics.commit.clone(), &signed),
             Output::PublishEvidence(proof) => self.publish(&self.topics.evidence.clone(), &proof),
@@ -465,7 +468,7 @@ impl Node {
                 }
             }
             Output::RequestCheckpoint { head, from } => return Ok(self.start_download(head, from)),
-            Output::Rejected { id, author, reason } => {
+            Output::Rejected(rejection) => {
                 let rejected = self.engine.rejected().clone();
                 self.status.send_modify(|s| {
                     s.rejected = rejected
@@ -473,12 +476,9 @@ impl Node {
                         .map(|(reason, n)| (reason.as_str().to_owned(), *n))
                         .collect();
                 });
-                let rejected = NodeEvent::Rejected { id, author, reason };
-                let _ = self.events.send(rejected).await;
+                self.report(NodeEvent::Rejected(rejection)).await;
             }
-            Output::Banned { peer, reason } => {
-                self.report(NodeEvent::Banned { peer, reason }).await;
-            }
+            Output::Banned(ban) => self.report(NodeEvent::Banned(ban)).await,
             Output::KeyShared { round } => self.report(NodeEvent::KeyShared { round }).await,
         }
         Ok(None)

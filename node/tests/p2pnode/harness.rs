@@ -272,16 +272,3 @@ pub fn round_line(stream: Stream, line: &str) -> Option<(u64, String, bool)> {
         note.contains("adopted"),
     ))
 }
-
-/// What `probe` finds, asked again every 50 ms for up to [`PATIENCE`]:
-/// for a state no line announces, such as a file a node writes.
-pub fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = probe() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "no {what} within {PATIENCE:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}

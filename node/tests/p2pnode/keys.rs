@@ -4,7 +4,7 @@
 
 use p2ptrain_node::chain::DataDir;
 
-use crate::harness::{eventually, exclusive, init, round_line, run_ok, scratch, Node, Stream};
+use crate::harness::{exclusive, init, round_line, run_ok, scratch, Node, Stream};
 
 /// The line a peer prints when it starts ignoring a key that signed two
 /// contributions for one round.
@@ -19,12 +19,18 @@ fn a_node_restarted_in_a_round_announces_its_contribution_again() {
     init(&b_dir, 2);
     init(&a_dir, 2);
     let b_key = root.join("b.key");
-    let mut b = Node::join("b", &b_dir, &b_key, &[]);
-    let data = DataDir::new(&b_dir);
-    let before = eventually("b's announcement on disk", || {
-        data.announcement().ok().flatten()
+    let mut b = Node::join("b", &b_dir, &b_key, &["--log-format", "json"]);
+    let announced = b.wait_for("b's announcement", |s, line| {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        (s == Stream::Out && event["event"] == "announced" && event["round"] == 0)
+            .then(|| event["id"].as_str().map(str::to_owned))
+            .flatten()
     });
     b.kill();
+    // Kept on disk before it was announced.
+    let data = DataDir::new(&b_dir);
+    let before = data.announcement().unwrap().unwrap();
+    assert_eq!(before.contribution.id().to_string(), announced);
     let mut b = Node::join("b again", &b_dir, &b_key, &[]);
     b.wait_for("the announcement again", |s, line| {
         (s == Stream::Err && line.starts_with("announcing again its contribution to round 0"))
