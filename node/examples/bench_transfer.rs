@@ -1,10 +1,11 @@
 //! Payload transfer between two nodes on loopback — the fetch protocol over
-//! TCP, noise and yamux, as nodes move payloads — beside raw TCP on
-//! loopback in the same run.
+//! TCP, TLS and yamux, as nodes move payloads — beside raw TCP on loopback
+//! in the same run, for several payload sizes.
 //!
-//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 64] [--runs 10] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
+//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--runs 10] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
 //!
-//! Prints MB/s at the median transfer for each, and the ratio.
+//! Prints, for each size, MB/s at the median transfer of each, and the
+//! ratio.
 
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,9 @@ type Error = Box<dyn std::error::Error>;
 /// Payload transfer between two nodes on loopback, beside raw TCP.
 #[derive(clap::Parser)]
 struct Args {
-    /// Payload size in MiB.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    mb: u32,
+    /// Payload sizes in MiB, each measured in turn (repeat the flag).
+    #[arg(long, default_values_t = [1, 4, 16, 64], value_parser = clap::value_parser!(u32).range(1..=1024))]
+    mb: Vec<u32>,
     /// Timed transfers of each kind (after one warm-up).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
@@ -39,10 +40,7 @@ async fn main() -> Result<(), Error> {
     let args: Args = clap::Parser::parse();
     // As `p2pnode join` does.
     p2ptrain_trainer::allocator::keep_freed_memory();
-    let bytes = (args.mb as usize) << 20;
     let runs = args.runs as usize;
-    let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
-    let raw = median(raw_tcp(&payload, runs).await?);
     let over = if args
         .listen
         .iter()
@@ -50,24 +48,23 @@ async fn main() -> Result<(), Error> {
     {
         "QUIC"
     } else {
-        "TCP + noise + yamux"
+        "TCP + TLS + yamux"
     };
-    let fetch = median(fetch(&payload, runs, args.listen).await?);
-    let mb = bytes as f64 / 1e6;
-    println!(
-        "raw TCP on loopback: {:.0} MB/s ({:.1} ms per {mb:.0} MB)",
-        mb / raw,
-        raw * 1e3
-    );
-    println!(
-        "p2pnode fetch ({over}): {:.0} MB/s ({:.1} ms)",
-        mb / fetch,
-        fetch * 1e3
-    );
-    println!(
-        "fetch / raw TCP = {:.0}% (target >= 50%)",
-        100.0 * raw / fetch
-    );
+    println!("payload    raw TCP      p2pnode fetch ({over})   fetch / raw (target >= 50%)");
+    for mb in args.mb {
+        let bytes = (mb as usize) << 20;
+        let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
+        let raw = median(raw_tcp(&payload, runs).await?);
+        let fetch = median(fetch(&payload, runs, args.listen.clone()).await?);
+        let mb = bytes as f64 / 1e6;
+        println!(
+            "{mb:5.1} MB  {:6.0} MB/s  {:6.0} MB/s ({:.1} ms)  {:12.0}%",
+            mb / raw,
+            mb / fetch,
+            fetch * 1e3,
+            100.0 * raw / fetch
+        );
+    }
     Ok(())
 }
 

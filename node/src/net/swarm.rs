@@ -11,11 +11,13 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     allow_block_list, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay,
-    request_response, tcp, yamux, Swarm,
+    request_response, tcp, Swarm,
 };
 use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
 use super::codec::{FetchCodec, FETCH_PROTOCOL};
+use super::mux::Yamux;
+use super::tls::Tls;
 
 /// How often Kademlia refreshes its view of the swarm (libp2p's default
 /// is five minutes).
@@ -142,7 +144,7 @@ pub fn announced_run(topic: &str) -> Option<&str> {
         .filter(|run| !run.is_empty() && !run.contains('/'))
 }
 
-/// A tokio swarm identified by `key` with every behaviour: over TCP (noise,
+/// A tokio swarm identified by `key` with every behaviour: over TCP (TLS,
 /// yamux) and QUIC, or, with a pre-shared key, over TCP inside pnet only.
 ///
 /// # Errors
@@ -158,12 +160,12 @@ pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behavio
         None => builder
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
+                (Tls::new, noise::Config::new),
+                Yamux::default,
             )
             .map_err(|e| transport(&e))?
             .with_quic()
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_relay_client((Tls::new, noise::Config::new), Yamux::default)
             .map_err(|e| transport(&e))?
             .with_behaviour(|key, relay_client| behaviour(key, relay_client, config))
             .map_err(|e| behaviour_error(&e))?
@@ -172,7 +174,7 @@ pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behavio
         Some(psk) => builder
             .with_other_transport(|key| private_tcp(key, psk))
             .map_err(|e| transport(&e))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .with_relay_client((Tls::new, noise::Config::new), Yamux::default)
             .map_err(|e| transport(&e))?
             .with_behaviour(|key, relay_client| behaviour(key, relay_client, config))
             .map_err(|e| behaviour_error(&e))?
@@ -184,18 +186,19 @@ pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behavio
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// TCP, then the pnet handshake with `psk`, then noise and yamux.
+/// TCP, then the pnet handshake with `psk`, then TLS and yamux (a private
+/// swarm's nodes all run p2ptrain, so noise is not offered there).
 fn private_tcp(
     key: &libp2p::identity::Keypair,
     psk: PreSharedKey,
 ) -> Result<Boxed<(libp2p::PeerId, StreamMuxerBox)>, BoxError> {
-    let noise = noise::Config::new(key)?;
+    let tls = Tls::new(key)?;
     Ok(
         tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1Lazy)
-            .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .authenticate(tls)
+            .multiplex(Yamux::default())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
     )
