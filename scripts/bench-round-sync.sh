@@ -3,7 +3,7 @@
 # Hivemind's all-reduce of the same size (shared/reference/
 # bench_hivemind_allreduce.py, 4 peers, uint8), back to back on this machine.
 #
-# p2ptrain: node/examples/bench_round_sync.rs (4 full nodes, TCP + noise +
+# p2ptrain: node/examples/bench_round_sync.rs (4 full nodes, TCP + TLS +
 # yamux on 127.0.0.1; compress, announce, fetch, verify, aggregate, commit;
 # from the first peer starting to compress to the last holding the agreed
 # checkpoint). Hivemind: trigger to result, max over peers, matchmaking apart.

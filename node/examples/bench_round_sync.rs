@@ -7,7 +7,7 @@
 //! `cargo run --release -p p2ptrain-node --example bench_round_sync -- [--rounds 6] [--peers 4] [--density 0.01]`
 //!
 //! The peers are full nodes (`swarm_loop::Node`) in one process, each with
-//! its own data directory, TCP + noise + yamux on 127.0.0.1; only training
+//! its own data directory, TCP + TLS + yamux on 127.0.0.1; only training
 //! is replaced, by a fixed random pseudo-gradient, so the clock measures the
 //! exchange. As in Hivemind's benchmark, the peers start together: each
 //! round's sessions wait for one another (peers that finished training at
