@@ -1,7 +1,7 @@
 //! Commits: collecting them, fork choice between branches, the outer
 //! step's answer, and adopting a heavier branch's checkpoint.
 
-use p2ptrain_protocol::{Commit, Digest, Signed};
+use p2ptrain_protocol::{Commit, Digest, IdSet, Signed};
 
 use super::round::{Entry, EntryState, Phase, RecentHeads};
 use super::validate::Checker;
@@ -89,7 +89,11 @@ impl<C: Checker> Engine<C> {
         if !heavier {
             return;
         }
-        self.adopting = Some(commit.result);
+        self.adopting = Some(Adopting {
+            result: commit.result,
+            round: commit.round,
+            applied: commit.contributions.clone(),
+        });
         out.push(Output::RequestCheckpoint {
             head: Head {
                 round: commit.round + 1,
@@ -140,21 +144,33 @@ impl<C: Checker> Engine<C> {
     }
 
     pub(super) fn on_adopted(&mut self, now: Millis, head: Head, out: &mut Vec<Output>) {
-        self.adopting = None;
+        let adopted = self.adopting.take();
+        // This peer's own update goes back into its residual only when the
+        // adopted branch is known to have left it out: the commit adopted
+        // closed the update's round without it. Returned when the branch
+        // had applied it (the usual case in a split, whose branches mostly
+        // apply the same updates), it would count twice, and the next
+        // update, carrying it again, would be dropped as an outlier.
+        let left_out = |round: u64, id: &Digest| {
+            adopted
+                .as_ref()
+                .is_some_and(|a| a.round == round && !a.applied.contains(id))
+        };
         if let Some(id) = self.round.mine {
             if let Some(Entry {
                 state: EntryState::Held { payload, .. },
                 ..
             }) = self.round.entries.get(&id)
             {
-                out.push(Output::ReturnToResidual {
-                    payload: payload.clone(),
-                });
+                if left_out(self.round.number, &id) {
+                    out.push(Output::ReturnToResidual {
+                        payload: payload.clone(),
+                    });
+                }
             }
         }
-        if let Some((round, _, payload)) = self.last_applied_mine.take() {
-            // The round that applied it is replaced by the adopted chain.
-            if round + 1 >= head.round.min(self.head.round) && head.round <= self.head.round {
+        if let Some((round, id, payload)) = self.last_applied_mine.take() {
+            if left_out(round, &id) {
                 out.push(Output::ReturnToResidual { payload });
             }
         }
@@ -163,4 +179,16 @@ impl<C: Checker> Engine<C> {
         self.chain = RecentHeads::new(head.base);
         self.enter(now, head, out);
     }
+}
+
+/// A heavier branch being adopted: the checkpoint fetched, and the round
+/// and updates of the commit that named it.
+#[derive(Debug, Clone)]
+pub(super) struct Adopting {
+    /// The checkpoint.
+    pub(super) result: Digest,
+    /// The round the commit closed.
+    pub(super) round: u64,
+    /// The updates it applied.
+    pub(super) applied: IdSet,
 }

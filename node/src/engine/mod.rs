@@ -54,6 +54,7 @@ use std::sync::Arc;
 
 use p2ptrain_protocol::{Commit, Contribution, Digest, Equivocation, IdSet, PeerKey, Signed};
 
+use commits::Adopting;
 pub use io::{
     Accepted, Ban, BanReason, EngineConfig, EngineError, Head, Input, LocalUpdate, Output,
     Rejection,
@@ -98,7 +99,8 @@ pub struct Engine<C: Checker = Verify> {
     /// Results seen per (committer, round, base, set): two results prove
     /// equivocation.
     commit_results: BTreeMap<(PeerKey, u64, Digest, Digest), Digest>,
-    adopting: Option<Digest>,
+    /// The heavier branch whose checkpoint is being fetched.
+    adopting: Option<Adopting>,
     /// This round's contributors (see `eligible_set`); `None` when the round
     /// or the membership changed.
     eligible: Option<BTreeSet<PeerKey>>,
@@ -300,7 +302,7 @@ impl<C: Checker> Engine<C> {
             Input::Applied { round, result } => self.on_applied(now, round, result, &mut out),
             Input::CheckpointAdopted(head) => self.on_adopted(now, head, &mut out),
             Input::CheckpointUnavailable { result, from } => {
-                if self.adopting == Some(result) {
+                if self.adopting.as_ref().is_some_and(|a| a.result == result) {
                     self.adopting = None;
                 }
                 self.ban(from, BanReason::CheckpointUnavailable { result }, &mut out);

@@ -1,5 +1,7 @@
 //! A contributor that dies once some peers hold its payload and others do
-//! not: the round must not split, and if it does, fork choice must heal it.
+//! not: the round must not split, and if it does, fork choice must heal it
+//! and each peer put its own update back into its residual only if the
+//! adopted branch left it out.
 
 use super::*;
 
@@ -60,4 +62,55 @@ fn a_round_that_ended_split_is_healed_by_fork_choice_on_its_commits() {
     swarm.advance(1);
     assert_eq!(swarm.heads()[1], swarm.heads()[0]);
     assert_eq!(swarm.heads()[0].round, 2, "{:#?}", swarm.finalized);
+}
+
+/// Peers 0 and 1 close round 0 on both their updates; then peer 0 hears a
+/// heavier branch's commit for that round, by a third key, applying `applied`
+/// (indices of peers whose updates it names). Returns how many updates peer
+/// 0 put back into its residual.
+fn adopt_a_branch_applying(applied: &[usize]) -> usize {
+    let mut swarm = Swarm::new(2, manifest());
+    let genesis = swarm.engines[0].head().base;
+    swarm.start();
+    swarm.rounds(1, &[0, 1]);
+    assert_eq!(swarm.finalized[0][0].2.len(), 2);
+    let head = swarm.engines[0].head();
+    assert_eq!(head.round, 1);
+    let ids: Vec<Digest> = swarm.finalized[0][0].2.clone();
+    let id_of = |peer: usize| {
+        let author = swarm.engines[peer].me();
+        let by_author = |id: &&Digest| {
+            swarm.engines[0]
+                .payload(id)
+                .is_some_and(|(c, _)| c.signer() == author)
+        };
+        *ids.iter().find(by_author).unwrap()
+    };
+    let commit = Commit {
+        run: swarm.engines[0].run(),
+        round: 0,
+        base: genesis,
+        committer: PeerKey::from(&key(2)),
+        contributions: IdSet::new(applied.iter().map(|&p| id_of(p)).collect()),
+        result: Digest::of(b"the heavier branch"),
+        chain_tokens: head.chain_tokens + 1_000,
+    };
+    let signed = Signed::sign(&commit, &key(2)).unwrap();
+    swarm.returned = vec![0; 2];
+    swarm.queue.push_back((0, Input::CommitReceived(signed)));
+    swarm.run();
+    assert_eq!(swarm.engines[0].head().base, commit.result, "adopted");
+    swarm.returned[0]
+}
+
+#[test]
+fn an_update_the_adopted_branch_applied_is_not_put_back_into_the_residual() {
+    // Put back, it would count twice, and the next update, carrying it
+    // again, would be dropped as an outlier.
+    assert_eq!(adopt_a_branch_applying(&[0, 1]), 0);
+}
+
+#[test]
+fn an_update_the_adopted_branch_left_out_goes_back_into_the_residual() {
+    assert_eq!(adopt_a_branch_applying(&[1]), 1);
 }
