@@ -145,16 +145,16 @@ impl<C: Checker> Engine<C> {
 
     pub(super) fn on_adopted(&mut self, now: Millis, head: Head, out: &mut Vec<Output>) {
         let adopted = self.adopting.take();
-        // This peer's own update goes back into its residual only when the
-        // adopted branch is known to have left it out: the commit adopted
-        // closed the update's round without it. Returned when the branch
-        // had applied it (the usual case in a split, whose branches mostly
-        // apply the same updates), it would count twice, and the next
-        // update, carrying it again, would be dropped as an outlier.
-        let left_out = |round: u64, id: &Digest| {
-            adopted
-                .as_ref()
-                .is_some_and(|a| a.round == round && !a.applied.contains(id))
+        // Whether the adopted branch lacks this peer's update of `round`.
+        // Known when the adopted commit closed that round: then an update
+        // it applied is not put back (in a split the branches mostly apply
+        // the same updates, and put back it would count twice, and the next
+        // update, carrying it again, would be dropped as an outlier).
+        // Otherwise assumed: a branch that grew apart over rounds, across a
+        // partition say, most likely never had it.
+        let left_out = |round: u64, id: &Digest| match &adopted {
+            Some(a) if a.round == round => !a.applied.contains(id),
+            _ => true,
         };
         if let Some(id) = self.round.mine {
             if let Some(Entry {
@@ -170,7 +170,10 @@ impl<C: Checker> Engine<C> {
             }
         }
         if let Some((round, id, payload)) = self.last_applied_mine.take() {
-            if left_out(round, &id) {
+            // The round that applied it is replaced by the adopted chain.
+            let replaced =
+                round + 1 >= head.round.min(self.head.round) && head.round <= self.head.round;
+            if replaced && left_out(round, &id) {
                 out.push(Output::ReturnToResidual { payload });
             }
         }
