@@ -44,6 +44,13 @@ impl Default for Yamux {
     }
 }
 
+impl Yamux {
+    /// The connection over `socket`, on the side `mode` names.
+    fn muxer<C: AsyncRead + AsyncWrite + Unpin>(self, socket: C, mode: Mode) -> Muxer<C> {
+        Muxer::new(Connection::new(socket, self.0, mode))
+    }
+}
+
 impl UpgradeInfo for Yamux {
     type Info = &'static str;
     type InfoIter = std::iter::Once<Self::Info>;
@@ -62,11 +69,7 @@ where
     type Future = Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_inbound(self, socket: C, _: Self::Info) -> Self::Future {
-        ready(Ok(Muxer::new(Connection::new(
-            socket,
-            self.0,
-            Mode::Server,
-        ))))
+        ready(Ok(self.muxer(socket, Mode::Server)))
     }
 }
 
@@ -79,11 +82,7 @@ where
     type Future = Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_outbound(self, socket: C, _: Self::Info) -> Self::Future {
-        ready(Ok(Muxer::new(Connection::new(
-            socket,
-            self.0,
-            Mode::Client,
-        ))))
+        ready(Ok(self.muxer(socket, Mode::Client)))
     }
 }
 
