@@ -1,15 +1,18 @@
 //! Three nodes in one process, on loopback, each with its own data
 //! directory: they train, exchange, and end every round on the same
-//! checkpoint; one node's directory then replays from genesis.
+//! checkpoint; one node's directory then replays from genesis. And a node
+//! whose round waits announces its contribution again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, Multiaddr};
 use p2ptrain_node::chain::{replay, ChainState, DataDir};
-use p2ptrain_node::net::NetConfig;
+use p2ptrain_node::net::{build_swarm, topics, BehaviourEvent, NetConfig};
 use p2ptrain_node::swarm_loop::{Command, Node, NodeEvent, NodeSetup, Training};
-use p2ptrain_protocol::{Digest, RunManifest, SigningKey};
+use p2ptrain_protocol::{codec, Contribution, Digest, RunManifest, Signed, SigningKey};
 use p2ptrain_trainer::{Corpus, ParamLayout};
 use tokio::sync::mpsc;
 
@@ -132,5 +135,76 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
     let verified = replay(&dirs[0], params).unwrap();
     assert!(verified.rounds >= rounds);
     assert_eq!(verified.head, finalized[&(verified.rounds - 1)][&0]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A node whose round waits for another contribution announces its own
+/// again and again: a peer that never contributes hears it three times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_repeats_its_announcement_while_its_round_waits() {
+    let mut manifest = manifest();
+    manifest.rounds.min_contributors = 2;
+    let genesis = ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(5));
+    let root = std::env::temp_dir().join(format!("p2ptrain-repeat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = DataDir::new(root.join("node"));
+    dir.write_manifest(&manifest).unwrap();
+    dir.write_genesis(&genesis).unwrap();
+    let net = NetConfig {
+        mdns: false,
+        ..NetConfig::default()
+    };
+    let setup = NodeSetup {
+        data: dir,
+        key: SigningKey::from_bytes(&[1; 32]),
+        net: net.clone(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        training: Training::Replica {
+            tokens: Corpus::bundled().shard(0, 1).unwrap().to_vec(),
+            device: p2ptrain_trainer::device::Device::Cpu,
+            residual_decay: p2ptrain_trainer::device::RESIDUAL_DECAY,
+        },
+    };
+    let (node_events, mut events) = mpsc::channel(64);
+    let node = Node::new(setup, node_events).unwrap();
+    let (command_tx, command_rx) = mpsc::channel(8);
+    let running = tokio::spawn(node.run(command_rx));
+
+    let mut observer = build_swarm(&SigningKey::from_bytes(&[2; 32]), &net).unwrap();
+    let announce = topics(&manifest.id().unwrap()).announce;
+    observer
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&announce)
+        .unwrap();
+    let mut heard: Vec<Digest> = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            tokio::select! {
+                Some(event) = events.recv() => {
+                    if let NodeEvent::Listening(address) = event {
+                        observer.dial(address).unwrap();
+                    }
+                }
+                event = observer.select_next_some() => {
+                    if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                        gossipsub::Event::Message { message, .. },
+                    )) = event
+                    {
+                        let signed: Signed<Contribution> = codec::decode(&message.data).unwrap();
+                        heard.push(signed.id());
+                        if heard.len() == 3 {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("three announcements within two minutes");
+    assert!(heard.windows(2).all(|w| w[0] == w[1]), "{heard:?}");
+    command_tx.send(Command::Shutdown).await.unwrap();
+    running.await.unwrap().unwrap();
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -210,6 +210,25 @@ impl<C: Checker> Engine<C> {
             .map(|entry| entry.signed.clone())
     }
 
+    /// This peer's own contribution while its round still gathers
+    /// contributions: to announce again. Gossip forwards a message along
+    /// the mesh as it stands when the message passes, so a peer two hops
+    /// away that joined the mesh a moment later never hears it.
+    pub fn announcement_to_repeat(&self) -> Option<Signed<Contribution>> {
+        match self.round.phase {
+            Phase::Collecting => self.own_announcement(),
+            _ => None,
+        }
+    }
+
+    /// Whether `signed`, heard from `source`, is its author announcing
+    /// again a contribution that a round this engine finalized applied: a
+    /// repeat that crossed the round's close, to drop without counting. The
+    /// same contribution sent by another peer is a replay.
+    pub fn is_late_repeat(&self, signed: &Signed<Contribution>, source: Option<PeerKey>) -> bool {
+        source == Some(signed.signer()) && self.applied.contains(&signed.id())
+    }
+
     /// This node's updates that no finalized round has applied: its
     /// contribution to the round under way and an update still waiting for
     /// a round. A node that stops puts them back into its residual.

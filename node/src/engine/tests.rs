@@ -303,6 +303,34 @@ fn a_contribution_one_peer_missed_reaches_it_through_the_commits() {
     assert_eq!(swarm.finalized[0][0].2.len(), 4);
 }
 
+#[test]
+fn an_announcement_is_repeated_while_its_round_gathers_and_late_only_from_its_author() {
+    let mut swarm = Swarm::new(3, manifest());
+    swarm.start();
+    // Two of three have trained: their round waits for the third.
+    swarm.train(&[0, 1], |_| 1.0);
+    let own = swarm.engines[0].own_announcement().unwrap();
+    assert_eq!(swarm.engines[0].announcement_to_repeat(), Some(own.clone()));
+    assert_eq!(swarm.engines[2].announcement_to_repeat(), None);
+    // The round closes: nothing more to repeat.
+    swarm.train(&[2], |_| 1.0);
+    assert_eq!(swarm.engines[0].announcement_to_repeat(), None);
+    swarm.advance(100);
+    swarm.advance(1);
+    assert_eq!(swarm.finalized[1][0].2.len(), 3);
+
+    // Peer 1 applied peer 0's contribution: from peer 0 it is a late
+    // repeat, from anyone else a replay, and a contribution never applied
+    // is neither.
+    let (author, other) = (swarm.engines[0].me(), swarm.engines[2].me());
+    assert!(swarm.engines[1].is_late_repeat(&own, Some(author)));
+    assert!(!swarm.engines[1].is_late_repeat(&own, Some(other)));
+    assert!(!swarm.engines[1].is_late_repeat(&own, None));
+    let unapplied = forged(&swarm, 0, |_| {});
+    assert!(!swarm.engines[1].is_late_repeat(&unapplied, Some(author)));
+    assert!(swarm.rejected.is_empty());
+}
+
 fn forged(swarm: &Swarm, author: usize, edit: impl Fn(&mut Contribution)) -> Signed<Contribution> {
     let engine = &swarm.engines[author];
     let head = engine.head();

@@ -11,6 +11,7 @@ mod event;
 mod fetch;
 mod outer;
 mod persist;
+mod repeat;
 mod replica;
 mod status;
 mod swarm_events;
@@ -141,6 +142,9 @@ pub struct Node {
     /// This node's contribution announced before it stopped, to announce
     /// again if it resumes in that round.
     reannounce: Option<Input>,
+    /// When this node's announcement goes out again, while its round
+    /// gathers contributions.
+    repeats: Option<repeat::Repeats>,
     /// Set when the node stops: a session under way ends after its step.
     stop_training: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -261,6 +265,7 @@ impl Node {
             resumed_from: resumed.from,
             restored_residual: restored,
             reannounce,
+            repeats: None,
             stop_training: Arc::default(),
         })
     }
@@ -320,6 +325,7 @@ impl Node {
             let wake = due
                 .map(|ms| self.epoch + Duration::from_millis(ms))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let repeat_at = self.repeats.map(|r| r.due());
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Dial(address)) => {
@@ -344,6 +350,9 @@ impl Node {
                 () = tokio::time::sleep_until(wake) => {
                     ticked = due;
                     self.feed(Input::Tick).await?;
+                }
+                () = tokio::time::sleep_until(repeat_at.unwrap_or(wake)), if repeat_at.is_some() => {
+                    self.repeat_announcement();
                 }
             }
         }
@@ -414,6 +423,7 @@ impl Node {
                     self.data.write_announcement(&signed, &payload)?;
                 }
                 self.publish(&self.topics.announce.clone(), &signed);
+                self.repeats = Some(repeat::Repeats::after(Instant::now()));
                 let round = self.engine.head().round;
                 self.report(NodeEvent::Announced { round, id }).await;
             }
@@ -503,6 +513,18 @@ impl Node {
             s.bytes_in += received as u64;
             s.bytes_out += sent as u64;
         });
+    }
+
+    /// Announces this node's contribution again if its round still gathers
+    /// contributions; otherwise stops repeating it.
+    fn repeat_announcement(&mut self) {
+        match (self.engine.announcement_to_repeat(), self.repeats) {
+            (Some(signed), Some(repeats)) => {
+                self.publish(&self.topics.announce.clone(), &signed);
+                self.repeats = Some(repeats.next(Instant::now()));
+            }
+            _ => self.repeats = None,
+        }
     }
 
     fn publish<T: codec::Message>(&mut self, topic: &gossipsub::IdentTopic, value: &T) {

@@ -121,7 +121,10 @@ impl Node {
                 self.count_bytes(message.data.len(), 0);
                 if message.topic == self.topics.announce.hash() {
                     if let Ok(signed) = codec::decode::<Signed<Contribution>>(&message.data) {
-                        self.feed(Input::Announced(signed)).await?;
+                        let source = message.source.as_ref().and_then(peer_key);
+                        if !self.engine.is_late_repeat(&signed, source) {
+                            self.feed(Input::Announced(signed)).await?;
+                        }
                     }
                 } else if message.topic == self.topics.commit.hash() {
                     if let Ok(signed) = codec::decode::<Signed<Commit>>(&message.data) {
