@@ -2,7 +2,7 @@
 //! TCP, TLS and yamux, as nodes move payloads — beside raw TCP on loopback
 //! in the same run, for several payload sizes.
 //!
-//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--runs 10] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
+//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
 //!
 //! Prints, for each size, MB/s at the median transfer of each, and the
 //! ratio.
@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_values_t = [1, 4, 16, 64], value_parser = clap::value_parser!(u32).range(1..=1024))]
     mb: Vec<u32>,
     /// Timed transfers of each kind (after one warm-up).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// Where the serving node listens (TCP by default; a QUIC address such
     /// as `/ip4/127.0.0.1/udp/0/quic-v1` fetches over QUIC).

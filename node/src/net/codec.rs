@@ -149,7 +149,7 @@ impl Codec for FetchCodec {
                 }
                 let body_len = usize::try_from(body_len).map_err(|_| invalid("body too long"))?;
                 // Read straight into the shared buffer the node keeps.
-                let mut body: Arc<[u8]> = std::iter::repeat_n(0u8, body_len).collect();
+                let mut body = super::buffer::zeroed(body_len);
                 let Some(into) = Arc::get_mut(&mut body) else {
                     return Err(invalid("body buffer shared"));
                 };

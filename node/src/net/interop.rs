@@ -1,4 +1,4 @@
-//! A node's TCP stack (its own TLS set-up, noise, yamux)
+//! A node's TCP stack (its own TLS set-up, noise, its own yamux set-up)
 //! against a stock libp2p peer: a payload crosses each way, over libp2p's
 //! TLS and over noise.
 
@@ -13,7 +13,7 @@ use p2ptrain_protocol::{Digest, SigningKey};
 use super::codec::{FetchCodec, FetchRequest, FetchResponse, FETCH_PROTOCOL};
 use super::{build_swarm, Behaviour, BehaviourEvent, NetConfig};
 
-/// Larger than yamux's initial window and many of its frames.
+/// Larger than yamux's initial window and many of this side's frames.
 const PAYLOAD_BYTES: usize = 3 << 20;
 
 type Stock = request_response::Behaviour<FetchCodec>;

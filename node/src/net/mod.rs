@@ -8,16 +8,18 @@
 //!   blake3 on arrival.
 //! - TCP connections are secured by libp2p's TLS 1.3 handshake ([`tls`],
 //!   AES-GCM first where the CPU has AES instructions; noise is offered
-//!   too) and carry their streams over yamux. QUIC connections use
-//!   libp2p's QUIC as it comes.
+//!   too) and carry their streams in yamux frames of up to 256 KiB
+//!   ([`mux`]). QUIC connections use libp2p's QUIC as it comes.
 //! - Identify, ping and Kademlia speak the standard protocol ids, so any
 //!   libp2p peer can connect, identify, ping and read the announcements;
 //!   mDNS finds peers on a LAN.
 
 pub mod access;
+pub mod buffer;
 pub mod codec;
 #[cfg(test)]
 mod interop;
+pub mod mux;
 pub mod slices;
 mod swarm;
 pub mod tls;

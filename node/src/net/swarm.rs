@@ -11,11 +11,12 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     allow_block_list, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay,
-    request_response, tcp, yamux, Swarm,
+    request_response, tcp, Swarm,
 };
 use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
 use super::codec::{FetchCodec, FETCH_PROTOCOL};
+use super::mux::Yamux;
 use super::tls::Tls;
 
 /// How often Kademlia refreshes its view of the swarm (libp2p's default
@@ -160,11 +161,11 @@ pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behavio
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 (Tls::new, noise::Config::new),
-                yamux::Config::default,
+                Yamux::default,
             )
             .map_err(|e| transport(&e))?
             .with_quic()
-            .with_relay_client((Tls::new, noise::Config::new), yamux::Config::default)
+            .with_relay_client((Tls::new, noise::Config::new), Yamux::default)
             .map_err(|e| transport(&e))?
             .with_behaviour(|key, relay_client| behaviour(key, relay_client, config))
             .map_err(|e| behaviour_error(&e))?
@@ -173,7 +174,7 @@ pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behavio
         Some(psk) => builder
             .with_other_transport(|key| private_tcp(key, psk))
             .map_err(|e| transport(&e))?
-            .with_relay_client((Tls::new, noise::Config::new), yamux::Config::default)
+            .with_relay_client((Tls::new, noise::Config::new), Yamux::default)
             .map_err(|e| transport(&e))?
             .with_behaviour(|key, relay_client| behaviour(key, relay_client, config))
             .map_err(|e| behaviour_error(&e))?
@@ -197,7 +198,7 @@ fn private_tcp(
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1Lazy)
             .authenticate(tls)
-            .multiplex(yamux::Config::default())
+            .multiplex(Yamux::default())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
     )
