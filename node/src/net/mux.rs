@@ -178,3 +178,59 @@ where
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use libp2p::tcp::tokio::TcpStream;
+    use tokio::net::TcpListener;
+
+    /// yamux's frame types (the spec's numbering).
+    const DATA: u8 = 0;
+
+    /// The body lengths of the data frames that reach `socket` until
+    /// `total` bytes of data have come, reading yamux's 12-byte headers
+    /// (version, type, flags, stream id, length; big-endian) by hand.
+    async fn data_frames(socket: &mut TcpStream, total: usize) -> Vec<usize> {
+        let mut frames = Vec::new();
+        while frames.iter().sum::<usize>() < total {
+            let mut header = [0u8; 12];
+            socket.read_exact(&mut header).await.unwrap();
+            let len = u32::from_be_bytes(header[8..12].try_into().unwrap()) as usize;
+            if header[1] == DATA {
+                let mut body = vec![0u8; len];
+                socket.read_exact(&mut body).await.unwrap();
+                frames.push(len);
+            }
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn a_stream_sends_its_whole_initial_window_in_one_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (dialed, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
+        let mut muxer = Yamux::default().muxer(TcpStream(dialed.unwrap()), Mode::Client);
+        let mut remote = TcpStream(accepted.unwrap().0);
+        let mut stream = futures::future::poll_fn(|cx| Pin::new(&mut muxer).poll_outbound(cx))
+            .await
+            .unwrap();
+        // The remote never grants more than yamux's initial 256 KiB.
+        let window = yamux::DEFAULT_CREDIT as usize;
+        let write = async {
+            let _ = stream.write_all(&vec![7u8; 2 * window]).await;
+        };
+        let drive = futures::future::poll_fn(|cx| {
+            let _ = Pin::new(&mut muxer).poll(cx);
+            Poll::<()>::Pending
+        });
+        let frames = tokio::select! {
+            frames = data_frames(&mut remote, window) => frames,
+            _ = async { futures::join!(write, drive) } => unreachable!("the write waits for credit"),
+        };
+        assert_eq!(frames, [FRAME_BYTES]);
+    }
+}
