@@ -2,7 +2,7 @@
 //! TCP, TLS and yamux, as nodes move payloads — beside raw TCP on loopback
 //! in the same run, for several payload sizes.
 //!
-//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
+//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--kib 1] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
 //!
 //! Prints, for each size, MB/s at the median transfer of each, and the
 //! ratio.
@@ -23,9 +23,14 @@ type Error = Box<dyn std::error::Error>;
 /// Payload transfer between two nodes on loopback, beside raw TCP.
 #[derive(clap::Parser)]
 struct Args {
-    /// Payload sizes in MiB, each measured in turn (repeat the flag).
-    #[arg(long, default_values_t = [1, 4, 16, 64], value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Payload sizes in MiB, each measured in turn (repeat the flag; 1, 4,
+    /// 16 and 64 when no size is given).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     mb: Vec<u32>,
+    /// Payload sizes in KiB, measured before the MiB sizes (repeat the
+    /// flag): a 1 KiB fetch shows what each fetch costs beside its bytes.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024 * 1024))]
+    kib: Vec<u32>,
     /// Timed transfers of each kind (after one warm-up).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
@@ -51,14 +56,23 @@ async fn main() -> Result<(), Error> {
         "TCP + TLS + yamux"
     };
     println!("payload    raw TCP      p2pnode fetch ({over})   fetch / raw (target >= 50%)");
-    for mb in args.mb {
-        let bytes = (mb as usize) << 20;
+    let mut sizes: Vec<usize> = args.kib.iter().map(|&k| (k as usize) << 10).collect();
+    sizes.extend(args.mb.iter().map(|&m| (m as usize) << 20));
+    if sizes.is_empty() {
+        sizes = [1, 4, 16, 64].map(|m| m << 20).to_vec();
+    }
+    for bytes in sizes {
         let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
         let raw = median(raw_tcp(&payload, runs).await?);
         let fetch = median(fetch(&payload, runs, args.listen.clone()).await?);
         let mb = bytes as f64 / 1e6;
+        let size = if bytes < 1 << 20 {
+            format!("{:4} KiB", bytes >> 10)
+        } else {
+            format!("{mb:5.1} MB")
+        };
         println!(
-            "{mb:5.1} MB  {:6.0} MB/s  {:6.0} MB/s ({:.1} ms)  {:12.0}%",
+            "{size:>8}  {:6.0} MB/s  {:6.0} MB/s ({:.2} ms)  {:11.0}%",
             mb / raw,
             mb / fetch,
             fetch * 1e3,
