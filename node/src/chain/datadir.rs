@@ -354,6 +354,27 @@ impl DataDir {
         Ok(last)
     }
 
+    /// Removes the records of round `first` and after, the newest first
+    /// (those of a branch this node left); returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError::Io`] if the folder cannot be listed or a file removed.
+    pub fn remove_records_from(&self, first: u64) -> Result<u64, ChainError> {
+        let Some(last) = self.last_record()? else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for round in (first..=last).rev() {
+            let path = self.record_path(round);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| ChainError::io(&path, e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes the temporary files an interrupted atomic write left behind
     /// (`NAME.tmpPID`); returns how many. The files they were meant to
     /// replace are whole: either the old version or the new.
@@ -469,6 +490,36 @@ mod tests {
             dir.announcement(),
             Err(ChainError::Truncated { .. })
         ));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn records_from_a_round_on_are_removed_and_the_rest_kept() {
+        use p2ptrain_protocol::{Commit, IdSet, PeerKey, SigningKey};
+
+        let root = crate::scratch::scratch_dir("remove-records");
+        let dir = DataDir::new(&root);
+        assert_eq!(dir.remove_records_from(0).unwrap(), 0);
+        let key = SigningKey::from_bytes(&[4; 32]);
+        for round in [0, 1, 2, 4] {
+            let commit = Commit {
+                run: Digest::of(b"run"),
+                round,
+                base: Digest::of(b"base"),
+                committer: PeerKey::from(&key),
+                contributions: IdSet::new(vec![]),
+                result: Digest::of(b"result"),
+                chain_tokens: round,
+            };
+            let record = RoundRecord {
+                commit: Signed::sign(&commit, &key).unwrap(),
+                contributions: vec![],
+            };
+            dir.write_record(round, &record).unwrap();
+        }
+        assert_eq!(dir.remove_records_from(2).unwrap(), 2);
+        assert_eq!(dir.last_record().unwrap(), Some(1));
+        assert!(dir.has_record(0) && dir.has_record(1));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

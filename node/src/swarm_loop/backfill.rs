@@ -4,11 +4,19 @@
 //! peers, one round at a time, and writes them beside its own. Then
 //! `p2pnode verify` replays its directory from genesis like any other.
 //!
+//! The rounds are fetched from the newest back, each record anchored to the
+//! one above it: its result must be the base of the round after (for the
+//! newest, the adopted checkpoint), and round 0 must start from genesis.
+//! A record of its own that a fetched one does not follow (its result is
+//! not the fetched one's base) is from a branch this node left: that round
+//! is fetched too, and so on down to where the two chains meet. Records of
+//! the left branch from the adopted round on are removed at adoption
+//! ([`DataDir::remove_records_from`](crate::chain::DataDir::remove_records_from)).
+//!
 //! Each record is checked before it is written: its signatures, its run
-//! and round, every payload against the hash its contribution names, and
-//! its place in the chain — its base is the result of the round before,
-//! and its result the base of the round after (or the adopted checkpoint).
-//! The outer steps themselves are replayed by `p2pnode verify`.
+//! and round, its place in the chain, and every payload against the hash
+//! its contribution names. The outer steps themselves are replayed by
+//! `p2pnode verify`.
 
 use std::collections::VecDeque;
 
@@ -16,6 +24,7 @@ use libp2p::PeerId;
 use p2ptrain_protocol::{codec, Commit, Digest, RoundRecord};
 
 use super::{Node, NodeError, NodeEvent};
+use crate::chain::DataDir;
 use crate::engine::Head;
 use crate::net::codec::FetchRequest;
 
@@ -29,12 +38,13 @@ const ROUNDS_TO_WAIT: u32 = 5;
 /// The records being fetched.
 #[derive(Debug)]
 pub(super) struct Backfill {
-    /// Rounds without a record, ascending.
+    /// Rounds to fetch, descending.
     missing: VecDeque<u64>,
     /// The adopted head: the last record must lead to its checkpoint.
     head: Head,
-    /// The record of the first missing round, while its payloads come.
-    record: Option<RoundRecord>,
+    /// The record of the first missing round and its base, while its
+    /// payloads come.
+    record: Option<(RoundRecord, Digest)>,
     /// Payloads of that record still to fetch.
     wanted: Vec<Digest>,
     peers: Vec<PeerId>,
@@ -50,8 +60,15 @@ impl Node {
     /// Starts fetching the records of the rounds before `head` that this
     /// node's directory lacks, asking `first` first.
     pub(super) fn start_backfill(&mut self, first: Option<PeerId>, head: Head) {
+        // The record below the head must lead to it; one that does not is
+        // of a branch this node left.
+        let stale_top = head
+            .round
+            .checked_sub(1)
+            .filter(|&r| self.data.has_record(r) && result_of(&self.data, r) != Some(head.base));
         let missing: VecDeque<u64> = (0..head.round)
-            .filter(|r| !self.data.has_record(*r))
+            .rev()
+            .filter(|&r| !self.data.has_record(r) || Some(r) == stale_top)
             .collect();
         self.backfill_asks.clear();
         if missing.is_empty() {
@@ -129,17 +146,25 @@ impl Node {
         }
     }
 
-    /// Writes the record whose payloads are all here.
+    /// Writes the record whose payloads are all here; if this node's
+    /// record of the round below does not lead to it, that round is next.
     fn write_backfilled(&mut self) -> Result<(), NodeError> {
         let Some(backfill) = self.backfill.as_mut() else {
             return Ok(());
         };
-        let (Some(record), Some(round)) = (backfill.record.take(), backfill.missing.pop_front())
+        let (Some((record, base)), Some(round)) =
+            (backfill.record.take(), backfill.missing.pop_front())
         else {
             return Ok(());
         };
         self.data.write_record(round, &record)?;
         backfill.filled += 1;
+        if let Some(below) = round.checked_sub(1) {
+            let queued = backfill.missing.front() == Some(&below);
+            if !queued && result_of(&self.data, below) != Some(base) {
+                backfill.missing.push_front(below);
+            }
+        }
         Ok(())
     }
 
@@ -218,25 +243,15 @@ impl Node {
         let Ok((commit, contributions)) = record.verify() else {
             return Ok(false);
         };
-        let result_of = |r: u64| -> Option<Digest> {
-            let record = self.data.record(r).ok()??;
-            Some(record.verify().ok()?.0.result)
-        };
-        let base_of = |r: u64| -> Option<Digest> {
-            let record = self.data.record(r).ok()??;
-            Some(record.verify().ok()?.0.base)
-        };
-        let before = if round == 0 {
-            Some(genesis)
-        } else {
-            result_of(round - 1)
-        };
+        // The round above is written (or is the adopted checkpoint): the
+        // record must lead to it. What comes below follows this record.
+        let before = (round == 0).then_some(genesis);
         let after = if round + 1 == backfill.head.round {
             Some(backfill.head.base)
         } else {
-            base_of(round + 1)
+            base_of(&self.data, round + 1)
         };
-        if !links(&commit, run, round, before, after) {
+        if after.is_none() || !links(&commit, run, round, before, after) {
             return Ok(false);
         }
         backfill.wanted = contributions
@@ -244,9 +259,21 @@ impl Node {
             .map(|c| c.payload.hash)
             .filter(|hash| self.data.payload(hash).is_err())
             .collect();
-        backfill.record = Some(record);
+        backfill.record = Some((record, commit.base));
         Ok(true)
     }
+}
+
+/// The result of this node's record of `round`, if it holds a valid one.
+fn result_of(data: &DataDir, round: u64) -> Option<Digest> {
+    let record = data.record(round).ok()??;
+    Some(record.verify().ok()?.0.result)
+}
+
+/// The base of this node's record of `round`, if it holds a valid one.
+fn base_of(data: &DataDir, round: u64) -> Option<Digest> {
+    let record = data.record(round).ok()??;
+    Some(record.verify().ok()?.0.base)
 }
 
 /// Whether `commit` is round `round` of `run` and sits between `before` (the

@@ -252,6 +252,9 @@ impl Node {
         };
         self.set_state(Arc::new(state), head.base, true).await?;
         self.round_done(head, None);
+        // This node's records from the adopted round on are of the branch
+        // it left; those below are checked as the backfill reaches them.
+        self.data.remove_records_from(head.round)?;
         self.start_backfill(Some(from), head);
         let _ = self
             .events

@@ -2,6 +2,7 @@
 //! own data directory, tiny rounds, every wait bounded and driven by the
 //! lines the nodes print.
 
+mod branch;
 mod data;
 mod harness;
 mod inputs;
