@@ -107,8 +107,8 @@ pub struct Node {
     tentative: HashMap<Digest, Arc<ChainState>>,
     /// Writes of head.ckpt.
     head: HeadWrites,
-    /// The worker, while it is not in a session.
-    worker: Option<Box<dyn Worker>>,
+    /// The worker, and what it is handed back while in a session.
+    worker: worker::WorkerSlot,
     /// The worker's mean loss in its last finished session.
     train_loss: Option<f32>,
     trained_tx: mpsc::Sender<Trained>,
@@ -244,7 +244,7 @@ impl Node {
                 last_cost: Duration::ZERO,
                 last_done: std::time::Instant::now(),
             },
-            worker: Some(worker),
+            worker: worker::WorkerSlot::new(worker),
             train_loss: None,
             trained_tx,
             trained_rx,
@@ -339,7 +339,7 @@ impl Node {
                 Some(stepped) = self.stepped_rx.recv() => self.on_stepped(stepped).await?,
                 Some((worker, update)) = self.trained_rx.recv() => {
                     self.train_loss = worker.last_loss().or(self.train_loss);
-                    self.worker = Some(worker);
+                    self.worker.put_back(worker)?;
                     let train_loss = self.train_loss;
                     self.status.send_modify(|s| {
                         s.phase = Phase::Exchanging;
@@ -472,11 +472,7 @@ impl Node {
                     })
                     .await;
             }
-            Output::ReturnToResidual { payload } => {
-                if let Some(worker) = self.worker.as_mut() {
-                    worker.return_to_residual(&payload)?;
-                }
-            }
+            Output::ReturnToResidual { payload } => self.worker.return_to_residual(payload)?,
             Output::RequestCheckpoint { head, from } => return Ok(self.start_download(head, from)),
             Output::Rejected(rejection) => {
                 let rejected = self.engine.rejected().clone();

@@ -115,14 +115,14 @@ impl Node {
     pub(super) async fn stop(&mut self) -> Result<(), NodeError> {
         self.stop_training
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        if self.worker.is_none() {
-            if let Some((mut worker, update)) = self.trained_rx.recv().await {
+        if self.worker.get_mut().is_none() {
+            if let Some((worker, update)) = self.trained_rx.recv().await {
+                self.worker.put_back(worker)?;
                 // A session that finished anyway: its update was never
                 // announced, so it goes back whole.
                 if let Ok(update) = update {
-                    worker.return_to_residual(&update.payload)?;
+                    self.worker.return_to_residual(update.payload)?;
                 }
-                self.worker = Some(worker);
             }
         }
         self.flush_head().await?;
@@ -133,7 +133,7 @@ impl Node {
     /// finalized round applied put back in, tagged with the checkpoint, so
     /// that a restart from that checkpoint loses nothing it trained.
     pub(super) fn save_residual(&mut self) -> Result<(), NodeError> {
-        let Some(worker) = self.worker.as_mut() else {
+        let Some(worker) = self.worker.get_mut() else {
             // Stopped mid-session: the update in training is lost, as in a
             // kill; the next start begins with a zero residual.
             return Ok(());
