@@ -19,6 +19,8 @@ pub mod buffer;
 pub mod codec;
 #[cfg(test)]
 mod interop;
+#[cfg(test)]
+mod loopback;
 pub mod mux;
 pub mod slices;
 mod swarm;

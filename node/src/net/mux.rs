@@ -193,12 +193,14 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use futures::{AsyncReadExt, AsyncWriteExt};
-    use libp2p::tcp::tokio::TcpStream;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::net::TcpListener;
+
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use libp2p::tcp::tokio::TcpStream;
+
+    use super::*;
+    use crate::net::loopback::socket_pair;
 
     /// yamux's frame types (the spec's numbering).
     const DATA: u8 = 0;
@@ -254,15 +256,6 @@ mod tests {
         fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Pin::new(&mut self.socket).poll_close(cx)
         }
-    }
-
-    /// Two ends of a loopback TCP connection: (dialer, listener).
-    async fn socket_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (dialed, accepted) =
-            tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
-        (TcpStream(dialed.unwrap()), TcpStream(accepted.unwrap().0))
     }
 
     /// Every frame read off `socket`, as (type, body length), through the

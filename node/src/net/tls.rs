@@ -340,16 +340,8 @@ mod tests {
     use super::*;
     use libp2p::tcp::tokio::TcpStream;
     use rustls::CipherSuite;
-    use tokio::net::TcpListener;
 
-    /// Two ends of a loopback TCP connection: (dialer, listener).
-    async fn socket_pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (dialed, accepted) =
-            tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
-        (TcpStream(dialed.unwrap()), TcpStream(accepted.unwrap().0))
-    }
+    use crate::net::loopback::socket_pair;
 
     fn identity(seed: u8) -> Keypair {
         crate::net::keypair(&p2ptrain_protocol::SigningKey::from_bytes(&[seed; 32])).unwrap()
