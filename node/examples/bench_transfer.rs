@@ -1,6 +1,6 @@
-//! Payload transfer between two nodes on loopback — the fetch protocol over
-//! TCP, TLS and yamux, as nodes move payloads — beside raw TCP on loopback
-//! in the same run, for several payload sizes.
+//! Payload transfer between two nodes on loopback — the fetch protocol on a
+//! stream kept open, over TCP, TLS and yamux, as nodes move payloads —
+//! beside raw TCP on loopback in the same run, for several payload sizes.
 //!
 //! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--kib 1] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
 //!
@@ -10,10 +10,10 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
-use p2ptrain_node::net::{build_swarm, BehaviourEvent, NetConfig};
+use p2ptrain_node::net::fetch::{self, Fetcher};
+use p2ptrain_node::net::{build_swarm, NetConfig};
 use p2ptrain_protocol::{Digest, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -130,7 +130,9 @@ async fn raw_tcp(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
 /// One warm-up and `runs` timed fetches of `payload` from one swarm by
 /// another, each from the request to the whole response. The two swarms
 /// run in tasks of their own, as two nodes run in processes of their own
-/// (so, like the two ends of the raw socket, on two threads).
+/// (so, like the two ends of the raw socket, on two threads); each task
+/// drives its swarm and its fetch streams together, as a node's event loop
+/// does.
 async fn fetch(payload: &[u8], runs: usize, listen: libp2p::Multiaddr) -> Result<Vec<f64>, Error> {
     let config = NetConfig {
         mdns: false,
@@ -138,75 +140,70 @@ async fn fetch(payload: &[u8], runs: usize, listen: libp2p::Multiaddr) -> Result
         ..NetConfig::default()
     };
     let mut server = build_swarm(&SigningKey::from_bytes(&[1; 32]), &config)?;
-    let mut client = build_swarm(&SigningKey::from_bytes(&[2; 32]), &config)?;
+    let client = build_swarm(&SigningKey::from_bytes(&[2; 32]), &config)?;
     server.listen_on(listen)?;
     let server_id = *server.local_peer_id();
+    let mut requests = fetch::serve(&mut server.behaviour().fetch.new_control())?;
     let (address_tx, mut address_rx) = tokio::sync::mpsc::channel(1);
     let served: std::sync::Arc<[u8]> = std::sync::Arc::from(payload);
     let server = tokio::spawn(async move {
         loop {
-            match server.select_next_some().await {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    let _ = address_tx.send(address).await;
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Fetch(
-                    request_response::Event::Message {
-                        message: Message::Request { channel, .. },
-                        ..
-                    },
-                )) => {
-                    let found = FetchResponse::Found {
-                        header: Vec::new(),
-                        body: served.clone(),
-                    };
-                    if server
-                        .behaviour_mut()
-                        .fetch
-                        .send_response(channel, found)
-                        .is_err()
-                    {
-                        return;
+            tokio::select! {
+                event = server.select_next_some() => {
+                    if let SwarmEvent::NewListenAddr { address, .. } = event {
+                        let _ = address_tx.send(address).await;
                     }
                 }
-                _ => {}
+                Some(request) = requests.recv() => request.respond(FetchResponse::Found {
+                    header: Vec::new(),
+                    body: served.clone(),
+                }),
             }
         }
     });
     let result = tokio::time::timeout(Duration::from_secs(600), async {
         let address = address_rx.recv().await.ok_or("the server stopped")?;
-        client.dial(address)?;
-        fetch_runs(&mut client, server_id, payload, runs).await
+        fetch_runs(
+            client,
+            address,
+            server_id,
+            payload,
+            runs,
+            config.fetch_timeout,
+        )
+        .await
     })
     .await;
     server.abort();
     result.map_err(|_| "the transfers did not finish in 10 minutes")?
 }
 
-/// The client's side of [`fetch`], once it dialed the server.
+/// The client's side of [`fetch`]: dials the server, then fetches.
 async fn fetch_runs(
-    client: &mut libp2p::Swarm<p2ptrain_node::net::Behaviour>,
+    mut client: libp2p::Swarm<p2ptrain_node::net::Behaviour>,
+    address: libp2p::Multiaddr,
     server_id: libp2p::PeerId,
     payload: &[u8],
     runs: usize,
+    timeout: Duration,
 ) -> Result<Vec<f64>, Error> {
+    let (mut fetcher, mut answers) = Fetcher::new(client.behaviour().fetch.new_control(), timeout);
+    client.dial(address)?;
     let id = Digest::of(payload);
     let mut times = Vec::new();
     let mut responses = 0usize;
     let mut started = Instant::now();
     loop {
-        match client.select_next_some().await {
-            SwarmEvent::ConnectionEstablished { .. } => {
-                started = Instant::now();
-                client
-                    .behaviour_mut()
-                    .fetch
-                    .send_request(&server_id, FetchRequest::Payload(id));
+        tokio::select! {
+            event = client.select_next_some() => {
+                if let SwarmEvent::ConnectionEstablished { .. } = event {
+                    started = Instant::now();
+                    fetcher.send(server_id, FetchRequest::Payload(id));
+                }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
-                message: Message::Response { response, .. },
-                ..
-            })) => {
+            Some(answer) = answers.recv() => {
                 let elapsed = started.elapsed().as_secs_f64();
+                let response = answer.result.map_err(|e| format!("fetch failed: {e}"))?;
                 // The bytes are checked once, outside the timed runs.
                 let delivered = match &response {
                     FetchResponse::Found { body, .. } if responses > 0 => {
@@ -227,15 +224,8 @@ async fn fetch_runs(
                     return Ok(times);
                 }
                 started = Instant::now();
-                client
-                    .behaviour_mut()
-                    .fetch
-                    .send_request(&server_id, FetchRequest::Payload(id));
+                fetcher.send(server_id, FetchRequest::Payload(id));
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Fetch(
-                request_response::Event::OutboundFailure { error, .. },
-            )) => return Err(format!("fetch failed: {error}").into()),
-            _ => {}
         }
     }
 }

@@ -1,14 +1,15 @@
-//! Two swarms on loopback: an announcement crosses gossipsub, and the
-//! payload it names comes back over `/p2ptrain/fetch/1`.
+//! Swarms on loopback: an announcement crosses gossipsub and the payload it
+//! names comes back over `/p2ptrain/fetch/2`; a private swarm keeps an
+//! outsider out; a node behind a relay serves a fetch.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::gossipsub;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
+use p2ptrain_node::net::fetch::{self, Fetcher};
 use p2ptrain_node::net::{build_swarm, peer_key, topics, BehaviourEvent, NetConfig};
 use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
@@ -36,6 +37,9 @@ async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
         .unwrap();
     a.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
+    let (mut fetcher, mut answers) =
+        Fetcher::new(a.behaviour().fetch.new_control(), config.fetch_timeout);
+    let mut requests = fetch::serve(&mut b.behaviour().fetch.new_control()).unwrap();
 
     let payload = vec![7u8; 3 << 20];
     let id = Digest::of(b"a contribution");
@@ -50,15 +54,11 @@ async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
                     })) => {
                         assert_eq!(message.data, announcement);
                         let wanted = Digest::from_bytes(message.data[..32].try_into().unwrap());
-                        a.behaviour_mut()
-                            .fetch
-                            .send_request(&propagation_source, FetchRequest::Payload(wanted));
+                        fetcher.send(propagation_source, FetchRequest::Payload(wanted));
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
-                        message: Message::Response { response, .. }, ..
-                    })) => return response,
                     _ => {}
                 },
+                Some(answer) = answers.recv() => return answer.result.unwrap(),
                 event = b.select_next_some() => match event {
                     SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
                         topic, ..
@@ -68,15 +68,13 @@ async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
                             .publish(topics.announce.clone(), announcement.clone())
                             .unwrap();
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
-                        message: Message::Request { request, channel, .. }, ..
-                    })) => {
-                        assert_eq!(request, FetchRequest::Payload(id));
-                        let found = FetchResponse::Found { header: vec![1, 2], body: payload.clone().into() };
-                        b.behaviour_mut().fetch.send_response(channel, found).unwrap();
-                    }
                     _ => {}
                 },
+                Some(request) = requests.recv() => {
+                    assert_eq!(request.request, FetchRequest::Payload(id));
+                    let found = FetchResponse::Found { header: vec![1, 2], body: payload.clone().into() };
+                    request.respond(found);
+                }
             }
         }
     })
@@ -152,6 +150,9 @@ async fn a_node_reached_only_through_a_relay_serves_a_fetch() {
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
     let body = vec![5u8; 4096];
+    let (mut fetcher, mut answers) =
+        Fetcher::new(dialer.behaviour().fetch.new_control(), config.fetch_timeout);
+    let mut requests = fetch::serve(&mut hidden.behaviour().fetch.new_control()).unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             tokio::select! {
@@ -167,36 +168,27 @@ async fn a_node_reached_only_through_a_relay_serves_a_fetch() {
                         hidden.listen_on(circuit).unwrap();
                     }
                 }
-                event = hidden.select_next_some() => match event {
-                    SwarmEvent::NewListenAddr { address, .. } => {
+                event = hidden.select_next_some() => {
+                    if let SwarmEvent::NewListenAddr { address, .. } = event {
                         // The relay accepted the reservation: dial through it
                         // (the address ends in the hidden node's id).
                         assert!(address.iter().any(|p| p == Protocol::P2pCircuit), "{address}");
                         dialer.dial(address).unwrap();
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
-                        message: Message::Request { channel, .. }, ..
-                    })) => {
-                        let found = FetchResponse::Found { header: vec![], body: body.clone().into() };
-                        hidden.behaviour_mut().fetch.send_response(channel, found).unwrap();
-                    }
-                    _ => {}
-                },
+                }
+                Some(request) = requests.recv() => {
+                    request.respond(FetchResponse::Found { header: vec![], body: body.clone().into() });
+                }
                 event = dialer.select_next_some() => match event {
                     SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. }
                         if peer_id == hidden_id =>
                     {
                         assert!(endpoint.is_relayed(), "{endpoint:?}");
-                        dialer
-                            .behaviour_mut()
-                            .fetch
-                            .send_request(&hidden_id, FetchRequest::Payload(Digest::of(b"x")));
+                        fetcher.send(hidden_id, FetchRequest::Payload(Digest::of(b"x")));
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
-                        message: Message::Response { response, .. }, ..
-                    })) => return response,
                     _ => {}
                 },
+                Some(answer) = answers.recv() => return answer.result.unwrap(),
             }
         }
     })

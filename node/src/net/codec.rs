@@ -1,5 +1,7 @@
-//! `/p2ptrain/fetch/1`: the request-response protocol that moves payloads
-//! and checkpoints between peers, in a raw length-prefixed framing.
+//! `/p2ptrain/fetch/2`: the wire format of the fetch protocol, which moves
+//! payloads, checkpoint slices and records between peers ([`super::fetch`]
+//! keeps one stream open per peer and sends its requests over it one after
+//! another).
 //!
 //! ```text
 //! request  = 1u8 id:[u8;32]                    a contribution and its payload
@@ -12,6 +14,8 @@
 //!          | 1u8 len:u32le header len:u64le body
 //! ```
 //!
+//! Each message says where it ends, so a stream carries any number of
+//! request and response pairs; the asking side closes it when done.
 //! Lengths are checked against their limits before anything is allocated.
 //! A raw framing rather than CBOR: on large byte vectors it is several times
 //! faster, and payloads are hashed by the receiver anyway.
@@ -20,12 +24,11 @@ use std::io;
 use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::request_response::Codec;
 use libp2p::StreamProtocol;
 use p2ptrain_protocol::Digest;
 
-/// The protocol id.
-pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2ptrain/fetch/1");
+/// The protocol id. Version 1 carried one request per stream.
+pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2ptrain/fetch/2");
 
 /// Largest header (an encoded signed contribution) accepted.
 pub const MAX_HEADER: u32 = 64 * 1024;
@@ -71,10 +74,6 @@ pub enum FetchResponse {
     },
 }
 
-/// The codec of [`FETCH_PROTOCOL`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FetchCodec;
-
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
@@ -85,139 +84,147 @@ async fn read_vec<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> io::Result<Ve
     Ok(bytes)
 }
 
-impl Codec for FetchCodec {
-    type Protocol = StreamProtocol;
-    type Request = FetchRequest;
-    type Response = FetchResponse;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<FetchRequest>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut tag = [0u8; 1];
-        io.read_exact(&mut tag).await?;
-        if tag[0] == 4 {
-            let mut round = [0u8; 8];
-            io.read_exact(&mut round).await?;
-            return Ok(FetchRequest::Record(u64::from_le_bytes(round)));
-        }
-        let mut id = [0u8; 32];
-        io.read_exact(&mut id).await?;
-        match tag[0] {
-            1 => Ok(FetchRequest::Payload(Digest::from_bytes(id))),
-            5 => Ok(FetchRequest::StoredPayload(Digest::from_bytes(id))),
-            3 => {
-                let mut range = [0u8; 16];
-                io.read_exact(&mut range).await?;
-                let [start, len] = [&range[..8], &range[8..]]
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
-                Ok(FetchRequest::CheckpointSlice {
-                    hash: Digest::from_bytes(id),
-                    start,
-                    len,
-                })
+/// Reads the next request; `None` when the stream ends cleanly before one.
+///
+/// # Errors
+///
+/// An I/O error, or [`io::ErrorKind::InvalidData`] for an unknown request.
+pub async fn read_request<T>(io: &mut T) -> io::Result<Option<FetchRequest>>
+where
+    T: AsyncRead + Unpin,
+{
+    let mut tag = [0u8; 1];
+    if io.read(&mut tag).await? == 0 {
+        return Ok(None);
+    }
+    if tag[0] == 4 {
+        let mut round = [0u8; 8];
+        io.read_exact(&mut round).await?;
+        return Ok(Some(FetchRequest::Record(u64::from_le_bytes(round))));
+    }
+    let mut id = [0u8; 32];
+    io.read_exact(&mut id).await?;
+    let request = match tag[0] {
+        1 => FetchRequest::Payload(Digest::from_bytes(id)),
+        5 => FetchRequest::StoredPayload(Digest::from_bytes(id)),
+        3 => {
+            let mut range = [0u8; 16];
+            io.read_exact(&mut range).await?;
+            let [start, len] = [&range[..8], &range[8..]]
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+            FetchRequest::CheckpointSlice {
+                hash: Digest::from_bytes(id),
+                start,
+                len,
             }
-            _ => Err(invalid("unknown fetch request")),
+        }
+        _ => return Err(invalid("unknown fetch request")),
+    };
+    Ok(Some(request))
+}
+
+/// Reads a response, its body straight into the shared buffer the node
+/// keeps.
+///
+/// # Errors
+///
+/// An I/O error, or [`io::ErrorKind::InvalidData`] for an unknown response
+/// or a length over its limit.
+pub async fn read_response<T>(io: &mut T) -> io::Result<FetchResponse>
+where
+    T: AsyncRead + Unpin,
+{
+    let mut tag = [0u8; 1];
+    io.read_exact(&mut tag).await?;
+    match tag[0] {
+        0 => Ok(FetchResponse::Missing),
+        1 => {
+            let mut len = [0u8; 4];
+            io.read_exact(&mut len).await?;
+            let header_len = u32::from_le_bytes(len);
+            if header_len > MAX_HEADER {
+                return Err(invalid("fetch response header over the limit"));
+            }
+            let header = read_vec(io, header_len as usize).await?;
+            let mut len = [0u8; 8];
+            io.read_exact(&mut len).await?;
+            let body_len = u64::from_le_bytes(len);
+            if body_len > MAX_BODY {
+                return Err(invalid("fetch response body over the limit"));
+            }
+            let body_len = usize::try_from(body_len).map_err(|_| invalid("body too long"))?;
+            let mut body = super::buffer::zeroed(body_len);
+            let Some(into) = Arc::get_mut(&mut body) else {
+                return Err(invalid("body buffer shared"));
+            };
+            io.read_exact(into).await?;
+            Ok(FetchResponse::Found { header, body })
+        }
+        _ => Err(invalid("unknown fetch response")),
+    }
+}
+
+/// Writes a request and flushes it; the stream stays open.
+///
+/// # Errors
+///
+/// An I/O error.
+pub async fn write_request<T>(io: &mut T, request: &FetchRequest) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin,
+{
+    let mut wire = Vec::with_capacity(49);
+    match request {
+        FetchRequest::Payload(id) => {
+            wire.push(1);
+            wire.extend_from_slice(id.as_bytes());
+        }
+        FetchRequest::Record(round) => {
+            wire.push(4);
+            wire.extend_from_slice(&round.to_le_bytes());
+        }
+        FetchRequest::StoredPayload(hash) => {
+            wire.push(5);
+            wire.extend_from_slice(hash.as_bytes());
+        }
+        FetchRequest::CheckpointSlice { hash, start, len } => {
+            wire.push(3);
+            wire.extend_from_slice(hash.as_bytes());
+            wire.extend_from_slice(&start.to_le_bytes());
+            wire.extend_from_slice(&len.to_le_bytes());
         }
     }
+    io.write_all(&wire).await?;
+    io.flush().await
+}
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<FetchResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut tag = [0u8; 1];
-        io.read_exact(&mut tag).await?;
-        match tag[0] {
-            0 => Ok(FetchResponse::Missing),
-            1 => {
-                let mut len = [0u8; 4];
-                io.read_exact(&mut len).await?;
-                let header_len = u32::from_le_bytes(len);
-                if header_len > MAX_HEADER {
-                    return Err(invalid("fetch response header over the limit"));
-                }
-                let header = read_vec(io, header_len as usize).await?;
-                let mut len = [0u8; 8];
-                io.read_exact(&mut len).await?;
-                let body_len = u64::from_le_bytes(len);
-                if body_len > MAX_BODY {
-                    return Err(invalid("fetch response body over the limit"));
-                }
-                let body_len = usize::try_from(body_len).map_err(|_| invalid("body too long"))?;
-                // Read straight into the shared buffer the node keeps.
-                let mut body = super::buffer::zeroed(body_len);
-                let Some(into) = Arc::get_mut(&mut body) else {
-                    return Err(invalid("body buffer shared"));
-                };
-                io.read_exact(into).await?;
-                Ok(FetchResponse::Found { header, body })
+/// Writes a response and flushes it; the stream stays open.
+///
+/// # Errors
+///
+/// An I/O error, or [`io::ErrorKind::InvalidData`] for a response over the
+/// limits.
+pub async fn write_response<T>(io: &mut T, response: &FetchResponse) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin,
+{
+    match response {
+        FetchResponse::Missing => io.write_all(&[0]).await?,
+        FetchResponse::Found { header, body } => {
+            let header_len = u32::try_from(header.len()).map_err(|_| invalid("header too long"))?;
+            if header_len > MAX_HEADER || body.len() as u64 > MAX_BODY {
+                return Err(invalid("fetch response over the limit"));
             }
-            _ => Err(invalid("unknown fetch response")),
+            let mut head = Vec::with_capacity(13 + header.len());
+            head.push(1);
+            head.extend_from_slice(&header_len.to_le_bytes());
+            head.extend_from_slice(header);
+            head.extend_from_slice(&(body.len() as u64).to_le_bytes());
+            io.write_all(&head).await?;
+            io.write_all(body).await?;
         }
     }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: FetchRequest,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        match request {
-            FetchRequest::Payload(id) => {
-                io.write_all(&[1]).await?;
-                io.write_all(id.as_bytes()).await?;
-            }
-            FetchRequest::Record(round) => {
-                io.write_all(&[4]).await?;
-                io.write_all(&round.to_le_bytes()).await?;
-            }
-            FetchRequest::StoredPayload(hash) => {
-                io.write_all(&[5]).await?;
-                io.write_all(hash.as_bytes()).await?;
-            }
-            FetchRequest::CheckpointSlice { hash, start, len } => {
-                io.write_all(&[3]).await?;
-                io.write_all(hash.as_bytes()).await?;
-                io.write_all(&start.to_le_bytes()).await?;
-                io.write_all(&len.to_le_bytes()).await?;
-            }
-        }
-        io.close().await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: FetchResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        match response {
-            FetchResponse::Missing => io.write_all(&[0]).await?,
-            FetchResponse::Found { header, body } => {
-                let header_len =
-                    u32::try_from(header.len()).map_err(|_| invalid("header too long"))?;
-                if header_len > MAX_HEADER || body.len() as u64 > MAX_BODY {
-                    return Err(invalid("fetch response over the limit"));
-                }
-                io.write_all(&[1]).await?;
-                io.write_all(&header_len.to_le_bytes()).await?;
-                io.write_all(&header).await?;
-                io.write_all(&(body.len() as u64).to_le_bytes()).await?;
-                io.write_all(&body).await?;
-            }
-        }
-        io.close().await
-    }
+    io.flush().await
 }
 
 #[cfg(test)]
@@ -226,20 +233,17 @@ mod tests {
     use futures::executor::block_on;
     use futures::io::Cursor;
 
-    fn round_trip_response(response: FetchResponse) -> io::Result<FetchResponse> {
+    fn round_trip_response(response: &FetchResponse) -> io::Result<FetchResponse> {
         block_on(async {
             let mut wire = Cursor::new(Vec::new());
-            FetchCodec
-                .write_response(&FETCH_PROTOCOL, &mut wire, response)
-                .await?;
-            let mut wire = Cursor::new(wire.into_inner());
-            FetchCodec.read_response(&FETCH_PROTOCOL, &mut wire).await
+            write_response(&mut wire, response).await?;
+            read_response(&mut Cursor::new(wire.into_inner())).await
         })
     }
 
     #[test]
-    fn requests_and_responses_round_trip() {
-        for request in [
+    fn requests_follow_one_another_on_a_stream_until_it_ends() {
+        let requests = [
             FetchRequest::Payload(Digest::of(b"a")),
             FetchRequest::CheckpointSlice {
                 hash: Digest::of(b"b"),
@@ -248,24 +252,31 @@ mod tests {
             },
             FetchRequest::Record(77),
             FetchRequest::StoredPayload(Digest::of(b"c")),
-        ] {
-            let back = block_on(async {
-                let mut wire = Cursor::new(Vec::new());
-                FetchCodec
-                    .write_request(&FETCH_PROTOCOL, &mut wire, request)
-                    .await?;
-                let mut wire = Cursor::new(wire.into_inner());
-                FetchCodec.read_request(&FETCH_PROTOCOL, &mut wire).await
-            });
-            assert_eq!(back.unwrap(), request);
-        }
+        ];
+        let back = block_on(async {
+            let mut wire = Cursor::new(Vec::new());
+            for request in &requests {
+                write_request(&mut wire, request).await?;
+            }
+            let mut wire = Cursor::new(wire.into_inner());
+            let mut back = Vec::new();
+            while let Some(request) = read_request(&mut wire).await? {
+                back.push(request);
+            }
+            io::Result::Ok(back)
+        });
+        assert_eq!(back.unwrap(), requests);
+    }
+
+    #[test]
+    fn responses_round_trip() {
         let found = FetchResponse::Found {
             header: vec![1, 2, 3],
             body: Arc::from(vec![7; 100_000]),
         };
-        assert_eq!(round_trip_response(found.clone()).unwrap(), found);
+        assert_eq!(round_trip_response(&found).unwrap(), found);
         assert_eq!(
-            round_trip_response(FetchResponse::Missing).unwrap(),
+            round_trip_response(&FetchResponse::Missing).unwrap(),
             FetchResponse::Missing
         );
     }
@@ -275,13 +286,17 @@ mod tests {
         let mut wire = vec![1u8];
         wire.extend_from_slice(&0u32.to_le_bytes());
         wire.extend_from_slice(&u64::MAX.to_le_bytes());
-        let read = block_on(FetchCodec.read_response(&FETCH_PROTOCOL, &mut Cursor::new(wire)));
+        let read = block_on(read_response(&mut Cursor::new(wire)));
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
         let truncated = vec![1u8, 3, 0, 0, 0, 9];
-        let read = block_on(FetchCodec.read_response(&FETCH_PROTOCOL, &mut Cursor::new(truncated)));
-        assert!(read.is_err());
-        let read =
-            block_on(FetchCodec.read_request(&FETCH_PROTOCOL, &mut Cursor::new(vec![9u8; 33])));
+        assert!(block_on(read_response(&mut Cursor::new(truncated))).is_err());
+        let read = block_on(read_request(&mut Cursor::new(vec![9u8; 33])));
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_request_cut_short_is_an_error_not_the_end() {
+        let read = block_on(read_request(&mut Cursor::new(vec![1u8; 20])));
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 }

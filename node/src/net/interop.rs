@@ -1,22 +1,26 @@
 //! A node's TCP stack (its own TLS set-up, noise, its own yamux set-up)
-//! against a stock libp2p peer: a payload crosses each way, over libp2p's
-//! TLS and over noise.
+//! against a stock libp2p peer (libp2p's TLS or noise, libp2p's yamux,
+//! libp2p's stream behaviour): a payload crosses each way on the fetch
+//! streams, twice, over libp2p's TLS and over noise.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::request_response::{self, Message, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use p2ptrain_protocol::{Digest, SigningKey};
 
-use super::codec::{FetchCodec, FetchRequest, FetchResponse, FETCH_PROTOCOL};
-use super::{build_swarm, Behaviour, BehaviourEvent, NetConfig};
+use super::codec::{FetchRequest, FetchResponse};
+use super::fetch::{self, Fetcher};
+use super::{build_swarm, Behaviour, NetConfig};
 
 /// Larger than yamux's initial window and many of this side's frames.
 const PAYLOAD_BYTES: usize = 3 << 20;
 
-type Stock = request_response::Behaviour<FetchCodec>;
+type Stock = libp2p_stream::Behaviour;
+
+/// Each side fetches this many times over its one stream.
+const FETCHES: usize = 2;
 
 /// The security a stock peer offers.
 #[derive(Debug, Clone, Copy)]
@@ -26,13 +30,7 @@ enum Security {
 }
 
 fn stock_peer(security: Security) -> Swarm<Stock> {
-    let behaviour = |_: &libp2p::identity::Keypair| {
-        request_response::Behaviour::with_codec(
-            FetchCodec,
-            [(FETCH_PROTOCOL, ProtocolSupport::Full)],
-            request_response::Config::default(),
-        )
-    };
+    let behaviour = |_: &libp2p::identity::Keypair| libp2p_stream::Behaviour::new();
     let builder = libp2p::SwarmBuilder::with_new_identity().with_tokio();
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
     match security {
@@ -69,13 +67,13 @@ fn payload(seed: u8) -> Vec<u8> {
 #[derive(Debug, Default)]
 struct Seen {
     connected: Option<PeerId>,
-    received: Option<Vec<u8>>,
+    received: Vec<Vec<u8>>,
 }
 
 impl Seen {
-    fn on_response(&mut self, response: FetchResponse) {
-        if let FetchResponse::Found { body, .. } = response {
-            self.received = Some(body.to_vec());
+    fn on_answer(&mut self, answer: fetch::FetchAnswer) {
+        if let Ok(FetchResponse::Found { body, .. }) = answer.result {
+            self.received.push(body.to_vec());
         }
     }
 }
@@ -88,7 +86,7 @@ fn found(body: &[u8]) -> FetchResponse {
 }
 
 /// The node listens, the stock peer dials; each asks the other for its
-/// payload once connected and serves its own.
+/// payload [`FETCHES`] times once connected and serves its own.
 async fn exchange(security: Security) -> (Seen, Seen) {
     let config = NetConfig {
         mdns: false,
@@ -99,10 +97,16 @@ async fn exchange(security: Security) -> (Seen, Seen) {
     let mut stock = stock_peer(security);
     node.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
+    let mut node_control = node.behaviour().fetch.new_control();
+    let mut stock_control = stock.behaviour().new_control();
+    let mut node_requests = fetch::serve(&mut node_control).unwrap();
+    let mut stock_requests = fetch::serve(&mut stock_control).unwrap();
+    let (mut node_fetcher, mut node_answers) = Fetcher::new(node_control, config.fetch_timeout);
+    let (mut stock_fetcher, mut stock_answers) = Fetcher::new(stock_control, config.fetch_timeout);
     let (node_payload, stock_payload) = (payload(1), payload(2));
     let (mut node_seen, mut stock_seen) = (Seen::default(), Seen::default());
     let wanted = FetchRequest::Payload(Digest::of(b"any"));
-    while node_seen.received.is_none() || stock_seen.received.is_none() {
+    while node_seen.received.len() < FETCHES || stock_seen.received.len() < FETCHES {
         tokio::select! {
             event = node.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
@@ -111,29 +115,17 @@ async fn exchange(security: Security) -> (Seen, Seen) {
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                     node_seen.connected = Some(peer_id);
-                    node.behaviour_mut().fetch.send_request(&peer_id, wanted);
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
-                    message, ..
-                })) => match message {
-                    Message::Request { channel, .. } => {
-                        let _ = node.behaviour_mut().fetch.send_response(channel, found(&node_payload));
+                    for _ in 0..FETCHES {
+                        node_fetcher.send(peer_id, wanted);
                     }
-                    Message::Response { response, .. } => node_seen.on_response(response),
-                },
+                }
                 _ => {}
             },
             event = stock.select_next_some() => match event {
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                     stock_seen.connected = Some(peer_id);
-                    stock.behaviour_mut().send_request(&peer_id, wanted);
-                }
-                SwarmEvent::Behaviour(request_response::Event::Message { message, .. }) => {
-                    match message {
-                        Message::Request { channel, .. } => {
-                            let _ = stock.behaviour_mut().send_response(channel, found(&stock_payload));
-                        }
-                        Message::Response { response, .. } => stock_seen.on_response(response),
+                    for _ in 0..FETCHES {
+                        stock_fetcher.send(peer_id, wanted);
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
@@ -141,6 +133,10 @@ async fn exchange(security: Security) -> (Seen, Seen) {
                 }
                 _ => {}
             },
+            Some(request) = node_requests.recv() => request.respond(found(&node_payload)),
+            Some(request) = stock_requests.recv() => request.respond(found(&stock_payload)),
+            Some(answer) = node_answers.recv() => node_seen.on_answer(answer),
+            Some(answer) = stock_answers.recv() => stock_seen.on_answer(answer),
         }
     }
     assert_eq!(node_seen.connected, Some(*stock.local_peer_id()));
@@ -153,11 +149,11 @@ async fn payloads_cross_each_way(security: Security) {
         .await
         .expect("the exchange finished within a minute");
     assert!(
-        node_seen.received == Some(payload(2)),
+        node_seen.received == vec![payload(2); FETCHES],
         "node got other bytes"
     );
     assert!(
-        stock_seen.received == Some(payload(1)),
+        stock_seen.received == vec![payload(1); FETCHES],
         "stock peer got other bytes"
     );
 }

@@ -3,9 +3,10 @@
 //! them. The event loop that drives the round engine sits on top of this.
 //!
 //! - Gossipsub carries the small messages (announcements, commits) on the
-//!   run's topics; payloads and checkpoints move by `/p2ptrain/fetch/1`
-//!   ([`codec`]), fetched from whichever peer has them and checked by
-//!   blake3 on arrival.
+//!   run's topics; payloads and checkpoints move by `/p2ptrain/fetch/2`
+//!   ([`fetch`], over a stream kept open per peer; [`codec`] is its wire
+//!   format), fetched from whichever peer has them and checked by blake3
+//!   on arrival.
 //! - TCP connections are secured by libp2p's TLS 1.3 handshake ([`tls`],
 //!   AES-GCM first where the CPU has AES instructions; noise is offered
 //!   too) and carry their streams in yamux frames of up to 256 KiB
@@ -17,6 +18,7 @@
 pub mod access;
 pub mod buffer;
 pub mod codec;
+pub mod fetch;
 #[cfg(test)]
 mod interop;
 #[cfg(test)]

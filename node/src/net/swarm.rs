@@ -10,12 +10,11 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay,
-    request_response, tcp, Swarm,
+    allow_block_list, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, tcp,
+    Swarm,
 };
 use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
-use super::codec::{FetchCodec, FETCH_PROTOCOL};
 use super::mux::Yamux;
 use super::tls::Tls;
 
@@ -75,8 +74,9 @@ pub struct Behaviour {
     pub allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     /// Announcements and commits.
     pub gossipsub: gossipsub::Behaviour,
-    /// Payloads and checkpoints.
-    pub fetch: request_response::Behaviour<FetchCodec>,
+    /// The streams that carry payloads, checkpoint slices and records
+    /// ([`super::fetch`]).
+    pub fetch: libp2p_stream::Behaviour,
     /// Who is this peer, and where.
     pub identify: identify::Behaviour,
     /// Liveness.
@@ -219,11 +219,6 @@ fn behaviour(
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossip_config,
     )?;
-    let fetch = request_response::Behaviour::with_codec(
-        FetchCodec,
-        [(FETCH_PROTOCOL, request_response::ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(config.fetch_timeout),
-    );
     let identify = identify::Behaviour::new(identify::Config::new(
         "/p2ptrain/1.0.0".to_owned(),
         key.public(),
@@ -259,7 +254,7 @@ fn behaviour(
     Ok(Behaviour {
         allow: allow.into(),
         gossipsub,
-        fetch,
+        fetch: libp2p_stream::Behaviour::new(),
         identify,
         ping: ping::Behaviour::default(),
         kad,

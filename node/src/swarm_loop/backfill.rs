@@ -140,7 +140,7 @@ impl Node {
                     return;
                 }
             };
-            let request = self.swarm.behaviour_mut().fetch.send_request(&peer, ask);
+            let request = self.fetcher.send(peer, ask);
             self.backfill_asks.insert(request, peer);
             return;
         }
@@ -186,7 +186,7 @@ impl Node {
     /// for a peer that lacked it or failed.
     pub(super) async fn on_backfill(
         &mut self,
-        request: libp2p::request_response::OutboundRequestId,
+        request: crate::net::fetch::FetchId,
         body: Option<&[u8]>,
     ) -> Result<(), NodeError> {
         if self.backfill_asks.remove(&request).is_none() {

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use libp2p::request_response::{self, Message, OutboundRequestId};
 use libp2p::PeerId;
 use p2ptrain_protocol::codec;
 
@@ -13,79 +12,50 @@ use super::{Node, NodeError, NodeEvent};
 use crate::chain::ChainState;
 use crate::engine::{Head, Input};
 use crate::net::codec::{FetchRequest, FetchResponse};
+use crate::net::fetch::{FetchAnswer, FetchId, InboundFetch};
 use crate::net::slices::Outboard;
 use crate::net::{peer_id, peer_key};
 
 impl Node {
-    pub(super) async fn on_fetch(
-        &mut self,
-        event: request_response::Event<FetchRequest, FetchResponse>,
-    ) -> Result<(), NodeError> {
-        match event {
-            request_response::Event::Message {
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let response = self.serve(request);
-                if let FetchResponse::Found { header, body } = &response {
-                    self.count_bytes(0, header.len() + body.len());
-                }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .fetch
-                    .send_response(channel, response);
-            }
-            request_response::Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let FetchResponse::Found { header, body } = &response {
-                    self.count_bytes(header.len() + body.len(), 0);
-                }
-                if let Some(id) = self.fetches.remove(&request_id) {
-                    let input = match response {
-                        FetchResponse::Found { header, body } => match codec::decode(&header) {
-                            Ok(contribution) => Input::PayloadArrived {
-                                contribution,
-                                bytes: body,
-                            },
-                            Err(_) => Input::FetchFailed { id },
-                        },
-                        FetchResponse::Missing => Input::FetchFailed { id },
-                    };
-                    self.feed(input).await?;
-                } else {
-                    let body = match &response {
-                        FetchResponse::Found { body, .. } => Some(&body[..]),
-                        FetchResponse::Missing => None,
-                    };
-                    if self.backfill_asks.contains_key(&request_id) {
-                        self.on_backfill(request_id, body).await?;
-                    } else {
-                        self.on_slice(request_id, body).await?;
-                    }
-                }
-            }
-            request_response::Event::OutboundFailure { request_id, .. } => {
-                if let Some(id) = self.fetches.remove(&request_id) {
-                    self.feed(Input::FetchFailed { id }).await?;
-                } else if self.backfill_asks.contains_key(&request_id) {
-                    self.on_backfill(request_id, None).await?;
-                } else {
-                    self.on_slice(request_id, None).await?;
-                }
-            }
-            _ => {}
+    /// Answers a peer's request from what this node holds.
+    pub(super) fn on_inbound_fetch(&mut self, inbound: InboundFetch) {
+        let response = self.serve(inbound.request);
+        if let FetchResponse::Found { header, body } = &response {
+            self.count_bytes(0, header.len() + body.len());
         }
-        Ok(())
+        inbound.respond(response);
+    }
+
+    /// Takes the answer to one of this node's requests: a payload for the
+    /// engine, a checkpoint slice for the download, or a record for the
+    /// backfill.
+    pub(super) async fn on_fetch_answer(&mut self, answer: FetchAnswer) -> Result<(), NodeError> {
+        let response = answer.result.ok();
+        if let Some(FetchResponse::Found { header, body }) = &response {
+            self.count_bytes(header.len() + body.len(), 0);
+        }
+        if let Some(id) = self.fetches.remove(&answer.id) {
+            let input = match response {
+                Some(FetchResponse::Found { header, body }) => match codec::decode(&header) {
+                    Ok(contribution) => Input::PayloadArrived {
+                        contribution,
+                        bytes: body,
+                    },
+                    Err(_) => Input::FetchFailed { id },
+                },
+                Some(FetchResponse::Missing) | None => Input::FetchFailed { id },
+            };
+            return self.feed(input).await;
+        }
+        let body = match &response {
+            Some(FetchResponse::Found { body, .. }) => Some(&body[..]),
+            Some(FetchResponse::Missing) | None => None,
+        };
+        if self.backfill_asks.contains_key(&answer.id) {
+            self.on_backfill(answer.id, body).await
+        } else {
+            self.on_slice(answer.id, body).await
+        }
     }
 
     fn serve(&mut self, request: FetchRequest) -> FetchResponse {
@@ -192,21 +162,17 @@ impl Node {
         let Some(download) = &mut self.download else {
             return;
         };
-        let fetch = &mut self.swarm.behaviour_mut().fetch;
+        let fetcher = &mut self.fetcher;
         let hash = download.hash();
         download.pump(|peer, start, len| {
-            Some(fetch.send_request(&peer, FetchRequest::CheckpointSlice { hash, start, len }))
+            Some(fetcher.send(peer, FetchRequest::CheckpointSlice { hash, start, len }))
         });
         let progress = download.progress();
         self.status.send_modify(|s| s.downloading = Some(progress));
     }
 
     /// Takes a slice (or the lack of one) for the download.
-    async fn on_slice(
-        &mut self,
-        request: OutboundRequestId,
-        slice: Option<&[u8]>,
-    ) -> Result<(), NodeError> {
+    async fn on_slice(&mut self, request: FetchId, slice: Option<&[u8]>) -> Result<(), NodeError> {
         let Some(download) = self.download.as_mut().filter(|d| d.owns(&request)) else {
             return Ok(());
         };

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::request_response::OutboundRequestId;
 use libp2p::{gossipsub, Multiaddr, PeerId, Swarm};
 use p2ptrain_protocol::{codec, Digest, PeerKey, RunManifest, SigningKey};
 use tokio::sync::{mpsc, watch};
@@ -31,6 +30,7 @@ use tokio::time::Instant;
 use crate::chain::{self, ChainError, ChainState, DataDir, ResumedFrom};
 use crate::engine::{Engine, EngineConfig, Head, Input, Millis, Output, Verify};
 use crate::net::codec::FetchRequest;
+use crate::net::fetch::{self as fetching, FetchAnswer, FetchId, Fetcher};
 use crate::net::{build_swarm, peer_id, topics, Behaviour, NetConfig, NetError, Topics};
 use error::with_causes;
 pub use error::NodeError;
@@ -117,13 +117,18 @@ pub struct Node {
     stepped_tx: mpsc::Sender<outer::Stepped>,
     stepped_rx: mpsc::Receiver<outer::Stepped>,
     status: watch::Sender<Status>,
-    fetches: HashMap<OutboundRequestId, Digest>,
+    /// Asks peers for payloads, checkpoint slices and records.
+    fetcher: Fetcher,
+    /// The fetcher's answers.
+    fetch_answers: mpsc::Receiver<FetchAnswer>,
+    /// Payloads being fetched for the engine.
+    fetches: HashMap<FetchId, Digest>,
     /// The checkpoint being downloaded to adopt, if any.
-    download: Option<download::Download<OutboundRequestId>>,
+    download: Option<download::Download<FetchId>>,
     /// The records of adopted rounds being fetched, if any.
     backfill: Option<backfill::Backfill>,
     /// Its requests in flight, with the peer asked.
-    backfill_asks: HashMap<OutboundRequestId, PeerId>,
+    backfill_asks: HashMap<FetchId, PeerId>,
     /// Whether the directory was checked for missing records since start.
     backfill_checked: bool,
     /// Peers that relay, with their public addresses.
@@ -227,6 +232,8 @@ impl Node {
         let engine = Engine::with_checker(config, head, Verify)?;
         let (trained_tx, trained_rx) = mpsc::channel(1);
         let (stepped_tx, stepped_rx) = mpsc::channel(4);
+        let control = swarm.behaviour().fetch.new_control();
+        let (fetcher, fetch_answers) = Fetcher::new(control, setup.net.fetch_timeout);
         Ok(Self {
             swarm,
             engine,
@@ -251,6 +258,8 @@ impl Node {
             stepped_tx,
             stepped_rx,
             status,
+            fetcher,
+            fetch_answers,
             fetches: HashMap::new(),
             download: None,
             backfill: None,
@@ -313,6 +322,9 @@ impl Node {
     ///
     /// [`NodeError`] when training or the data directory fails.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), NodeError> {
+        let mut control = self.swarm.behaviour().fetch.new_control();
+        let mut inbound_fetches = fetching::serve(&mut control)
+            .map_err(|e| NetError::Behaviour(format!("fetch streams: {e}")))?;
         if let Some(own) = self.reannounce.take() {
             self.feed(own).await?;
         }
@@ -336,6 +348,8 @@ impl Node {
                     Some(Command::Shutdown) | None => return self.stop().await,
                 },
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await?,
+                Some(inbound) = inbound_fetches.recv() => self.on_inbound_fetch(inbound),
+                Some(answer) = self.fetch_answers.recv() => self.on_fetch_answer(answer).await?,
                 Some(stepped) = self.stepped_rx.recv() => self.on_stepped(stepped).await?,
                 Some((worker, update)) = self.trained_rx.recv() => {
                     self.train_loss = worker.last_loss().or(self.train_loss);
@@ -431,11 +445,7 @@ impl Node {
             Output::PublishEvidence(proof) => self.publish(&self.topics.evidence.clone(), &proof),
             Output::Fetch { id, from } => {
                 if let Some(peer) = peer_id(&from) {
-                    let request = self
-                        .swarm
-                        .behaviour_mut()
-                        .fetch
-                        .send_request(&peer, FetchRequest::Payload(id));
+                    let request = self.fetcher.send(peer, FetchRequest::Payload(id));
                     self.fetches.insert(request, id);
                 } else {
                     return Ok(Some(Input::FetchFailed { id }));

@@ -82,6 +82,9 @@ impl Node {
                 ..
             } => {
                 self.on_connection_closed(peer_id, connection_id);
+                if num_established == 0 {
+                    self.fetcher.forget(&peer_id);
+                }
                 // The last connection to the peer: it left.
                 if let Some(key) = peer_key(&peer_id).filter(|_| num_established == 0) {
                     self.report(NodeEvent::PeerLeft(key)).await;
@@ -148,7 +151,6 @@ impl Node {
                     self.feed(Input::PeerGone(key)).await?;
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event).await?,
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat(event).await,

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::request_response::{self, Message};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, Multiaddr};
 use p2ptrain_kernels::compress;
 use p2ptrain_node::chain::DataDir;
 use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
-use p2ptrain_node::net::{build_swarm, topics, BehaviourEvent, NetConfig};
+use p2ptrain_node::net::{build_swarm, fetch, topics, BehaviourEvent, NetConfig};
 use p2ptrain_protocol::{codec, Contribution, Digest, PayloadRef, PeerKey, Signed, SigningKey};
 use p2ptrain_trainer::ParamLayout;
 
@@ -73,38 +72,35 @@ fn rogue(dir: &DataDir, node: Multiaddr, stop: Arc<AtomicBool>) -> std::thread::
                 .gossipsub
                 .subscribe(&topics.announce)
                 .unwrap();
+            let mut requests = fetch::serve(&mut swarm.behaviour().fetch.new_control()).unwrap();
             swarm.dial(node).unwrap();
             let announcement = codec::encode(&signed).unwrap();
             while !stop.load(Ordering::Relaxed) {
-                let event = tokio::time::timeout(Duration::from_millis(100), swarm.next()).await;
-                let Ok(Some(event)) = event else { continue };
-                match event {
-                    SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
-                        gossipsub::Event::Subscribed { topic, .. },
-                    )) if topic == topics.announce.hash() => {
+                let event = tokio::select! {
+                    event = swarm.next() => event,
+                    Some(request) = requests.recv() => {
+                        let response = match request.request {
+                            FetchRequest::Payload(_) => FetchResponse::Found {
+                                header: announcement.clone(),
+                                body: tampered.clone().into(),
+                            },
+                            _ => FetchResponse::Missing,
+                        };
+                        request.respond(response);
+                        continue;
+                    }
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                };
+                if let Some(SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                    gossipsub::Event::Subscribed { topic, .. },
+                ))) = event
+                {
+                    if topic == topics.announce.hash() {
                         let _ = swarm
                             .behaviour_mut()
                             .gossipsub
                             .publish(topics.announce.clone(), announcement.clone());
                     }
-                    SwarmEvent::Behaviour(BehaviourEvent::Fetch(
-                        request_response::Event::Message {
-                            message:
-                                Message::Request {
-                                    request: FetchRequest::Payload(_),
-                                    channel,
-                                    ..
-                                },
-                            ..
-                        },
-                    )) => {
-                        let response = FetchResponse::Found {
-                            header: announcement.clone(),
-                            body: tampered.clone().into(),
-                        };
-                        let _ = swarm.behaviour_mut().fetch.send_response(channel, response);
-                    }
-                    _ => {}
                 }
             }
         });

@@ -1,0 +1,437 @@
+//! Fetching over streams kept open: one stream per peer, over which
+//! requests go one after another ([`codec`](super::codec) is the wire
+//! format).
+//!
+//! A stream is opened (and its protocol negotiated) on a peer's first
+//! request and kept for the next ones, so a fetch costs one request and one
+//! response on the wire, with no negotiation and no new stream. The
+//! swarm's [`libp2p_stream::Behaviour`] hands the streams out; everything
+//! here runs in tasks of its own, beside the event loop:
+//!
+//! - [`Fetcher::send`] queues a request for a peer and returns its
+//!   [`FetchId`]; the answer comes back on the receiver that
+//!   [`Fetcher::new`] returned, as a [`FetchAnswer`].
+//! - [`serve`] accepts the streams that peers open and hands each request
+//!   to the event loop as an [`InboundFetch`], which it answers with
+//!   [`InboundFetch::respond`].
+//!
+//! ```no_run
+//! # async fn run(swarm: libp2p::Swarm<p2ptrain_node::net::Behaviour>, peer: libp2p::PeerId) {
+//! use std::time::Duration;
+//! use p2ptrain_node::net::codec::FetchRequest;
+//! use p2ptrain_node::net::fetch::{self, Fetcher};
+//!
+//! let mut control = swarm.behaviour().fetch.new_control();
+//! let mut inbound = fetch::serve(&mut control).expect("served once");
+//! let (mut fetcher, mut answers) = Fetcher::new(control, Duration::from_secs(120));
+//! let id = fetcher.send(peer, FetchRequest::Record(3));
+//! // ... drive the swarm; answer `inbound.recv()`s; then:
+//! let answer = answers.recv().await.expect("the fetcher is alive");
+//! assert_eq!(answer.id, id);
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::{PeerId, Stream};
+use libp2p_stream::{AlreadyRegistered, Control, OpenStreamError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{self, FetchRequest, FetchResponse, FETCH_PROTOCOL};
+
+/// Answers waiting for the event loop, and requests waiting for it, at most.
+const QUEUE: usize = 64;
+
+/// Names a request sent with [`Fetcher::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FetchId(u64);
+
+/// Why a fetch brought no response.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No stream could be opened to the peer (not connected, or it does
+    /// not speak the protocol).
+    #[error("no fetch stream: {0}")]
+    Open(#[from] OpenStreamError),
+    /// The stream failed, or the peer sent something that is not a
+    /// response.
+    #[error("fetch stream: {0}")]
+    Io(#[from] io::Error),
+    /// No response within the fetch timeout.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The outcome of a request.
+#[derive(Debug)]
+pub struct FetchAnswer {
+    /// The request, as [`Fetcher::send`] named it.
+    pub id: FetchId,
+    /// The peer asked.
+    pub peer: PeerId,
+    /// Its response, or why there is none.
+    pub result: Result<FetchResponse, FetchError>,
+}
+
+/// The asking side: a task per peer, each with its stream.
+pub struct Fetcher {
+    control: Control,
+    links: HashMap<PeerId, mpsc::UnboundedSender<(FetchId, FetchRequest)>>,
+    answers: mpsc::Sender<FetchAnswer>,
+    timeout: Duration,
+    next: u64,
+}
+
+impl Fetcher {
+    /// A fetcher that opens its streams through `control`, and the
+    /// receiver of its answers. A request with no response within
+    /// `timeout` fails.
+    pub fn new(control: Control, timeout: Duration) -> (Self, mpsc::Receiver<FetchAnswer>) {
+        let (answers, receiver) = mpsc::channel(QUEUE);
+        let fetcher = Self {
+            control,
+            links: HashMap::new(),
+            answers,
+            timeout,
+            next: 0,
+        };
+        (fetcher, receiver)
+    }
+
+    /// Queues `request` for `peer`; its answer will carry the returned id.
+    /// Must be called inside a tokio runtime (the peer's first request
+    /// starts its task).
+    pub fn send(&mut self, peer: PeerId, request: FetchRequest) -> FetchId {
+        self.next += 1;
+        let id = FetchId(self.next);
+        let mut queued = (id, request);
+        if let Some(link) = self.links.get(&peer) {
+            match link.send(queued) {
+                Ok(()) => return id,
+                // The task ended (its answers' receiver went away); start
+                // another.
+                Err(mpsc::error::SendError(back)) => queued = back,
+            }
+        }
+        let (link, requests) = mpsc::unbounded_channel();
+        let _ = link.send(queued);
+        self.links.insert(peer, link);
+        let task = Link {
+            peer,
+            control: self.control.clone(),
+            stream: None,
+            timeout: self.timeout,
+        };
+        tokio::spawn(task.run(requests, self.answers.clone()));
+        id
+    }
+
+    /// Ends `peer`'s task (once the requests queued for it are answered)
+    /// and closes its stream: for a peer that left.
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.links.remove(peer);
+    }
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("peers", &self.links.len())
+            .field("timeout", &self.timeout)
+            .field("sent", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One peer's task: its requests, in order, over one stream.
+struct Link {
+    peer: PeerId,
+    control: Control,
+    stream: Option<Stream>,
+    timeout: Duration,
+}
+
+impl Link {
+    async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<(FetchId, FetchRequest)>,
+        answers: mpsc::Sender<FetchAnswer>,
+    ) {
+        while let Some((id, request)) = requests.recv().await {
+            let result = self.exchange(&request).await;
+            let answer = FetchAnswer {
+                id,
+                peer: self.peer,
+                result,
+            };
+            if answers.send(answer).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Sends `request` and reads its response. A kept stream that fails
+    /// may have died with its connection since its last use: the request
+    /// is tried once more on a fresh one.
+    async fn exchange(&mut self, request: &FetchRequest) -> Result<FetchResponse, FetchError> {
+        let reused = self.stream.is_some();
+        match self.attempt(request).await {
+            Err(FetchError::Io(e)) if reused && e.kind() != io::ErrorKind::InvalidData => {
+                self.attempt(request).await
+            }
+            result => result,
+        }
+    }
+
+    /// One try; the stream is dropped on any failure.
+    async fn attempt(&mut self, request: &FetchRequest) -> Result<FetchResponse, FetchError> {
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => {
+                    let mut stream = self.control.open_stream(self.peer, FETCH_PROTOCOL).await?;
+                    // The stream lives as long as the peer is asked things;
+                    // it does not keep an otherwise idle connection open.
+                    stream.ignore_for_keep_alive();
+                    self.stream.insert(stream)
+                }
+            };
+            codec::write_request(stream, request).await?;
+            Ok(codec::read_response(stream).await?)
+        })
+        .await;
+        let result = outcome.unwrap_or(Err(FetchError::Timeout(self.timeout)));
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+}
+
+/// A peer's request, for the event loop to answer.
+#[derive(Debug)]
+pub struct InboundFetch {
+    /// Who asks.
+    pub peer: PeerId,
+    /// What it asks for.
+    pub request: FetchRequest,
+    reply: oneshot::Sender<FetchResponse>,
+}
+
+impl InboundFetch {
+    /// Sends `response` back over the peer's stream.
+    pub fn respond(self, response: FetchResponse) {
+        let _ = self.reply.send(response);
+    }
+}
+
+/// Starts accepting fetch streams through `control`: the receiver of the
+/// requests that arrive on them. A request dropped without a response
+/// closes its stream. Must be called inside a tokio runtime.
+///
+/// # Errors
+///
+/// [`AlreadyRegistered`] if this swarm already serves fetches.
+pub fn serve(control: &mut Control) -> Result<mpsc::Receiver<InboundFetch>, AlreadyRegistered> {
+    let mut incoming = control.accept(FETCH_PROTOCOL)?;
+    let (requests, receiver) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        while let Some((peer, mut stream)) = incoming.next().await {
+            stream.ignore_for_keep_alive();
+            tokio::spawn(serve_stream(peer, stream, requests.clone()));
+        }
+    });
+    Ok(receiver)
+}
+
+/// Answers the requests of one stream, in order, until the peer closes it
+/// or the event loop stops answering.
+async fn serve_stream(peer: PeerId, mut stream: Stream, requests: mpsc::Sender<InboundFetch>) {
+    while let Ok(Some(request)) = codec::read_request(&mut stream).await {
+        let (reply, response) = oneshot::channel();
+        let inbound = InboundFetch {
+            peer,
+            request,
+            reply,
+        };
+        if requests.send(inbound).await.is_err() {
+            return;
+        }
+        let Ok(response) = response.await else {
+            return;
+        };
+        if codec::write_response(&mut stream, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p_stream::IncomingStreams;
+    use p2ptrain_protocol::SigningKey;
+
+    use super::*;
+    use crate::net::{build_swarm, NetConfig};
+
+    /// Two swarms on loopback, connected, each driven by a task of its
+    /// own: the asking side's control, the serving side's and its id.
+    async fn connected_pair() -> (Control, Control, PeerId) {
+        let config = NetConfig {
+            mdns: false,
+            ..NetConfig::default()
+        };
+        let mut asking = build_swarm(&SigningKey::from_bytes(&[21; 32]), &config).unwrap();
+        let mut serving = build_swarm(&SigningKey::from_bytes(&[22; 32]), &config).unwrap();
+        serving
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let server = *serving.local_peer_id();
+        let (ask, serve) = (
+            asking.behaviour().fetch.new_control(),
+            serving.behaviour().fetch.new_control(),
+        );
+        let mut connected = false;
+        while !connected {
+            tokio::select! {
+                event = serving.select_next_some() => {
+                    if let SwarmEvent::NewListenAddr { address, .. } = event {
+                        asking.dial(address).unwrap();
+                    }
+                }
+                event = asking.select_next_some() => {
+                    connected = matches!(event, SwarmEvent::ConnectionEstablished { .. });
+                }
+            }
+        }
+        for mut swarm in [asking, serving] {
+            tokio::spawn(async move {
+                loop {
+                    swarm.select_next_some().await;
+                }
+            });
+        }
+        (ask, serve, server)
+    }
+
+    fn found(tag: u8) -> FetchResponse {
+        FetchResponse::Found {
+            header: vec![tag],
+            body: Arc::from(vec![tag; 300_000]),
+        }
+    }
+
+    /// Answers `Record(n)` with [`found`]`(n)` on each stream accepted, and
+    /// drops a stream after `per_stream` answers; counts the streams.
+    fn answer_records(mut incoming: IncomingStreams, per_stream: usize) -> mpsc::Receiver<usize> {
+        let (count, counted) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut streams = 0;
+            while let Some((_, mut stream)) = incoming.next().await {
+                streams += 1;
+                let _ = count.send(streams).await;
+                for _ in 0..per_stream {
+                    let Ok(Some(FetchRequest::Record(n))) = codec::read_request(&mut stream).await
+                    else {
+                        break;
+                    };
+                    let tag = u8::try_from(n).unwrap();
+                    if codec::write_response(&mut stream, &found(tag))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+        counted
+    }
+
+    #[tokio::test]
+    async fn a_peer_s_requests_go_one_after_another_over_one_stream() {
+        let (ask, mut serve, server) = connected_pair().await;
+        let mut streams = answer_records(serve.accept(FETCH_PROTOCOL).unwrap(), usize::MAX);
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        let first = fetcher.send(server, FetchRequest::Record(1));
+        let answer = answers.recv().await.unwrap();
+        assert_eq!((answer.id, answer.peer), (first, server));
+        assert_eq!(answer.result.unwrap(), found(1));
+        // Several at once: answered in the order sent, on the same stream.
+        let ids: Vec<FetchId> = (2..6)
+            .map(|n| fetcher.send(server, FetchRequest::Record(n)))
+            .collect();
+        for (n, id) in (2..6).zip(ids) {
+            let answer = answers.recv().await.unwrap();
+            assert_eq!(answer.id, id);
+            assert_eq!(answer.result.unwrap(), found(n as u8));
+        }
+        assert_eq!(streams.recv().await, Some(1));
+        assert!(streams.try_recv().is_err(), "a second stream was opened");
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_stream_that_closed_goes_again_on_a_fresh_one() {
+        let (ask, mut serve, server) = connected_pair().await;
+        // The serving side closes each stream after one answer.
+        let mut streams = answer_records(serve.accept(FETCH_PROTOCOL).unwrap(), 1);
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        for n in 1..=3 {
+            fetcher.send(server, FetchRequest::Record(n));
+            let answer = answers.recv().await.unwrap();
+            assert_eq!(answer.result.unwrap(), found(n as u8));
+            assert_eq!(streams.recv().await, Some(n as usize));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_answer_fails_the_fetch_at_the_timeout() {
+        let (ask, mut serve, server) = connected_pair().await;
+        // Accepted, read, never answered.
+        let mut incoming = serve.accept(FETCH_PROTOCOL).unwrap();
+        let (read_tx, mut read) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let (_, mut stream) = incoming.next().await.unwrap();
+            let request = codec::read_request(&mut stream).await;
+            read_tx.send(request.unwrap()).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_millis(300));
+        fetcher.send(server, FetchRequest::Record(9));
+        assert_eq!(read.recv().await.unwrap(), Some(FetchRequest::Record(9)));
+        let answer = answers.recv().await.unwrap();
+        assert!(
+            matches!(answer.result, Err(FetchError::Timeout(t)) if t == Duration::from_millis(300)),
+            "{:?}",
+            answer.result
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_left_unanswered_by_the_node_fails_instead_of_hanging() {
+        let (ask, mut serve, server) = connected_pair().await;
+        let mut requests = super::serve(&mut serve).unwrap();
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        fetcher.send(server, FetchRequest::Record(4));
+        let inbound = requests.recv().await.unwrap();
+        assert_eq!(inbound.request, FetchRequest::Record(4));
+        drop(inbound);
+        let answer = answers.recv().await.unwrap();
+        assert!(
+            matches!(answer.result, Err(FetchError::Io(_))),
+            "{:?}",
+            answer.result
+        );
+        // The next request opens a fresh stream, and is answered.
+        fetcher.send(server, FetchRequest::Record(5));
+        requests.recv().await.unwrap().respond(found(5));
+        assert_eq!(answers.recv().await.unwrap().result.unwrap(), found(5));
+    }
+}
