@@ -173,41 +173,50 @@ impl Link {
         }
     }
 
-    /// Sends `request` and reads its response. A kept stream that fails
-    /// may have died with its connection since its last use: the request
-    /// is tried once more on a fresh one.
+    /// Sends `request` and reads its response, within the timeout. A
+    /// stream that fails is dropped, and the request is tried once more on
+    /// a fresh one: a kept stream may have died with its connection since
+    /// its last use, and a peer drops a new stream that it cannot take at
+    /// once. Requests only read, so asking twice is harmless.
     async fn exchange(&mut self, request: &FetchRequest) -> Result<FetchResponse, FetchError> {
-        let reused = self.stream.is_some();
-        match self.attempt(request).await {
-            Err(FetchError::Io(e)) if reused && e.kind() != io::ErrorKind::InvalidData => {
-                self.attempt(request).await
-            }
-            result => result,
-        }
-    }
-
-    /// One try; the stream is dropped on any failure.
-    async fn attempt(&mut self, request: &FetchRequest) -> Result<FetchResponse, FetchError> {
-        let outcome = tokio::time::timeout(self.timeout, async {
-            let stream = match &mut self.stream {
-                Some(stream) => stream,
-                None => {
-                    let mut stream = self.control.open_stream(self.peer, FETCH_PROTOCOL).await?;
-                    // The stream lives as long as the peer is asked things;
-                    // it does not keep an otherwise idle connection open.
-                    stream.ignore_for_keep_alive();
-                    self.stream.insert(stream)
+        let timeout = self.timeout;
+        let tries = async {
+            match self.attempt(request).await {
+                Err(FetchError::Io(e)) if e.kind() != io::ErrorKind::InvalidData => {
+                    self.attempt(request).await
                 }
-            };
-            codec::write_request(stream, request).await?;
-            Ok(codec::read_response(stream).await?)
-        })
-        .await;
-        let result = outcome.unwrap_or(Err(FetchError::Timeout(self.timeout)));
+                result => result,
+            }
+        };
+        let outcome = tokio::time::timeout(timeout, tries).await;
+        let result = outcome.unwrap_or(Err(FetchError::Timeout(timeout)));
         if result.is_err() {
             self.stream = None;
         }
         result
+    }
+
+    /// One try over the kept stream, or a new one; the stream is dropped
+    /// if it fails.
+    async fn attempt(&mut self, request: &FetchRequest) -> Result<FetchResponse, FetchError> {
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => {
+                let mut stream = self.control.open_stream(self.peer, FETCH_PROTOCOL).await?;
+                // The stream lives as long as the peer is asked things; it
+                // does not keep an otherwise idle connection open.
+                stream.ignore_for_keep_alive();
+                self.stream.insert(stream)
+            }
+        };
+        let result = match codec::write_request(stream, request).await {
+            Ok(()) => codec::read_response(stream).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.stream = None;
+        }
+        Ok(result?)
     }
 }
 
@@ -415,14 +424,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_left_unanswered_by_the_node_fails_instead_of_hanging() {
+    async fn a_request_left_unanswered_by_the_node_is_tried_twice_then_fails() {
         let (ask, mut serve, server) = connected_pair().await;
         let mut requests = super::serve(&mut serve).unwrap();
         let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
         fetcher.send(server, FetchRequest::Record(4));
-        let inbound = requests.recv().await.unwrap();
-        assert_eq!(inbound.request, FetchRequest::Record(4));
-        drop(inbound);
+        for _ in 0..2 {
+            let inbound = requests.recv().await.unwrap();
+            assert_eq!(inbound.request, FetchRequest::Record(4));
+            drop(inbound);
+        }
         let answer = answers.recv().await.unwrap();
         assert!(
             matches!(answer.result, Err(FetchError::Io(_))),
