@@ -60,9 +60,13 @@ pub enum FetchError {
     /// response.
     #[error("fetch stream: {0}")]
     Io(#[from] io::Error),
-    /// No response within the fetch timeout.
+    /// No response within the fetch timeout (to this request, or to the
+    /// one before it, which the requests queued behind it fail with).
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The peer left ([`Fetcher::forget`]) before the request was sent.
+    #[error("the peer left")]
+    Left,
 }
 
 /// The outcome of a request.
@@ -129,8 +133,9 @@ impl Fetcher {
         id
     }
 
-    /// Ends `peer`'s task (once the requests queued for it are answered)
-    /// and closes its stream: for a peer that left.
+    /// Ends `peer`'s task and closes its stream, for a peer that left: a
+    /// request under way is answered, those queued behind it fail with
+    /// [`FetchError::Left`].
     pub fn forget(&mut self, peer: &PeerId) {
         self.links.remove(peer);
     }
@@ -161,15 +166,37 @@ impl Link {
         answers: mpsc::Sender<FetchAnswer>,
     ) {
         while let Some((id, request)) = requests.recv().await {
-            let result = self.exchange(&request).await;
-            let answer = FetchAnswer {
-                id,
-                peer: self.peer,
-                result,
+            let result = if requests.is_closed() {
+                // Forgotten: the peer left, and what was queued for it is
+                // not sent.
+                Err(FetchError::Left)
+            } else {
+                self.exchange(&request).await
             };
-            if answers.send(answer).await.is_err() {
+            let timed_out = matches!(result, Err(FetchError::Timeout(_)));
+            if answers.send(self.answer(id, result)).await.is_err() {
                 return;
             }
+            if timed_out {
+                // A peer that let one request time out is not asked the
+                // ones queued behind it: each would wait out the timeout in
+                // turn.
+                while let Ok((id, _)) = requests.try_recv() {
+                    let result = Err(FetchError::Timeout(self.timeout));
+                    if answers.send(self.answer(id, result)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The answer to request `id`.
+    fn answer(&self, id: FetchId, result: Result<FetchResponse, FetchError>) -> FetchAnswer {
+        FetchAnswer {
+            id,
+            peer: self.peer,
+            result,
         }
     }
 
@@ -401,26 +428,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_peer_that_does_not_answer_fails_the_fetch_at_the_timeout() {
+    async fn requests_queued_behind_one_that_timed_out_fail_with_it_unsent() {
         let (ask, mut serve, server) = connected_pair().await;
-        // Accepted, read, never answered.
+        // Every stream accepted is read once and never answered.
         let mut incoming = serve.accept(FETCH_PROTOCOL).unwrap();
-        let (read_tx, mut read) = mpsc::channel(1);
+        let (read_tx, mut read) = mpsc::channel(8);
         tokio::spawn(async move {
-            let (_, mut stream) = incoming.next().await.unwrap();
-            let request = codec::read_request(&mut stream).await;
-            read_tx.send(request.unwrap()).await.unwrap();
-            std::future::pending::<()>().await;
+            let mut held = Vec::new();
+            while let Some((_, mut stream)) = incoming.next().await {
+                let request = codec::read_request(&mut stream).await.unwrap();
+                read_tx.send(request).await.unwrap();
+                held.push(stream);
+            }
         });
         let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_millis(300));
-        fetcher.send(server, FetchRequest::Record(9));
-        assert_eq!(read.recv().await.unwrap(), Some(FetchRequest::Record(9)));
+        for n in 1..=3 {
+            fetcher.send(server, FetchRequest::Record(n));
+        }
+        for _ in 1..=3 {
+            let answer = answers.recv().await.unwrap();
+            assert!(
+                matches!(answer.result, Err(FetchError::Timeout(t)) if t == Duration::from_millis(300)),
+                "{:?}",
+                answer.result
+            );
+        }
+        assert_eq!(read.recv().await.unwrap(), Some(FetchRequest::Record(1)));
+        assert!(read.try_recv().is_err(), "a queued request was sent");
+    }
+
+    #[tokio::test]
+    async fn requests_queued_for_a_peer_that_left_are_not_sent() {
+        let (ask, mut serve, server) = connected_pair().await;
+        let mut requests = super::serve(&mut serve).unwrap();
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        let first = fetcher.send(server, FetchRequest::Record(1));
+        let held = requests.recv().await.unwrap();
+        let queued = [2, 3].map(|n| fetcher.send(server, FetchRequest::Record(n)));
+        fetcher.forget(&server);
+        held.respond(found(1));
         let answer = answers.recv().await.unwrap();
-        assert!(
-            matches!(answer.result, Err(FetchError::Timeout(t)) if t == Duration::from_millis(300)),
-            "{:?}",
-            answer.result
-        );
+        assert_eq!((answer.id, answer.result.unwrap()), (first, found(1)));
+        for id in queued {
+            let answer = answers.recv().await.unwrap();
+            assert_eq!(answer.id, id);
+            assert!(
+                matches!(answer.result, Err(FetchError::Left)),
+                "{:?}",
+                answer.result
+            );
+        }
+        assert!(requests.try_recv().is_err(), "a queued request was sent");
+        // Asked again, the peer gets a task and a stream of its own again.
+        fetcher.send(server, FetchRequest::Record(4));
+        requests.recv().await.unwrap().respond(found(4));
+        assert_eq!(answers.recv().await.unwrap().result.unwrap(), found(4));
     }
 
     #[tokio::test]
