@@ -444,6 +444,10 @@ impl Node {
             Output::PublishCommit(signed) => self.publish(&self.topics.commit.clone(), &signed),
             Output::PublishEvidence(proof) => self.publish(&self.topics.evidence.clone(), &proof),
             Output::Fetch { id, from } => {
+                // The engine asks one peer at a time: an earlier request for
+                // the payload (to a peer that left) is no longer its, and
+                // its failure must not count against the peer asked now.
+                self.fetches.retain(|_, asked| *asked != id);
                 if let Some(peer) = peer_id(&from) {
                     let request = self.fetcher.send(peer, FetchRequest::Payload(id));
                     self.fetches.insert(request, id);
