@@ -27,8 +27,13 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use p2ptrain_protocol::Digest;
 
-/// The protocol id. Version 1 carried one request per stream.
+/// The protocol id: any number of requests per stream.
 pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2ptrain/fetch/2");
+
+/// The protocol id of earlier nodes: the same messages, one request per
+/// stream, which the serving side closes after its response. Still served,
+/// and spoken to a peer that knows nothing newer.
+pub const FETCH_PROTOCOL_V1: StreamProtocol = StreamProtocol::new("/p2ptrain/fetch/1");
 
 /// Largest header (an encoded signed contribution) accepted.
 pub const MAX_HEADER: u32 = 64 * 1024;

@@ -40,7 +40,7 @@ use libp2p::{PeerId, Stream};
 use libp2p_stream::{AlreadyRegistered, Control, OpenStreamError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{self, FetchRequest, FetchResponse, FETCH_PROTOCOL};
+use super::codec::{self, FetchRequest, FetchResponse, FETCH_PROTOCOL, FETCH_PROTOCOL_V1};
 
 /// Answers waiting for the event loop, and requests waiting for it, at most.
 const QUEUE: usize = 64;
@@ -127,6 +127,7 @@ impl Fetcher {
             peer,
             control: self.control.clone(),
             stream: None,
+            one_per_stream: false,
             timeout: self.timeout,
         };
         tokio::spawn(task.run(requests, self.answers.clone()));
@@ -156,6 +157,8 @@ struct Link {
     peer: PeerId,
     control: Control,
     stream: Option<Stream>,
+    /// The peer speaks only [`FETCH_PROTOCOL_V1`]: a stream per request.
+    one_per_stream: bool,
     timeout: Duration,
 }
 
@@ -224,12 +227,13 @@ impl Link {
     }
 
     /// One try over the kept stream, or a new one; the stream is dropped
-    /// if it fails.
+    /// if it fails, and after its one request to a peer that speaks only
+    /// [`FETCH_PROTOCOL_V1`].
     async fn attempt(&mut self, request: &FetchRequest) -> Result<FetchResponse, FetchError> {
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
-                let mut stream = self.control.open_stream(self.peer, FETCH_PROTOCOL).await?;
+                let mut stream = self.open().await?;
                 // The stream lives as long as the peer is asked things; it
                 // does not keep an otherwise idle connection open.
                 stream.ignore_for_keep_alive();
@@ -240,10 +244,22 @@ impl Link {
             Ok(()) => codec::read_response(stream).await,
             Err(e) => Err(e),
         };
-        if result.is_err() {
+        if result.is_err() || self.one_per_stream {
             self.stream = None;
         }
         Ok(result?)
+    }
+
+    /// A new stream to the peer: [`FETCH_PROTOCOL`], or version 1 if that
+    /// is all the peer speaks (learned once, for the link's life).
+    async fn open(&mut self) -> Result<Stream, OpenStreamError> {
+        if !self.one_per_stream {
+            match self.control.open_stream(self.peer, FETCH_PROTOCOL).await {
+                Err(OpenStreamError::UnsupportedProtocol(_)) => self.one_per_stream = true,
+                opened => return opened,
+            }
+        }
+        self.control.open_stream(self.peer, FETCH_PROTOCOL_V1).await
     }
 }
 
@@ -264,15 +280,18 @@ impl InboundFetch {
     }
 }
 
-/// Starts accepting fetch streams through `control`: the receiver of the
-/// requests that arrive on them. A request dropped without a response
-/// closes its stream. Must be called inside a tokio runtime.
+/// Starts accepting fetch streams through `control`, of
+/// [`FETCH_PROTOCOL`] and of version 1 (whose peers close the stream after
+/// one response): the receiver of the requests that arrive on them. A
+/// request dropped without a response closes its stream. Must be called
+/// inside a tokio runtime.
 ///
 /// # Errors
 ///
 /// [`AlreadyRegistered`] if this swarm already serves fetches.
 pub fn serve(control: &mut Control) -> Result<mpsc::Receiver<InboundFetch>, AlreadyRegistered> {
-    let mut incoming = control.accept(FETCH_PROTOCOL)?;
+    let current = control.accept(FETCH_PROTOCOL)?;
+    let mut incoming = futures::stream::select(current, control.accept(FETCH_PROTOCOL_V1)?);
     let (requests, receiver) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
         while let Some((peer, mut stream)) = incoming.next().await {
@@ -411,6 +430,36 @@ mod tests {
         }
         assert_eq!(streams.recv().await, Some(1));
         assert!(streams.try_recv().is_err(), "a second stream was opened");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_speaks_only_version_1_is_asked_once_per_stream() {
+        let (ask, mut serve, server) = connected_pair().await;
+        let mut streams = answer_records(serve.accept(FETCH_PROTOCOL_V1).unwrap(), 1);
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        for n in 1..=3 {
+            fetcher.send(server, FetchRequest::Record(n));
+            let answer = answers.recv().await.unwrap();
+            assert_eq!(answer.result.unwrap(), found(n as u8));
+            assert_eq!(streams.recv().await, Some(n as usize));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_asking_in_version_1_is_served() {
+        let (mut ask, mut serve, server) = connected_pair().await;
+        let mut requests = super::serve(&mut serve).unwrap();
+        for n in 1..=2u8 {
+            // As a version-1 node asks: a stream, a request, its end.
+            let mut stream = ask.open_stream(server, FETCH_PROTOCOL_V1).await.unwrap();
+            let request = FetchRequest::Record(u64::from(n));
+            codec::write_request(&mut stream, &request).await.unwrap();
+            futures::AsyncWriteExt::close(&mut stream).await.unwrap();
+            let inbound = requests.recv().await.unwrap();
+            assert_eq!(inbound.request, request);
+            inbound.respond(found(n));
+            assert_eq!(codec::read_response(&mut stream).await.unwrap(), found(n));
+        }
     }
 
     #[tokio::test]
