@@ -330,6 +330,7 @@ mod tests {
 
     use futures::StreamExt;
     use libp2p::swarm::SwarmEvent;
+    use libp2p::StreamProtocol;
     use libp2p_stream::IncomingStreams;
     use p2ptrain_protocol::SigningKey;
 
@@ -432,10 +433,11 @@ mod tests {
         assert!(streams.try_recv().is_err(), "a second stream was opened");
     }
 
-    #[tokio::test]
-    async fn a_peer_that_speaks_only_version_1_is_asked_once_per_stream() {
+    /// The serving side speaks only `protocol` and closes each stream after
+    /// one answer: every request is answered, each on a stream of its own.
+    async fn answered_on_a_stream_each(protocol: StreamProtocol) {
         let (ask, mut serve, server) = connected_pair().await;
-        let mut streams = answer_records(serve.accept(FETCH_PROTOCOL_V1).unwrap(), 1);
+        let mut streams = answer_records(serve.accept(protocol).unwrap(), 1);
         let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
         for n in 1..=3 {
             fetcher.send(server, FetchRequest::Record(n));
@@ -443,6 +445,11 @@ mod tests {
             assert_eq!(answer.result.unwrap(), found(n as u8));
             assert_eq!(streams.recv().await, Some(n as usize));
         }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_speaks_only_version_1_is_asked_once_per_stream() {
+        answered_on_a_stream_each(FETCH_PROTOCOL_V1).await;
     }
 
     #[tokio::test]
@@ -464,16 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_on_a_stream_that_closed_goes_again_on_a_fresh_one() {
-        let (ask, mut serve, server) = connected_pair().await;
-        // The serving side closes each stream after one answer.
-        let mut streams = answer_records(serve.accept(FETCH_PROTOCOL).unwrap(), 1);
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
-        for n in 1..=3 {
-            fetcher.send(server, FetchRequest::Record(n));
-            let answer = answers.recv().await.unwrap();
-            assert_eq!(answer.result.unwrap(), found(n as u8));
-            assert_eq!(streams.recv().await, Some(n as usize));
-        }
+        answered_on_a_stream_each(FETCH_PROTOCOL).await;
     }
 
     #[tokio::test]
