@@ -13,13 +13,21 @@ use crate::chain::ChainState;
 use crate::engine::{Head, Input};
 use crate::net::codec::{FetchRequest, FetchResponse};
 use crate::net::fetch::{FetchAnswer, FetchId, InboundFetch};
-use crate::net::slices::Outboard;
 use crate::net::{peer_id, peer_key};
 
 impl Node {
-    /// Answers a peer's request from what this node holds.
+    /// Answers a peer's request from what this node holds (a checkpoint
+    /// slice, perhaps later: see [`super::slicing`]).
     pub(super) fn on_inbound_fetch(&mut self, inbound: InboundFetch) {
+        if let FetchRequest::CheckpointSlice { .. } = inbound.request {
+            return self.serve_slice(inbound);
+        }
         let response = self.serve(inbound.request);
+        self.respond(inbound, response);
+    }
+
+    /// Sends `response` to the peer that asked, counting its bytes.
+    pub(super) fn respond(&mut self, inbound: InboundFetch, response: FetchResponse) {
         if let FetchResponse::Found { header, body } = &response {
             self.count_bytes(0, header.len() + body.len());
         }
@@ -58,6 +66,7 @@ impl Node {
         }
     }
 
+    /// The answer to a request for a payload or a record.
     fn serve(&mut self, request: FetchRequest) -> FetchResponse {
         match request {
             FetchRequest::Payload(id) => match self.engine.payload(&id) {
@@ -87,35 +96,9 @@ impl Node {
                 },
                 Err(_) => FetchResponse::Missing,
             },
-            FetchRequest::CheckpointSlice { hash, start, len } => {
-                let Some(served) = self.outboard(hash) else {
-                    return FetchResponse::Missing;
-                };
-                match served.slice(start, len) {
-                    Ok(body) => FetchResponse::Found {
-                        header: Vec::new(),
-                        body: Arc::from(body),
-                    },
-                    Err(_) => FetchResponse::Missing,
-                }
-            }
+            // Served by `serve_slice`.
+            FetchRequest::CheckpointSlice { .. } => FetchResponse::Missing,
         }
-    }
-
-    /// The checkpoint `hash` ready to slice, if this node holds it (its
-    /// head, or a result of the current round); the last one is kept.
-    fn outboard(&mut self, hash: p2ptrain_protocol::Digest) -> Option<Arc<Outboard>> {
-        if let Some(served) = self.serving.as_ref().filter(|s| s.hash() == hash) {
-            return Some(served.clone());
-        }
-        let state = if self.state_hash == hash {
-            &self.state
-        } else {
-            self.tentative.get(&hash)?
-        };
-        let served = Arc::new(Outboard::new(state.to_bytes()));
-        self.serving = Some(served.clone());
-        Some(served)
     }
 
     /// Starts downloading `head`'s checkpoint, named by `from`'s commit,

@@ -13,6 +13,7 @@ mod outer;
 mod persist;
 mod repeat;
 mod replica;
+mod slicing;
 mod status;
 mod swarm_events;
 mod worker;
@@ -138,8 +139,8 @@ pub struct Node {
     /// Connections through a relay, by peer: closed once hole punching
     /// made a direct one.
     circuits: discovery::Circuits,
-    /// The last checkpoint sliced for peers.
-    serving: Option<Arc<crate::net::slices::Outboard>>,
+    /// Checkpoints served in slices.
+    slicing: slicing::Slicing,
     events: mpsc::Sender<NodeEvent>,
     epoch: Instant,
     resumed_from: ResumedFrom,
@@ -268,7 +269,7 @@ impl Node {
             relays: discovery::Relays::new(),
             relayed: false,
             circuits: discovery::Circuits::new(),
-            serving: None,
+            slicing: slicing::Slicing::new(),
             events,
             epoch: Instant::now(),
             resumed_from: resumed.from,
@@ -350,6 +351,7 @@ impl Node {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event).await?,
                 Some(inbound) = inbound_fetches.recv() => self.on_inbound_fetch(inbound),
                 Some(answer) = self.fetch_answers.recv() => self.on_fetch_answer(answer).await?,
+                Some((hash, served)) = self.slicing.built() => self.on_sliced(hash, served),
                 Some(stepped) = self.stepped_rx.recv() => self.on_stepped(stepped).await?,
                 Some((worker, update)) = self.trained_rx.recv() => {
                     self.train_loss = worker.last_loss().or(self.train_loss);
