@@ -92,6 +92,7 @@ impl<C: Checker> Engine<C> {
         self.adopting = Some(Adopting {
             result: commit.result,
             round: commit.round,
+            base: commit.base,
             applied: commit.contributions.clone(),
         });
         out.push(Output::RequestCheckpoint {
@@ -146,16 +147,29 @@ impl<C: Checker> Engine<C> {
     pub(super) fn on_adopted(&mut self, now: Millis, head: Head, out: &mut Vec<Output>) {
         let adopted = self.adopting.take();
         // Whether the adopted branch lacks this peer's update of `round`.
-        // Known when the adopted commit closed that round: then an update
-        // it applied is not put back (in a split the branches mostly apply
-        // the same updates, and put back it would count twice, and the next
-        // update, carrying it again, would be dropped as an outlier).
-        // Otherwise assumed: a branch that grew apart over rounds, across a
-        // partition say, most likely never had it.
-        let left_out = |round: u64, id: &Digest| match &adopted {
-            Some(a) if a.round == round => !a.applied.contains(id),
-            _ => true,
+        // Known when the adopted commit closed that round, or closed the
+        // round after this one, this peer's, starting from the result of a
+        // commit of this round that this peer holds (a straggler adopting
+        // the branch that went on without it): then an update it applied
+        // is not put back (in a split the branches mostly apply the same
+        // updates, and put back it would count twice, and the next update,
+        // carrying it again, would be dropped as an outlier). Otherwise
+        // assumed: a branch that grew apart over rounds, across a partition
+        // say, most likely never had it.
+        let applied_in = |round: u64| -> Option<&IdSet> {
+            let adopted = adopted.as_ref()?;
+            if adopted.round == round {
+                return Some(&adopted.applied);
+            }
+            let before = round == self.round.number && adopted.round == round + 1;
+            let mut commits = self.round.commits.values().map(|(_, c)| c);
+            before
+                .then(|| commits.find(|c| c.result == adopted.base))
+                .flatten()
+                .map(|c| &c.contributions)
         };
+        let left_out = |round: u64, id: &Digest| applied_in(round).is_none_or(|s| !s.contains(id));
+        let mut returned = Vec::new();
         if let Some(id) = self.round.mine {
             if let Some(Entry {
                 state: EntryState::Held { payload, .. },
@@ -163,20 +177,24 @@ impl<C: Checker> Engine<C> {
             }) = self.round.entries.get(&id)
             {
                 if left_out(self.round.number, &id) {
-                    out.push(Output::ReturnToResidual {
-                        payload: payload.clone(),
-                    });
+                    returned.push(payload.clone());
                 }
             }
         }
-        if let Some((round, id, payload)) = self.last_applied_mine.take() {
+        if let Some((round, id, payload)) = &self.last_applied_mine {
             // The round that applied it is replaced by the adopted chain.
             let replaced =
                 round + 1 >= head.round.min(self.head.round) && head.round <= self.head.round;
-            if replaced && left_out(round, &id) {
-                out.push(Output::ReturnToResidual { payload });
+            if replaced && left_out(*round, id) {
+                returned.push(payload.clone());
             }
         }
+        self.last_applied_mine = None;
+        out.extend(
+            returned
+                .into_iter()
+                .map(|payload| Output::ReturnToResidual { payload }),
+        );
         // The chain is the adopted one from here; of its past only the
         // adopted checkpoint is known.
         self.chain = RecentHeads::new(head.base);
@@ -192,6 +210,8 @@ pub(super) struct Adopting {
     pub(super) result: Digest,
     /// The round the commit closed.
     pub(super) round: u64,
+    /// The checkpoint that round started from.
+    pub(super) base: Digest,
     /// The updates it applied.
     pub(super) applied: IdSet,
 }

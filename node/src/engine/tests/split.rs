@@ -114,3 +114,54 @@ fn an_update_the_adopted_branch_applied_is_not_put_back_into_the_residual() {
 fn an_update_the_adopted_branch_left_out_goes_back_into_the_residual() {
     assert_eq!(adopt_a_branch_applying(&[1]), 1);
 }
+
+/// Peer 0 announces its update for round 0 and waits for peer 1's. A
+/// branch by a third key goes on without it: it closes round 0 applying
+/// `applied` (indices of peers whose updates it names) and round 1 from
+/// that result, and peer 0 hears both commits. Returns how many updates
+/// peer 0 put back into its residual as it adopted the branch.
+fn straggler_adopts_a_branch_applying(applied: &[usize]) -> usize {
+    let mut swarm = Swarm::new(2, manifest());
+    let genesis = swarm.engines[0].head().base;
+    swarm.start();
+    swarm.train(&[0], |_| 1.0);
+    let mine = swarm.engines[0].round.mine.unwrap();
+    assert_eq!(swarm.engines[0].head().round, 0, "waiting for peer 1");
+    let run = swarm.engines[0].run();
+    let third = key(2);
+    let commit = |round: u64, base: Digest, contributions: Vec<Digest>, tokens: u64| {
+        let commit = Commit {
+            run,
+            round,
+            base,
+            committer: PeerKey::from(&third),
+            contributions: IdSet::new(contributions),
+            result: Digest::of(format!("the branch's round {round}").as_bytes()),
+            chain_tokens: tokens,
+        };
+        (Signed::sign(&commit, &third).unwrap(), commit.result)
+    };
+    let ids = applied.iter().map(|&p| {
+        assert_eq!(p, 0, "only peer 0's update exists");
+        mine
+    });
+    let (round_0, result_0) = commit(0, genesis, ids.collect(), 1_000);
+    let (round_1, result_1) = commit(1, result_0, Vec::new(), 2_000);
+    swarm.returned = vec![0; 2];
+    swarm.queue.push_back((0, Input::CommitReceived(round_0)));
+    swarm.queue.push_back((0, Input::CommitReceived(round_1)));
+    swarm.run();
+    assert_eq!(swarm.engines[0].head().base, result_1, "adopted");
+    assert_eq!(swarm.engines[0].head().round, 2);
+    swarm.returned[0]
+}
+
+#[test]
+fn a_straggler_keeps_out_of_its_residual_the_update_the_branch_that_went_on_applied() {
+    assert_eq!(straggler_adopts_a_branch_applying(&[0]), 0);
+}
+
+#[test]
+fn a_straggler_puts_back_the_update_the_branch_that_went_on_left_out() {
+    assert_eq!(straggler_adopts_a_branch_applying(&[]), 1);
+}
