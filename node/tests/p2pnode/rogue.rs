@@ -2,10 +2,6 @@
 //! contribution, then serves other bytes than the ones it named. The node
 //! drops it as `payload_mismatch`, counts it, and trains on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, Multiaddr};
@@ -26,7 +22,11 @@ fn rogue_key() -> SigningKey {
 /// Runs the rogue peer until `stop`: dials `node`, announces a round-0
 /// contribution of the run in `dir`, and answers its fetch with a payload
 /// one byte off.
-fn rogue(dir: &DataDir, node: Multiaddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn rogue(
+    dir: &DataDir,
+    node: Multiaddr,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
     let manifest = dir.manifest().unwrap();
     let run = manifest.id().unwrap();
     let params = ParamLayout::gpt2(&manifest.model).len();
@@ -75,8 +75,9 @@ fn rogue(dir: &DataDir, node: Multiaddr, stop: Arc<AtomicBool>) -> std::thread::
             let mut requests = fetch::serve(&mut swarm.behaviour().fetch.new_control()).unwrap();
             swarm.dial(node).unwrap();
             let announcement = codec::encode(&signed).unwrap();
-            while !stop.load(Ordering::Relaxed) {
+            loop {
                 let event = tokio::select! {
+                    _ = &mut stop => break,
                     event = swarm.next() => event,
                     Some(request) = requests.recv() => {
                         let response = match request.request {
@@ -89,7 +90,6 @@ fn rogue(dir: &DataDir, node: Multiaddr, stop: Arc<AtomicBool>) -> std::thread::
                         request.respond(response);
                         continue;
                     }
-                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 };
                 if let Some(SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
                     gossipsub::Event::Subscribed { topic, .. },
@@ -116,8 +116,8 @@ fn a_tampered_payload_is_dropped_and_counted() {
     init(&dir, 2);
     let mut node = Node::join("honest", &dir, &root.join("honest.key"), &[]);
     let address: Multiaddr = node.address().parse().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let rogue = rogue(&DataDir::new(&dir), address, stop.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let rogue = rogue(&DataDir::new(&dir), address, stopped);
     // The log names the contribution, its author and what was wrong.
     let by = format!(
         " by {}: payload_mismatch (the bytes served",
@@ -132,7 +132,7 @@ fn a_tampered_payload_is_dropped_and_counted() {
     assert_eq!(status["rejected"]["payload_mismatch"], 1, "{status}");
     // Nothing of it reached the chain: no round closed on one contribution.
     assert_eq!(status["round"], 0, "{status}");
-    stop.store(true, Ordering::Relaxed);
+    stop.send(()).unwrap();
     rogue.join().unwrap();
     drop(node);
     std::fs::remove_dir_all(root).unwrap();
