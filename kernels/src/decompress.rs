@@ -224,7 +224,71 @@ impl<'a> WeightedMean<'a> {
     /// end of the mean or stops inside a chunk before its end (`found` is
     /// the block's end). `dense` is untouched on error.
     pub fn write_block(&self, start: usize, dense: &mut [f32]) -> Result<(), KernelError> {
-        let end = start.saturating_add(dense.len());
+        self.check_block(start, dense.len())?;
+        let first = start / self.chunk_len;
+        for (c, dense) in dense.chunks_mut(self.chunk_len).enumerate() {
+            self.write_chunk(first + c, dense);
+        }
+        Ok(())
+    }
+
+    /// [`write_block`](Self::write_block) without a pass over the whole
+    /// block: writes the mean only at the entries some payload keeps, and
+    /// appends their offsets in `dense` to `touched` (an offset once per
+    /// payload that keeps it). Elsewhere the mean is 0 and `dense` is left
+    /// as it is.
+    ///
+    /// `dense` must hold `+0.0` wherever a payload keeps an entry — a zeroed
+    /// buffer, zeroed again at the touched offsets after use — for the
+    /// entries written to be the bits `write_block` writes.
+    ///
+    /// ```
+    /// use p2ptrain_kernels::{compress, AggregateInput, WeightedMean};
+    /// use p2ptrain_protocol::{CompressionSettings, Digest};
+    ///
+    /// let settings = CompressionSettings { chunk_len: 4, density: 0.25, ..Default::default() };
+    /// let payload = compress(&[0.0, 3.0, 1.0, 0.0, -2.0, 0.0, 0.0, 1.0], &mut [0.0; 8], &settings)?;
+    /// let input = AggregateInput { key: Digest::of(b"a"), payload: &payload, weight: 1.0 };
+    /// let mean = WeightedMean::new(&[input])?;
+    ///
+    /// let (mut dense, mut touched) = (vec![0.0; 8], Vec::new());
+    /// mean.write_block_sparse(0, &mut dense, &mut touched)?;
+    /// assert_eq!(touched, [1, 4]);
+    /// assert_eq!(dense, [0.0, 3.0, 0.0, 0.0, -2.0, 0.0, 0.0, 0.0]);
+    /// # Ok::<(), p2ptrain_kernels::KernelError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`write_block`](Self::write_block); nothing is written then.
+    pub fn write_block_sparse(
+        &self,
+        start: usize,
+        dense: &mut [f32],
+        touched: &mut Vec<usize>,
+    ) -> Result<(), KernelError> {
+        self.check_block(start, dense.len())?;
+        let first = start / self.chunk_len;
+        for (c, dense) in dense.chunks_mut(self.chunk_len).enumerate() {
+            let offset = c * self.chunk_len;
+            for (payload, layout, weight) in &self.terms {
+                let chunk = layout.chunk(first + c);
+                let (quantizer, entries) = payload.chunk_entries(first + c, &chunk);
+                for (i, code) in entries {
+                    if let Some(slot) = dense.get_mut(i as usize) {
+                        *slot += *weight * quantizer.value(code);
+                        touched.push(offset + i as usize);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that entries `start..start + len` are whole chunks of the
+    /// mean (the last may be the mean's short one).
+    fn check_block(&self, start: usize, len: usize) -> Result<(), KernelError> {
+        let end = start.saturating_add(len);
         if !start.is_multiple_of(self.chunk_len) {
             return Err(KernelError::LengthMismatch {
                 expected: start - start % self.chunk_len,
@@ -236,10 +300,6 @@ impl<'a> WeightedMean<'a> {
                 expected: (end - end % self.chunk_len).min(self.len),
                 found: end,
             });
-        }
-        let first = start / self.chunk_len;
-        for (c, dense) in dense.chunks_mut(self.chunk_len).enumerate() {
-            self.write_chunk(first + c, dense);
         }
         Ok(())
     }

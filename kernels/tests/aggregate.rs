@@ -249,3 +249,50 @@ fn the_mean_written_in_blocks_is_the_whole_mean() {
     mean.write_block(9_984, &mut block[..16]).unwrap();
     assert_eq!(bits(&block[..16]), bits(&whole[9_984..]));
 }
+
+#[test]
+fn the_mean_written_sparsely_is_the_whole_mean_at_the_entries_kept() {
+    let s = CompressionSettings {
+        chunk_len: 256,
+        density: 0.05,
+        ..CompressionSettings::default()
+    };
+    let payloads = payloads(3, 10_000, &s, 22);
+    let listed = inputs(&payloads, &[3.0, 1.0, 2.0]);
+    let whole = aggregate(&listed).unwrap();
+    let mean = WeightedMean::new(&listed).unwrap();
+    // Reused from block to block, as the outer step does: zeroed again at
+    // the offsets written.
+    let mut scratch = vec![0.0f32; 3 * 256];
+    let mut touched = Vec::new();
+    let mut sparse = vec![0.0f32; 10_000];
+    let mut start = 0;
+    while start < mean.len() {
+        let len = (3 * 256).min(mean.len() - start);
+        touched.clear();
+        mean.write_block_sparse(start, &mut scratch[..len], &mut touched)
+            .unwrap();
+        assert!(touched.iter().all(|&i| i < len));
+        for &i in &touched {
+            sparse[start + i] = scratch[i];
+        }
+        for &i in &touched {
+            scratch[i] = 0.0;
+        }
+        start += len;
+    }
+    assert_eq!(bits(&sparse), bits(&whole));
+    // Every entry a payload keeps was written: three payloads of 5% keep
+    // more than 12% of the entries between them, some more than once.
+    let kept = sparse.iter().filter(|v| **v != 0.0).count();
+    assert!(kept > 1_200, "{kept} entries");
+
+    let mut touched = Vec::new();
+    for (start, len) in [(100, 256), (256, 100), (9_984, 256)] {
+        let mut block = vec![7.0; len];
+        assert!(mean
+            .write_block_sparse(start, &mut block, &mut touched)
+            .is_err());
+        assert_eq!((block, touched.len()), (vec![7.0; len], 0));
+    }
+}

@@ -309,6 +309,24 @@ impl OuterNesterov {
         }
         Ok(())
     }
+
+    /// One entry of [`step_into`](Self::step_into): the next `(θ, buf)` of
+    /// an entry at `(theta, buffer)` given its `delta`, the same bits.
+    /// Unlike `step_into` it does not check that `delta` is finite.
+    ///
+    /// ```
+    /// use p2ptrain_trainer::optim::OuterNesterov;
+    ///
+    /// let step = OuterNesterov::new(0.7, 0.9, 0);
+    /// let (mut theta, mut buffer) = ([0.0], [0.0]);
+    /// step.step_into((&[1.0], &[0.5]), &[0.1], (&mut theta, &mut buffer))?;
+    /// assert_eq!(step.step_entry(1.0, 0.5, 0.1), (theta[0], buffer[0]));
+    /// # Ok::<(), p2ptrain_trainer::TrainerError>(())
+    /// ```
+    #[inline]
+    pub fn step_entry(&self, theta: f32, buffer: f32, delta: f32) -> (f32, f32) {
+        nesterov(self.lr, self.momentum, theta, buffer, delta)
+    }
 }
 
 /// One entry of the outer step: `buf = μ·buf + Δ; θ −= lr·(Δ + μ·buf)`,

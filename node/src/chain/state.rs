@@ -3,6 +3,7 @@
 use p2ptrain_kernels::{AggregateInput, KernelError, Payload, WeightedMean};
 use p2ptrain_protocol::{Digest, OuterOptimizer};
 use p2ptrain_trainer::optim::OuterNesterov;
+use p2ptrain_trainer::TrainerError;
 use rayon::prelude::*;
 
 use super::ChainError;
@@ -58,6 +59,16 @@ impl<'a> From<&'a crate::engine::Accepted> for StepInput<'a> {
 pub struct Buffers {
     /// A state whose buffers the next step may overwrite.
     pub spare: Option<ChainState>,
+}
+
+impl Buffers {
+    /// The spare if it holds `len` parameters, else a new zero state.
+    fn take_state(&mut self, len: usize) -> ChainState {
+        match self.spare.take() {
+            Some(spare) if spare.params.len() == len && spare.momentum.len() == len => spare,
+            _ => ChainState::genesis(vec![0.0; len]),
+        }
+    }
 }
 
 impl ChainState {
@@ -163,11 +174,7 @@ impl ChainState {
         outer: &OuterOptimizer,
         buffers: &mut Buffers,
     ) -> Result<(Self, Digest), ChainError> {
-        let len = self.params.len();
-        let mut next = match buffers.spare.take() {
-            Some(spare) if spare.params.len() == len && spare.momentum.len() == len => spare,
-            _ => Self::genesis(vec![0.0; len]),
-        };
+        let mut next = buffers.take_state(self.params.len());
         if inputs.is_empty() {
             next.params.copy_from_slice(&self.params);
             next.momentum.copy_from_slice(&self.momentum);
@@ -186,6 +193,12 @@ impl ChainState {
     /// Writes the outer step from `self` into `next` (as long as `self`),
     /// block by block in parallel on the current rayon pool, and returns
     /// its hash.
+    ///
+    /// The mean is `+0.0` at every entry no payload keeps (all but a few
+    /// percent), so each block is first stepped whole with a mean of
+    /// `+0.0`, a pass the compiler vectorizes, and then the entries the
+    /// payloads keep are stepped again from the base with their mean while
+    /// the block is still in cache. No dense mean is written or read.
     fn step_into(
         &self,
         inputs: &[StepInput<'_>],
@@ -212,16 +225,55 @@ impl ChainState {
         let to = next.params.par_chunks_mut(block_len);
         let to = to.zip(next.momentum.par_chunks_mut(block_len));
         from.zip(to).enumerate().try_for_each_init(
-            || vec![0.0f32; block_len],
-            |scratch, (b, (from, to))| -> Result<(), ChainError> {
+            || (vec![0.0f32; block_len], Vec::new()),
+            |(scratch, kept), (b, (from, to))| -> Result<(), ChainError> {
                 let mean_block = &mut scratch[..from.0.len()];
-                mean.write_block(b * block_len, mean_block)?;
-                step.step_into(from, mean_block, to)?;
-                Ok(())
+                kept.clear();
+                mean.write_block_sparse(b * block_len, mean_block, kept)?;
+                step_without_mean(&step, from, (&mut *to.0, &mut *to.1));
+                let stepped = step_kept(&step, from, mean_block, kept, to);
+                // The scratch is all zeros again for the next block.
+                for &i in kept.iter() {
+                    mean_block[i] = 0.0;
+                }
+                stepped
             },
         )?;
         Ok(next.hash())
     }
+}
+
+/// Writes into `to` the step of every entry of `from` with a mean of
+/// `+0.0`.
+fn step_without_mean(
+    step: &OuterNesterov,
+    (params, momentum): (&[f32], &[f32]),
+    (next_params, next_momentum): (&mut [f32], &mut [f32]),
+) {
+    let from = params.iter().zip(momentum);
+    let to = next_params.iter_mut().zip(next_momentum);
+    for ((&p, &m), (next_p, next_m)) in from.zip(to) {
+        (*next_p, *next_m) = step.step_entry(p, m, 0.0);
+    }
+}
+
+/// Writes into `to` the step of the entries of `from` at the `kept`
+/// offsets, with their mean in `mean`.
+fn step_kept(
+    step: &OuterNesterov,
+    (params, momentum): (&[f32], &[f32]),
+    mean: &[f32],
+    kept: &[usize],
+    (next_params, next_momentum): (&mut [f32], &mut [f32]),
+) -> Result<(), ChainError> {
+    for &i in kept {
+        let delta = mean[i];
+        if !delta.is_finite() {
+            return Err(TrainerError::NonFinite("outer pseudo-gradient").into());
+        }
+        (next_params[i], next_momentum[i]) = step.step_entry(params[i], momentum[i], delta);
+    }
+    Ok(())
 }
 
 /// The inputs as the mean takes them: each decoded payload (`payloads`,
@@ -319,7 +371,12 @@ mod tests {
                 payload,
             })
             .collect();
-        let start = ChainState::genesis((0..len).map(|i| i as f32 * 1e-3).collect());
+        let mut start = ChainState::genesis((0..len).map(|i| i as f32 * 1e-3).collect());
+        // Momentum of both signs, and negative zeros, which a step with a
+        // mean of -0.0 instead of +0.0 would keep.
+        for (i, m) in start.momentum.iter_mut().enumerate() {
+            *m = [-0.0, 0.5, -0.25][i % 3];
+        }
         let mut buffers = Buffers::default();
         let mut expected = start.clone();
         let mut reused = start;
