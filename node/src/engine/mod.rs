@@ -307,11 +307,7 @@ impl<C: Checker> Engine<C> {
                 contribution,
                 bytes,
             } => self.reannounce(now, contribution, bytes, &mut out),
-            Input::Evidence(proof) => {
-                if let Some(c) = proof.proven().filter(|c| c.run == self.run) {
-                    self.caught_equivocating(c.author, c.round, None, &mut out);
-                }
-            }
+            Input::Evidence(proof) => self.on_evidence(&proof, &mut out),
             Input::PayloadArrived {
                 contribution,
                 bytes,
@@ -329,6 +325,30 @@ impl<C: Checker> Engine<C> {
         }
         self.progress(now, &mut out);
         out
+    }
+
+    /// Evidence from a peer that a key signed two contributions for one
+    /// round, acted on when the key is one this peer has a stake in: a
+    /// member, or the author of a contribution it heard this round or the
+    /// last. Proofs about any other key, which anyone can mint by the
+    /// thousand from fresh keys, are dropped before their signatures are
+    /// checked, so that they cost neither time nor a place among the
+    /// ignored. (A key this peer has not heard from has no contribution
+    /// here to drop; should its contributions arrive later, both halves
+    /// of an equivocation arrive with them.)
+    fn on_evidence(&mut self, proof: &Equivocation, out: &mut Vec<Output>) {
+        let author = proof.first.signer();
+        let heard =
+            |round: Option<&RoundState>| round.is_some_and(|r| r.by_author.contains_key(&author));
+        let known = self.members.contains(&author)
+            || heard(Some(&self.round))
+            || heard(self.previous.as_ref());
+        if !known {
+            return;
+        }
+        if let Some(c) = proof.proven().filter(|c| c.run == self.run) {
+            self.caught_equivocating(c.author, c.round, None, out);
+        }
     }
 
     /// `author` signed two contributions for `round`: reported now, and

@@ -613,23 +613,6 @@ fn proof_of_two_contributions_from_a_peer_gets_the_key_ignored_from_the_next_rou
         };
         Signed::sign(&c, &outsider).unwrap()
     };
-    // Not a proof: one contribution twice.
-    let same = Equivocation {
-        first: signed(&swarm, 10),
-        second: signed(&swarm, 10),
-    };
-    swarm.queue.push_back((0, Input::Evidence(same)));
-    swarm.run();
-    assert!(swarm.banned.is_empty());
-    let proof = Equivocation {
-        first: signed(&swarm, 10),
-        second: signed(&swarm, 20),
-    };
-    swarm.queue.push_back((0, Input::Evidence(proof)));
-    swarm.run();
-    let reason = BanReason::TwoContributions { round: 0 };
-    assert_eq!(swarm.banned, vec![(0, PeerKey::from(&outsider), reason)]);
-    // Within round 0 its contributions are judged as everyone's are...
     let delivered = |swarm: &Swarm| {
         let update = update(60, 1.0);
         let mut c = signed(swarm, update.tokens).verify().unwrap();
@@ -642,14 +625,104 @@ fn proof_of_two_contributions_from_a_peer_gets_the_key_ignored_from_the_next_rou
             bytes: update.payload,
         }
     };
+    let proof = |swarm: &Swarm| Equivocation {
+        first: signed(swarm, 10),
+        second: signed(swarm, 20),
+    };
+    // A proof about a key peer 0 has not heard from is dropped.
+    swarm.queue.push_back((0, Input::Evidence(proof(&swarm))));
+    swarm.run();
+    assert!(swarm.banned.is_empty());
+    // The outsider contributes to round 0, and is judged as everyone is.
     swarm.queue.push_back((0, delivered(&swarm)));
     swarm.run();
     assert!(swarm.rejected.is_empty(), "{:?}", swarm.rejected);
-    // ...and from round 1 on they are dropped.
+    // Not a proof: one contribution twice.
+    let same = Equivocation {
+        first: signed(&swarm, 10),
+        second: signed(&swarm, 10),
+    };
+    swarm.queue.push_back((0, Input::Evidence(same)));
+    swarm.run();
+    assert!(swarm.banned.is_empty());
+    swarm.queue.push_back((0, Input::Evidence(proof(&swarm))));
+    swarm.run();
+    let reason = BanReason::TwoContributions { round: 0 };
+    assert_eq!(swarm.banned, vec![(0, PeerKey::from(&outsider), reason)]);
+    // From round 1 on its contributions are dropped.
     swarm.rounds(1, &[0, 1]);
     swarm.queue.push_back((0, delivered(&swarm)));
     swarm.run();
     assert_eq!(swarm.rejected, vec![(0, RejectReason::NotAllowed)]);
+}
+
+#[test]
+fn a_proof_about_a_key_heard_last_round_is_acted_on_after_the_round_closed() {
+    let mut swarm = Swarm::new(2, manifest());
+    swarm.start();
+    let outsider = key(7);
+    let contribution = |swarm: &Swarm, round: u64, base: Digest, tokens| {
+        let c = Contribution {
+            run: swarm.engines[0].run(),
+            round,
+            base,
+            author: PeerKey::from(&outsider),
+            tokens,
+            payload: PayloadRef {
+                hash: Digest::of(b"p"),
+                len: 1,
+            },
+            compression: manifest().compression,
+        };
+        Signed::sign(&c, &outsider).unwrap()
+    };
+    let base = swarm.engines[0].head().base;
+    let update = update(60, 1.0);
+    let mut heard = contribution(&swarm, 0, base, update.tokens)
+        .verify()
+        .unwrap();
+    heard.payload = PayloadRef {
+        hash: Digest::of(&update.payload),
+        len: update.payload.len() as u64,
+    };
+    swarm.queue.push_back((
+        0,
+        Input::PayloadArrived {
+            contribution: Signed::sign(&heard, &outsider).unwrap(),
+            bytes: update.payload,
+        },
+    ));
+    swarm.run();
+    swarm.rounds(1, &[0, 1]);
+    assert_eq!(swarm.engines[0].head().round, 1);
+    // Round 0 is over; its second half reaches peer 0 only as a proof.
+    let proof = Equivocation {
+        first: contribution(&swarm, 0, base, 10),
+        second: contribution(&swarm, 0, base, 20),
+    };
+    swarm.queue.push_back((0, Input::Evidence(proof)));
+    swarm.run();
+    let reason = BanReason::TwoContributions { round: 0 };
+    assert_eq!(swarm.banned, vec![(0, PeerKey::from(&outsider), reason)]);
+    // Two rounds on, a proof about a key last heard then is dropped.
+    swarm.rounds(2, &[0, 1]);
+    let later = key(8);
+    let c = |tokens| {
+        let c = Contribution {
+            author: PeerKey::from(&later),
+            ..contribution(&swarm, 0, base, tokens).verify().unwrap()
+        };
+        Signed::sign(&c, &later).unwrap()
+    };
+    swarm.queue.push_back((
+        0,
+        Input::Evidence(Equivocation {
+            first: c(1),
+            second: c(2),
+        }),
+    ));
+    swarm.run();
+    assert_eq!(swarm.banned.len(), 1);
 }
 
 #[test]
