@@ -229,6 +229,20 @@ impl<C: Checker> Engine<C> {
         source == Some(signed.signer()) && self.applied.contains(&signed.id())
     }
 
+    /// Whether this peer has a stake in what `key` does: a member, or the
+    /// author of a contribution it heard this round or the last. Evidence
+    /// about other keys is dropped unchecked.
+    pub fn knows(&self, key: &PeerKey) -> bool {
+        let heard =
+            |round: Option<&RoundState>| round.is_some_and(|r| r.by_author.contains_key(key));
+        self.members.contains(key) || heard(Some(&self.round)) || heard(self.previous.as_ref())
+    }
+
+    /// Whether `key` is caught: ignored now, or from the next round on.
+    pub fn is_ignored(&self, key: &PeerKey) -> bool {
+        self.banned.contains(key) || self.equivocators.contains_key(key)
+    }
+
     /// This node's updates that no finalized round has applied: its
     /// contribution to the round under way and an update still waiting for
     /// a round. A node that stops puts them back into its residual.
@@ -337,13 +351,7 @@ impl<C: Checker> Engine<C> {
     /// here to drop; should its contributions arrive later, both halves
     /// of an equivocation arrive with them.)
     fn on_evidence(&mut self, proof: &Equivocation, out: &mut Vec<Output>) {
-        let author = proof.first.signer();
-        let heard =
-            |round: Option<&RoundState>| round.is_some_and(|r| r.by_author.contains_key(&author));
-        let known = self.members.contains(&author)
-            || heard(Some(&self.round))
-            || heard(self.previous.as_ref());
-        if !known {
+        if !self.knows(&proof.first.signer()) {
             return;
         }
         if let Some(c) = proof.proven().filter(|c| c.run == self.run) {

@@ -213,6 +213,9 @@ fn behaviour(
     let gossip_config = gossipsub::ConfigBuilder::default()
         .max_transmit_size(config.max_gossip)
         .validation_mode(gossipsub::ValidationMode::Strict)
+        // The node judges each message before it is relayed (see
+        // `swarm_loop::gossip`).
+        .validate_messages()
         .heartbeat_interval(Duration::from_millis(500))
         .build()?;
     let gossipsub = gossipsub::Behaviour::new(

@@ -9,6 +9,7 @@ mod download;
 mod error;
 mod event;
 mod fetch;
+mod gossip;
 mod outer;
 mod persist;
 mod repeat;

@@ -2,7 +2,6 @@
 
 use libp2p::swarm::{DialError, ListenError, SwarmEvent};
 use libp2p::{allow_block_list, gossipsub, mdns, PeerId};
-use p2ptrain_protocol::{codec, Commit, Contribution, Equivocation, Signed};
 
 use super::error::dial_failure;
 use super::{Node, NodeError, NodeEvent};
@@ -118,26 +117,12 @@ impl Node {
                 self.dial_discovered(found);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
                 message,
-                ..
             })) => {
-                self.count_bytes(message.data.len(), 0);
-                if message.topic == self.topics.announce.hash() {
-                    if let Ok(signed) = codec::decode::<Signed<Contribution>>(&message.data) {
-                        let source = message.source.as_ref().and_then(peer_key);
-                        if !self.engine.is_late_repeat(&signed, source) {
-                            self.feed(Input::Announced(signed)).await?;
-                        }
-                    }
-                } else if message.topic == self.topics.commit.hash() {
-                    if let Ok(signed) = codec::decode::<Signed<Commit>>(&message.data) {
-                        self.feed(Input::CommitReceived(signed)).await?;
-                    }
-                } else if message.topic == self.topics.evidence.hash() {
-                    if let Ok(proof) = codec::decode::<Equivocation>(&message.data) {
-                        self.feed(Input::Evidence(proof)).await?;
-                    }
-                }
+                self.on_gossip(message_id, propagation_source, message)
+                    .await?
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
                 peer_id,
