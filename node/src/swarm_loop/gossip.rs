@@ -2,7 +2,8 @@
 //! on, so that a node relays only what it would act on itself.
 //!
 //! - A message that does not decode, or whose signature or run is wrong,
-//!   is rejected: not relayed, and held against the peer that relayed it.
+//!   is rejected: not relayed (gossipsub's verdict for an invalid message,
+//!   which its peer scoring would count against the relaying peer).
 //! - An announcement a peer repeats after the round that applied it, and a
 //!   proof of equivocation about a key this node has no stake in (see
 //!   [`Engine::knows`]) or has already caught, are ignored: not relayed.
