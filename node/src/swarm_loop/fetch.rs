@@ -203,6 +203,9 @@ impl Node {
         self.round_done(head, None);
         // This node's records from the adopted round on are of the branch
         // it left; those below are checked as the backfill reaches them.
+        // Removed once the writes under way have landed, which a late one
+        // would otherwise undo.
+        self.finish_round_writes().await?;
         self.data.remove_records_from(head.round)?;
         self.start_backfill(Some(from), head);
         let _ = self

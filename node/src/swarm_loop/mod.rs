@@ -37,7 +37,7 @@ use crate::net::{build_swarm, peer_id, topics, Behaviour, NetConfig, NetError, T
 use error::with_causes;
 pub use error::NodeError;
 pub use event::NodeEvent;
-use persist::{restore_residual, HeadWrites};
+use persist::{restore_residual, HeadWrites, RoundWrites};
 pub use replica::{Replica, ReplicaError};
 pub use status::{Phase, Status};
 pub use worker::{StepProgress, Worker};
@@ -109,6 +109,8 @@ pub struct Node {
     tentative: HashMap<Digest, Arc<ChainState>>,
     /// Writes of head.ckpt.
     head: HeadWrites,
+    /// The writes of finalized rounds' payloads and records under way.
+    round_writes: RoundWrites,
     /// The worker, and what it is handed back while in a session.
     worker: worker::WorkerSlot,
     /// The worker's mean loss in its last finished session.
@@ -253,6 +255,7 @@ impl Node {
                 last_cost: Duration::ZERO,
                 last_done: std::time::Instant::now(),
             },
+            round_writes: RoundWrites::default(),
             worker: worker::WorkerSlot::new(worker),
             train_loss: None,
             trained_tx,
@@ -464,19 +467,20 @@ impl Node {
                 ..
             } => self.start_outer_step(round, contributions),
             Output::Finalized { record, head } => {
-                for signed in &record.contributions {
-                    if let Some((_, bytes)) = self.engine.payload(&signed.id()) {
-                        self.data.write_payload(&bytes)?;
-                    }
-                }
-                self.data.write_record(head.round - 1, &record)?;
+                let payloads = record
+                    .contributions
+                    .iter()
+                    .filter_map(|signed| self.engine.payload(&signed.id()))
+                    .map(|(_, bytes)| bytes)
+                    .collect();
+                let contributions = record.contributions.len();
+                self.write_round(head.round - 1, record, payloads).await?;
                 if let Some(next) = self.tentative.remove(&head.base) {
                     self.set_state(next, head.base, false).await?;
                 }
                 for (_, unused) in self.tentative.drain() {
                     self.buffers.spare = Arc::try_unwrap(unused).ok().or(self.buffers.spare.take());
                 }
-                let contributions = record.contributions.len();
                 self.round_done(head, Some(contributions));
                 self.wake_backfill();
                 let _ = self
@@ -484,7 +488,7 @@ impl Node {
                     .send(NodeEvent::Finalized {
                         round: head.round - 1,
                         checkpoint: head.base,
-                        contributions: record.contributions.len(),
+                        contributions,
                         train_loss: self.train_loss,
                     })
                     .await;

@@ -8,6 +8,7 @@ use p2ptrain_protocol::Digest;
 
 use super::{Node, NodeError, Worker};
 use crate::chain::{ChainError, ChainState, DataDir};
+use p2ptrain_protocol::RoundRecord;
 
 /// Gives `worker` the residual saved in `data` if it goes with
 /// `checkpoint`; whether it did.
@@ -75,9 +76,31 @@ impl Node {
         Ok(())
     }
 
+    /// Writes a finalized round's payloads and record off the event loop
+    /// (each file synced, so a round of large payloads takes a while),
+    /// after the rounds' writes already under way; see [`RoundWrites`].
+    pub(super) async fn write_round(
+        &mut self,
+        round: u64,
+        record: RoundRecord,
+        payloads: Vec<Arc<[u8]>>,
+    ) -> Result<(), NodeError> {
+        Ok(self
+            .round_writes
+            .push(&self.data, round, record, payloads)
+            .await?)
+    }
+
+    /// Waits for the rounds' writes under way, if any.
+    pub(super) async fn finish_round_writes(&mut self) -> Result<(), NodeError> {
+        Ok(self.round_writes.finish(&self.data).await?)
+    }
+
     /// Writes the current state to head.ckpt in the background, after the
-    /// write under way (if any) has finished.
+    /// write under way (if any) and the rounds' records before it have
+    /// finished.
     pub(super) async fn write_head(&mut self) -> Result<(), NodeError> {
+        self.finish_round_writes().await?;
         self.finish_head_write().await?;
         if self.head.written == Some(self.state_hash) {
             return Ok(());
@@ -145,5 +168,137 @@ impl Node {
             self.data.write_residual(&self.state_hash, &values)?;
         }
         Ok(())
+    }
+}
+
+/// Finalized rounds' payloads and records, written off the event loop one
+/// round after another, in the order asked.
+///
+/// A write that failed stops the node when it is next looked at: at the
+/// next round's write, at the next head.ckpt (which waits for the records
+/// before it), or when the node stops. A node killed while rounds are
+/// being written restarts from the last round on disk and catches up, as
+/// from a kill a moment earlier.
+#[derive(Debug, Default)]
+pub(super) struct RoundWrites {
+    /// The last round's writes, which wait for those before.
+    tail: Option<tokio::task::JoinHandle<Result<(), ChainError>>>,
+}
+
+impl RoundWrites {
+    /// Queues round `round`'s payloads and record in `data`, after the
+    /// writes under way; first reports a queued write that has failed.
+    pub(super) async fn push(
+        &mut self,
+        data: &DataDir,
+        round: u64,
+        record: RoundRecord,
+        payloads: Vec<Arc<[u8]>>,
+    ) -> Result<(), ChainError> {
+        if self.tail.as_ref().is_some_and(|w| w.is_finished()) {
+            self.finish(data).await?;
+        }
+        let before = self.tail.take();
+        let (data, root) = (data.clone(), data.clone());
+        self.tail = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                joined(&root, before.await)?;
+            }
+            let write = tokio::task::spawn_blocking(move || {
+                for bytes in &payloads {
+                    data.write_payload(bytes)?;
+                }
+                data.write_record(round, &record)
+            });
+            joined(&root, write.await)
+        }));
+        Ok(())
+    }
+
+    /// Waits for every write queued; the first failure, if any.
+    pub(super) async fn finish(&mut self, data: &DataDir) -> Result<(), ChainError> {
+        match self.tail.take() {
+            Some(writes) => joined(data, writes.await),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a write off the event loop came to; a task that failed to finish
+/// (it panicked) is a write error in `data`.
+fn joined<T>(
+    data: &DataDir,
+    result: Result<Result<T, ChainError>, tokio::task::JoinError>,
+) -> Result<T, ChainError> {
+    result.unwrap_or_else(|e| {
+        Err(ChainError::Write {
+            path: data.root().display().to_string(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use p2ptrain_protocol::{Commit, IdSet, PeerKey, Signed, SigningKey};
+
+    use super::*;
+    use crate::scratch::scratch_dir;
+
+    fn record(round: u64) -> RoundRecord {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let commit = Commit {
+            run: Digest::of(b"run"),
+            round,
+            base: Digest::of(&round.to_le_bytes()),
+            committer: PeerKey::from(&key),
+            contributions: IdSet::new(Vec::new()),
+            result: Digest::of(&(round + 1).to_le_bytes()),
+            chain_tokens: round,
+        };
+        RoundRecord {
+            commit: Signed::sign(&commit, &key).unwrap(),
+            contributions: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_round_queued_is_on_disk_when_the_writes_finish() {
+        let data = DataDir::new(scratch_dir("round-writes"));
+        let mut writes = RoundWrites::default();
+        let payload = |round: u64| Arc::<[u8]>::from(vec![round as u8; 1000]);
+        for round in 0..3 {
+            writes
+                .push(&data, round, record(round), vec![payload(round)])
+                .await
+                .unwrap();
+        }
+        writes.finish(&data).await.unwrap();
+        for round in 0..3 {
+            assert_eq!(data.record(round).unwrap(), Some(record(round)));
+            let stored = data.payload(&Digest::of(&payload(round))).unwrap();
+            assert_eq!(stored, payload(round).to_vec());
+        }
+        // Nothing left to wait for.
+        writes.finish(&data).await.unwrap();
+        let _ = std::fs::remove_dir_all(data.root());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_failed_is_reported_and_stops_the_rounds_after_it() {
+        let root = scratch_dir("round-writes-fail");
+        // A folder where round 0's record goes: its write fails.
+        std::fs::create_dir_all(root.join("records").join("00000000.bin")).unwrap();
+        let data = DataDir::new(root.clone());
+        let mut writes = RoundWrites::default();
+        writes.push(&data, 0, record(0), Vec::new()).await.unwrap();
+        writes.push(&data, 1, record(1), Vec::new()).await.unwrap();
+        assert!(matches!(
+            writes.finish(&data).await,
+            Err(ChainError::Write { .. })
+        ));
+        // Round 1 would have landed, leaving a hole below it.
+        assert!(!data.has_record(1));
+        let _ = std::fs::remove_dir_all(root);
     }
 }
