@@ -45,16 +45,44 @@ pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
 
 /// A failed dial told in one line: for each address tried, `ADDRESS:
 /// reason` (libp2p's own message wraps the list in a sentence and repeats
-/// each reason).
-pub(super) fn dial_failure(error: &DialError) -> String {
-    match error {
+/// each reason). In a private swarm (`private`), a dial that reached its
+/// peer but failed in the handshakes that follow is most likely a peer
+/// with another pre-shared key, whose bytes decrypt to noise here: the
+/// line says so.
+pub(super) fn dial_failure(error: &DialError, private: bool) -> String {
+    let told = match error {
         DialError::Transport(attempts) if !attempts.is_empty() => attempts
             .iter()
             .map(|(address, error)| format!("{address}: {}", with_causes(error)))
             .collect::<Vec<_>>()
             .join("; "),
         other => with_causes(other),
+    };
+    if private && handshake_failed(error) {
+        format!("{told} (in a private swarm every node needs the same --psk file)")
+    } else {
+        told
     }
+}
+
+/// Whether a dial reached some address but failed in the upgrade of the
+/// connection (protocol negotiation, the security handshake) or timed
+/// out there, as libp2p-core words those failures.
+fn handshake_failed(error: &DialError) -> bool {
+    const UPGRADE_FAILURES: [&str; 3] = [
+        "Multistream select failed",
+        "Handshake failed",
+        "Timeout has been reached",
+    ];
+    let DialError::Transport(attempts) = error else {
+        return false;
+    };
+    attempts.iter().any(|(_, error)| {
+        let told = with_causes(error);
+        UPGRADE_FAILURES
+            .iter()
+            .any(|failure| told.contains(failure))
+    })
 }
 
 #[cfg(test)]
@@ -131,7 +159,9 @@ mod tests {
         })
         .await
         .expect("a dial to a closed port fails at once");
-        let told = dial_failure(&failed);
+        let told = dial_failure(&failed, false);
+        // Nothing was reached: no word on pre-shared keys, private or not.
+        assert_eq!(dial_failure(&failed, true), told);
         let reason = told
             .strip_prefix(&format!("{address}: "))
             .unwrap_or_else(|| panic!("{told}"));
@@ -140,6 +170,45 @@ mod tests {
         let said = reason.to_lowercase();
         assert_eq!(said.matches("connection refused").count(), 1, "{told}");
         assert!(!said.contains(": "), "{told}");
+    }
+
+    #[tokio::test]
+    async fn a_dial_to_a_node_with_another_pre_shared_key_names_the_key() {
+        let private = |seed: u8, psk: u8| {
+            crate::net::build_swarm(
+                &p2ptrain_protocol::SigningKey::from_bytes(&[seed; 32]),
+                &crate::net::NetConfig {
+                    mdns: false,
+                    psk: Some(libp2p::pnet::PreSharedKey::new([psk; 32])),
+                    ..crate::net::NetConfig::default()
+                },
+            )
+            .unwrap()
+        };
+        let (mut host, mut outsider) = (private(5, 1), private(6, 2));
+        host.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let failed = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                tokio::select! {
+                    event = host.select_next_some() => {
+                        if let SwarmEvent::NewListenAddr { address, .. } = event {
+                            outsider.dial(address).unwrap();
+                        }
+                    }
+                    event = outsider.select_next_some() => {
+                        if let SwarmEvent::OutgoingConnectionError { error, .. } = event {
+                            break error;
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the dial fails within a minute");
+        let told = dial_failure(&failed, true);
+        assert!(told.ends_with("needs the same --psk file)"), "{told}");
+        assert!(!dial_failure(&failed, false).contains("--psk"));
     }
 
     #[tokio::test]

@@ -92,6 +92,8 @@ type Trained = (
 
 /// A running node. See the module docs.
 pub struct Node {
+    /// Whether this node runs a private swarm (`--psk`).
+    private: bool,
     swarm: Swarm<Behaviour>,
     engine: Engine,
     topics: Topics,
@@ -238,8 +240,10 @@ impl Node {
         let (stepped_tx, stepped_rx) = mpsc::channel(4);
         let control = swarm.behaviour().fetch.new_control();
         let (fetcher, fetch_answers) = Fetcher::new(control, setup.net.fetch_timeout);
+        let private = setup.net.psk.is_some();
         Ok(Self {
             swarm,
+            private,
             engine,
             topics,
             data: setup.data,

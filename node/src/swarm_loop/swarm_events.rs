@@ -109,8 +109,8 @@ impl Node {
                     self.refused(&peer).await;
                 }
                 (_, error) => {
-                    self.report(NodeEvent::DialFailed(dial_failure(&error)))
-                        .await
+                    let told = dial_failure(&error, self.private);
+                    self.report(NodeEvent::DialFailed(told)).await
                 }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {

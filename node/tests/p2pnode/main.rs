@@ -291,9 +291,11 @@ fn a_node_with_another_pre_shared_key_cannot_connect() {
     host.wait_for("the member", |_, l| {
         (l == format!("peer {member_key} connected")).then_some(())
     });
-    outsider.wait_for("a failed dial", |_, l| {
-        l.starts_with("could not connect").then_some(())
+    let failed = outsider.wait_for("a failed dial", |_, l| {
+        l.starts_with("could not connect").then(|| l.to_owned())
     });
+    // The line points at the likely cause.
+    assert!(failed.ends_with("needs the same --psk file)"), "{failed}");
     assert!(!outsider.said(" connected"));
     assert!(!host.said(&format!("peer {outsider_key} connected")));
     drop((host, member, outsider));
