@@ -591,27 +591,42 @@ fn a_key_that_signs_two_contributions_in_a_round_is_ignored_by_every_peer_from_t
     assert!(swarm.finalized[..4].iter().all(|f| f[1].2.len() == 4));
 }
 
+/// A contribution to `engine`'s run signed by `key` for `(round, base)`,
+/// claiming `tokens`, its payload a stand-in never fetched.
+fn stand_in(
+    engine: &Engine,
+    key: &SigningKey,
+    (round, base): (u64, Digest),
+    tokens: u64,
+) -> Signed<Contribution> {
+    let c = Contribution {
+        run: engine.run(),
+        round,
+        base,
+        author: PeerKey::from(key),
+        tokens,
+        payload: PayloadRef {
+            hash: Digest::of(b"p"),
+            len: 1,
+        },
+        compression: manifest().compression,
+    };
+    Signed::sign(&c, key).unwrap()
+}
+
 #[test]
 fn proof_of_two_contributions_from_a_peer_gets_the_key_ignored_from_the_next_round() {
     let mut swarm = Swarm::new(2, manifest());
     swarm.start();
     let outsider = key(7);
     let signed = |swarm: &Swarm, tokens| {
-        let engine = &swarm.engines[0];
-        let head = engine.head();
-        let c = Contribution {
-            run: engine.run(),
-            round: head.round,
-            base: head.base,
-            author: PeerKey::from(&outsider),
+        let head = swarm.engines[0].head();
+        stand_in(
+            &swarm.engines[0],
+            &outsider,
+            (head.round, head.base),
             tokens,
-            payload: PayloadRef {
-                hash: Digest::of(b"p"),
-                len: 1,
-            },
-            compression: manifest().compression,
-        };
-        Signed::sign(&c, &outsider).unwrap()
+        )
     };
     let delivered = |swarm: &Swarm| {
         let update = update(60, 1.0);
@@ -662,19 +677,7 @@ fn a_proof_about_a_key_heard_last_round_is_acted_on_after_the_round_closed() {
     swarm.start();
     let outsider = key(7);
     let contribution = |swarm: &Swarm, round: u64, base: Digest, tokens| {
-        let c = Contribution {
-            run: swarm.engines[0].run(),
-            round,
-            base,
-            author: PeerKey::from(&outsider),
-            tokens,
-            payload: PayloadRef {
-                hash: Digest::of(b"p"),
-                len: 1,
-            },
-            compression: manifest().compression,
-        };
-        Signed::sign(&c, &outsider).unwrap()
+        stand_in(&swarm.engines[0], &outsider, (round, base), tokens)
     };
     let base = swarm.engines[0].head().base;
     let update = update(60, 1.0);
