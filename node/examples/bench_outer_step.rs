@@ -13,17 +13,13 @@ use std::time::Instant;
 
 use p2ptrain_kernels::compress;
 use p2ptrain_node::chain::{Buffers, ChainState, StepInput};
-use p2ptrain_protocol::{CompressionSettings, Digest, ModelConfig, RunManifest};
+use p2ptrain_protocol::{CompressionSettings, Digest, RunManifest};
 use p2ptrain_trainer::ParamLayout;
 
-/// The round-sync benchmark's model: a GPT-2 shape of 25.5M parameters.
-const MODEL: ModelConfig = ModelConfig {
-    vocab_size: 256,
-    context_len: 256,
-    n_layer: 8,
-    n_head: 8,
-    d_model: 512,
-};
+use common::MODEL;
+
+mod common;
+
 /// Payloads in the mean.
 const PEERS: usize = 4;
 

@@ -28,20 +28,15 @@ use p2ptrain_node::net::NetConfig;
 use p2ptrain_node::swarm_loop::{
     Command, Node, NodeEvent, NodeSetup, ReplicaError, StepProgress, Training, Worker,
 };
-use p2ptrain_protocol::{CompressionSettings, Digest, ModelConfig, RunManifest, SigningKey};
+use p2ptrain_protocol::{CompressionSettings, Digest, RunManifest, SigningKey};
 use p2ptrain_trainer::ParamLayout;
 use tokio::sync::mpsc;
 
-type Error = Box<dyn std::error::Error>;
+use common::MODEL;
 
-/// A GPT-2 shape of 25.4M parameters.
-const MODEL: ModelConfig = ModelConfig {
-    vocab_size: 256,
-    context_len: 256,
-    n_layer: 8,
-    n_head: 8,
-    d_model: 512,
-};
+mod common;
+
+type Error = Box<dyn std::error::Error>;
 
 /// Round sync among peers on loopback with a 25M-parameter model.
 #[derive(clap::Parser)]
