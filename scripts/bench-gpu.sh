@@ -30,7 +30,9 @@ summary=()
 for precision in fp32 tf32; do
   flag=(); [[ $precision == tf32 ]] && flag=(--tf32)
   only=(); [[ $precision == tf32 ]] && only=(--train-only)
-  candle=$("$BENCH_BIN" --preset gpt2 --batch 8 --steps "$STEPS" "${flag[@]}" "${only[@]}" | tee /dev/stderr | grep '^candle')
+  out=$("$BENCH_BIN" --preset gpt2 --batch 8 --steps "$STEPS" "${flag[@]}" "${only[@]}")
+  echo "$out"
+  candle=$(grep '^candle' <<<"$out")
   torch=$("$PYTHON" scripts/bench_gpu_torch.py --preset gpt2 --batch 8 --steps "$STEPS" "${flag[@]}")
   echo "$torch"
   sdpa=$("$PYTHON" scripts/bench_gpu_torch.py --preset gpt2 --batch 8 --steps "$STEPS" --sdpa "${flag[@]}")

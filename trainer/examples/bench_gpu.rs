@@ -3,7 +3,7 @@
 //! device-to-device copy of it. Also checks, at full size, that the device
 //! payload and residual are bit-identical to the CPU's.
 //!
-//! `cargo run --release --features cuda -p p2ptrain-trainer --example bench_gpu -- [--preset gpt2] [--batch 8] [--steps 10] [--tf32] [--train-only | --compress-only]`
+//! `cargo run --release --features cuda -p p2ptrain-trainer --example bench_gpu -- [--preset gpt2] [--batch 8] [--steps 10] [--tf32] [--composed] [--train-only | --compress-only]`
 //!
 //! `scripts/bench-gpu.sh` runs it beside PyTorch eager on the same GPU and
 //! prints the ratios.
@@ -13,7 +13,8 @@ use std::time::Instant;
 use candle_core::Device;
 use p2ptrain_kernels::cuda::{DeviceKernels, DeviceResidual};
 use p2ptrain_protocol::{CompressionSettings, RunManifest, ValueBits};
-use p2ptrain_trainer::{device, LocalTrainer, ParamLayout, Preset};
+use p2ptrain_trainer::optim::AdamW;
+use p2ptrain_trainer::{device, Gpt, LocalTrainer, ParamLayout, Preset};
 
 /// Dense fp32 rate of an H100/H200 SXM without tensor cores (FLOP/s), and
 /// with TF32 tensor cores (dense), the denominators of MFU.
@@ -34,9 +35,16 @@ struct Args {
     /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Untimed training steps before them.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
     /// Let matmuls use TF32.
     #[arg(long)]
     tf32: bool,
+    /// Train with candle's composed operations instead of the fused CUDA
+    /// kernels (GELU, layer norm, causal softmax, loss), for comparison.
+    #[arg(long)]
+    composed: bool,
     /// Measure compression only.
     #[arg(long, conflicts_with = "train_only")]
     compress_only: bool,
@@ -50,14 +58,19 @@ fn main() -> Result<(), Error> {
         preset,
         batch,
         steps,
+        warmup,
         tf32,
+        composed,
         compress_only: skip_train,
         train_only: skip_compress,
     } = clap::Parser::parse();
+    if steps == 0 {
+        return Err("--steps must be at least 1".into());
+    }
     let device = device::parse("cuda:0")?;
     candle_core::cuda::set_gemm_reduced_precision_f32(tf32);
     if !skip_train {
-        train(preset, batch, steps, tf32, &device)?;
+        train(preset, batch, (warmup, steps), (tf32, composed), &device)?;
     }
     if skip_compress {
         return Ok(());
@@ -65,12 +78,12 @@ fn main() -> Result<(), Error> {
     compress(ParamLayout::gpt2(&preset.config()).len(), &device)
 }
 
-/// Times `steps` training steps after three warm-up steps.
+/// Times `steps` training steps after `warmup` untimed ones.
 fn train(
     preset: Preset,
     batch: u32,
-    steps: usize,
-    tf32: bool,
+    (warmup, steps): (usize, usize),
+    (tf32, composed): (bool, bool),
     device: &Device,
 ) -> Result<(), Error> {
     let config = preset.config();
@@ -78,7 +91,12 @@ fn train(
     let params = values.len();
     let mut inner = RunManifest::default().inner;
     inner.batch_size = batch;
-    let mut trainer = LocalTrainer::new(config, values, inner, 1000, device)?;
+    let mut model = Gpt::new(config, &values, device)?;
+    if composed {
+        model = model.without_fused_kernels();
+    }
+    let adam = AdamW::new(inner, 1000, params);
+    let mut trainer = LocalTrainer::with_optimizer(model, values, adam, batch as usize)?;
     let context = config.context_len as usize;
     let tokens = batch as usize * context;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -93,7 +111,7 @@ fn train(
             .collect();
         (ids[..tokens].to_vec(), ids[1..].to_vec())
     };
-    for _ in 0..3 {
+    for _ in 0..warmup {
         let (x, y) = next();
         trainer.step(&x, &y)?;
     }
@@ -154,8 +172,9 @@ fn train(
         (PEAK_FP32, "fp32")
     };
     println!(
-        "candle train {} {precision} params {params} batch {batch}x{context}: {steps} steps in {total:.2}s, median {:.1} ms/step -> {per_second:.0} tok/s, MFU {:.1}% of {:.0} TFLOP/s (loss {last_loss:.3})",
+        "candle train {} {precision}{} params {params} batch {batch}x{context}: {steps} steps in {total:.2}s, median {:.1} ms/step -> {per_second:.0} tok/s, MFU {:.1}% of {:.0} TFLOP/s (loss {last_loss:.3})",
         preset.name(),
+        if composed { " composed" } else { "" },
         median * 1e3,
         100.0 * per_second * flops_per_token / peak,
         peak / 1e12,

@@ -1,8 +1,9 @@
 //! The GPT-2 decoder in candle.
 //!
-//! Every operation has a backward pass. On the CPU, GELU, layer norm, the
-//! causal softmax and the loss run as the fused kernels of [`crate::fused`];
-//! elsewhere they are composed here from candle primitives — never candle's
+//! Every operation has a backward pass. On the CPU and on a GPU, GELU,
+//! layer norm, the causal softmax and the loss run as the fused kernels of
+//! [`crate::fused`]; elsewhere, or with the fused kernels turned off, they
+//! are composed here from candle primitives — never candle's
 //! own `LayerNorm`, `layer_norm`, `softmax_last_dim` or `rms_norm`, which have
 //! no backward pass and would silently stop gradients.
 //!
@@ -141,6 +142,15 @@ impl Gpt {
     /// Logits `[batch, time, vocab]` for token ids `[batch, time]` (u32).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (batch, time) = ids.dims2()?;
+        let vocab = self.config.vocab_size as usize;
+        Ok(self.logit_rows(ids)?.reshape((batch, time, vocab))?)
+    }
+
+    /// Logits `[batch × time, vocab]`, one row per token: what the loss
+    /// takes, with no reshape in between (each one would cost the backward
+    /// pass a zeroed gradient and an add the size of the logits).
+    fn logit_rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let (batch, time) = ids.dims2()?;
         if time > self.config.context_len as usize {
             return Err(TrainerError::Config(format!(
                 "{time} tokens exceed the context of {}",
@@ -159,8 +169,7 @@ impl Gpt {
             x = self.block_forward(&self.block(i)?, &x, &mask)?;
         }
         let x = self.layer_norm(&x, self.var("ln_f.weight")?, self.var("ln_f.bias")?)?;
-        let logits = x.reshape((batch * time, d))?.matmul(&wte.t()?)?;
-        Ok(logits.reshape((batch, time, self.config.vocab_size as usize))?)
+        Ok(x.reshape((batch * time, d))?.matmul(&wte.t()?)?)
     }
 
     fn block_forward(&self, block: &Block<'_>, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -187,9 +196,7 @@ impl Gpt {
     /// Mean cross-entropy (nats per token) of predicting `targets` from
     /// `inputs`, both `[batch, time]` u32.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let logits = self.forward(inputs)?;
-        let vocab = self.config.vocab_size as usize;
-        let logits = logits.reshape(((), vocab))?;
+        let logits = self.logit_rows(inputs)?;
         if self.fused() {
             let targets = targets.flatten_all()?.to_vec1::<u32>()?;
             return Ok(logits.apply_op1(fused::CrossEntropy { targets })?);
@@ -199,10 +206,10 @@ impl Gpt {
         Ok(picked.mean_all()?.neg()?)
     }
 
-    /// Whether the fused CPU kernels of [`crate::fused`] replace the
-    /// composed operations (they do on the CPU, unless turned off).
+    /// Whether the fused kernels of [`crate::fused`] replace the composed
+    /// operations (they do on the CPU and on a GPU, unless turned off).
     fn fused(&self) -> bool {
-        self.fused && self.device.is_cpu()
+        self.fused && (self.device.is_cpu() || self.device.is_cuda())
     }
 
     /// The loss on one batch and its flat gradient (in layout order) from
@@ -214,7 +221,7 @@ impl Gpt {
         targets: &[u32],
         batch: usize,
     ) -> Result<Option<(f32, Vec<f32>)>> {
-        if !self.fused() {
+        if !(self.fused() && self.device.is_cpu()) {
             return Ok(None);
         }
         let params = self.flat_values()?;
@@ -224,7 +231,7 @@ impl Gpt {
         Ok(Some(out))
     }
 
-    /// Uses the composed operations even on the CPU: slower, the same
+    /// Uses the composed operations even on the CPU or a GPU: slower, the same
     /// function; for checking the fused kernels against.
     pub fn without_fused_kernels(mut self) -> Self {
         self.fused = false;

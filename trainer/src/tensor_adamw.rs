@@ -1,7 +1,8 @@
 //! The inner AdamW on the model's own tensors, for a model on a GPU: the
-//! same schedule, clipping and update as [`AdamW`], written as candle
-//! operations so that parameters, gradients and moments never leave the
-//! device during a round.
+//! same schedule, clipping and update as [`AdamW`], run as in-place candle
+//! ops ([`AdamWMoment`], [`AdamWUpdate`]: one pass over each moment and one
+//! over the parameters) so that parameters, gradients and moments never
+//! leave the device during a round.
 //!
 //! The CPU path keeps [`AdamW`] on flat buffers, whose bits are fixed; on a
 //! GPU the order of floating-point sums inside candle's kernels is the
@@ -11,6 +12,7 @@
 use candle_core::{backprop::GradStore, Tensor, Var};
 use p2ptrain_protocol::InnerOptimizer;
 
+use crate::fused::{AdamWMoment, AdamWUpdate};
 use crate::optim::{AdamW, StepScalars};
 use crate::params::ParamLayout;
 use crate::{Result, TrainerError};
@@ -82,7 +84,7 @@ impl TensorAdamW {
         let grads: Vec<Tensor> = vars
             .iter()
             .map(|var| match grads.get(var.as_tensor()) {
-                Some(g) => Ok(g.detach()),
+                Some(g) => g.detach().contiguous(),
                 None => var.as_tensor().zeros_like(),
             })
             .collect::<candle_core::Result<_>>()?;
@@ -107,17 +109,26 @@ impl TensorAdamW {
             decay,
         } = StepScalars::new(&self.settings, self.total_steps, self.step, norm);
         self.step += 1;
-        for (((var, g), m), v) in vars.iter().zip(&grads).zip(&mut self.m).zip(&mut self.v) {
-            let g = g.affine(f64::from(coef), 0.0)?;
-            *m = (m.affine(f64::from(beta1), 0.0)? + g.affine(f64::from(1.0 - beta1), 0.0)?)?;
-            *v = (v.affine(f64::from(beta2), 0.0)?
-                + g.sqr()?.affine(f64::from(1.0 - beta2), 0.0)?)?;
-            let denom = v
-                .sqrt()?
-                .affine(1.0 / f64::from(bias2_sqrt), f64::from(eps))?;
-            let update = (m.affine(f64::from(step_size), 0.0)? / denom)?;
-            let theta = var.as_tensor().detach();
-            var.set(&(theta.affine(f64::from(decay), 0.0)? - update)?)?;
+        let first = AdamWMoment {
+            coef,
+            beta: beta1,
+            square: false,
+        };
+        let second = AdamWMoment {
+            coef,
+            beta: beta2,
+            square: true,
+        };
+        let update = AdamWUpdate {
+            inv_bias2: (1.0 / f64::from(bias2_sqrt)) as f32,
+            eps,
+            step: step_size,
+            decay,
+        };
+        for (((var, g), m), v) in vars.iter().zip(&grads).zip(&self.m).zip(&self.v) {
+            m.inplace_op2(g, &first)?;
+            v.inplace_op2(g, &second)?;
+            var.as_tensor().inplace_op3(m, v, &update)?;
         }
         Ok(norm)
     }

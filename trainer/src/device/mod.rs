@@ -4,10 +4,109 @@
 //! This is the trainer's one place that knows whether the `cuda` feature is
 //! on; without it, asking for a GPU is a clear error, never a build failure.
 //! With it, a replica on a GPU compresses its pseudo-gradient on the device
-//! ([`ErrorFeedback`]), and only the payload comes back to the host.
+//! ([`ErrorFeedback`]), and only the payload comes back to the host; and
+//! the fused ops of [`crate::fused`] run their CUDA kernels ([`gpu`]).
 
 #[cfg(feature = "cuda")]
 mod cuda;
+
+/// The training kernels of the fused ops on a GPU (`train.cu`).
+#[cfg(feature = "cuda")]
+pub(crate) use cuda::ops as gpu;
+
+/// Without the `cuda` feature there is no CUDA storage to run on: candle
+/// never calls a fused op's `cuda_fwd`, and each of these only says so.
+#[cfg(not(feature = "cuda"))]
+pub(crate) mod gpu {
+    use candle_core::{CudaStorage, Layout, Result};
+
+    use crate::fused::HeadShape;
+
+    type Input<'a> = (&'a CudaStorage, &'a Layout);
+
+    fn absent<T>() -> Result<T> {
+        candle_core::bail!("this build has no CUDA support; rebuild with `--features cuda`")
+    }
+
+    pub fn gelu(_: &CudaStorage, _: &Layout) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn gelu_grad(_: Input<'_>, _: Input<'_>) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn layer_norm(_: Input<'_>, _: Input<'_>, _: Input<'_>, _: f32) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn layer_norm_grad(
+        _: Input<'_>,
+        _: Input<'_>,
+        _: Input<'_>,
+        _: f32,
+    ) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn causal_softmax(_: &CudaStorage, _: &Layout, _: f32) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn causal_softmax_grad(_: Input<'_>, _: Input<'_>, _: f32) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn cross_entropy(_: Input<'_>, _: &[u32]) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn cross_entropy_grad(_: Input<'_>, _: &[u32], _: f32) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn linear(
+        _: Input<'_>,
+        _: Input<'_>,
+        _: Input<'_>,
+        _: (usize, usize, usize),
+    ) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn column_sums(_: Input<'_>, _: usize) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn split_heads(_: Input<'_>, _: HeadShape) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn merge_heads(_: Input<'_>, _: HeadShape) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn causal_attention(_: Input<'_>, _: HeadShape, _: f32) -> Result<CudaStorage> {
+        absent()
+    }
+
+    pub fn adamw_moment(
+        _: (&mut CudaStorage, &Layout),
+        _: Input<'_>,
+        _: (f32, f32, bool),
+    ) -> Result<()> {
+        absent()
+    }
+
+    pub fn adamw_params(
+        _: (&mut CudaStorage, &Layout),
+        _: Input<'_>,
+        _: Input<'_>,
+        _: (f32, f32, f32, f32),
+    ) -> Result<()> {
+        absent()
+    }
+}
 
 pub use candle_core::Device;
 
@@ -63,7 +162,17 @@ pub fn parse(name: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> Result<Device, String> {
-    Device::new_cuda(ordinal).map_err(|e| e.to_string())
+    let device = Device::new_cuda(ordinal).map_err(|e| e.to_string())?;
+    if let Device::Cuda(gpu) = &device {
+        // Candle queues all of its work, and the kernels here all of theirs,
+        // on the one stream of the thread that runs them; cudarc only acts on
+        // the events it records per buffer when a context has several streams.
+        // Creating and destroying two events for every tensor is then pure
+        // host overhead, several thousand times a training step.
+        // SAFETY: nothing here uses a second stream; see above.
+        unsafe { gpu.disable_event_tracking() };
+    }
+    Ok(device)
 }
 
 /// A replica's error-feedback residual, kept on the device its model lives
@@ -220,7 +329,7 @@ fn cuda(_ordinal: usize) -> Result<Device, String> {
 
 #[cfg(feature = "cuda")]
 fn auto() -> Device {
-    Device::new_cuda(0).unwrap_or(Device::Cpu)
+    cuda(0).unwrap_or(Device::Cpu)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -10,12 +10,20 @@
 //! strided views; only the `time × time` scores get a buffer, reused from
 //! head to head. The backward pass recomputes the probabilities rather than
 //! storing them.
+//!
+//! On a GPU the same op is one graph node too: it splits the heads into
+//! matrices, leaves `q·kᵀ` and `p·v` to cuBLAS, runs the causal softmax
+//! kernel between them and merges the heads back (`crate::device`); its
+//! backward pass does the same with candle's products.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::heads::{HeadShape, MergeHeads, SplitHeads};
 use super::matmul::{matmul, Threads, View, ViewMut};
+use super::softmax::{CausalSoftmax, CausalSoftmaxGrad};
 use super::{fast_exp, lane_max, lane_sum, slice};
+use crate::device::gpu;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -200,10 +208,53 @@ impl CustomOp1 for CausalAttention {
         Ok((CpuStorage::F32(out), Shape::from((batch, d.time, d.width))))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = CausalAttentionGrad { heads: self.heads };
-        Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &grad)?))
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (batch, d) = Dims::of(layout, self.heads)?;
+        let shape = HeadShape {
+            batch,
+            time: d.time,
+            parts: 3,
+            heads: d.heads,
+            dim: d.head_dim,
+        };
+        let out = gpu::causal_attention((storage, layout), shape, d.scale)?;
+        Ok((out, Shape::from((batch, d.time, d.width))))
     }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad_res = grad_res.contiguous()?;
+        if arg.device().is_cpu() {
+            let grad = CausalAttentionGrad { heads: self.heads };
+            return Ok(Some(arg.apply_op2_no_bwd(&grad_res, &grad)?));
+        }
+        Ok(Some(attention_gradient_by_products(
+            arg, &grad_res, self.heads,
+        )?))
+    }
+}
+
+/// The gradient of [`CausalAttention`] with respect to `qkv`, from the
+/// output gradient `dy`, through candle's batched matrix products (cuBLAS
+/// on a GPU) and the causal softmax's own gradient: the backward pass
+/// where the CPU kernels do not run. Like them, it recomputes the
+/// probabilities rather than keeping them from the forward pass.
+fn attention_gradient_by_products(qkv: &Tensor, dy: &Tensor, heads: usize) -> Result<Tensor> {
+    let (_, _, three_width) = qkv.dims3()?;
+    let scale = Dims::new(1, three_width, heads)?.scale;
+    let split = qkv.apply_op1_no_bwd(&SplitHeads { parts: 3, heads })?;
+    let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+    let p = q
+        .matmul(&k.t()?)?
+        .apply_op1_no_bwd(&CausalSoftmax { scale })?;
+    let d_out = dy
+        .apply_op1_no_bwd(&SplitHeads { parts: 1, heads })?
+        .get(0)?;
+    let dv = p.t()?.matmul(&d_out)?;
+    let dp = d_out.matmul(&v.t()?)?;
+    let ds = p.apply_op2_no_bwd(&dp, &CausalSoftmaxGrad { scale })?;
+    let dq = ds.matmul(&k)?;
+    let dk = ds.t()?.matmul(&q)?;
+    Tensor::stack(&[dq, dk, dv], 0)?.apply_op1_no_bwd(&MergeHeads)
 }
 
 struct CausalAttentionGrad {
@@ -295,4 +346,36 @@ fn head_backward(
         Threads::One,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::{attention_gradient_by_products, CausalAttentionGrad};
+
+    #[test]
+    fn the_gradient_by_products_is_the_cpu_kernels_gradient() {
+        let (batch, time, heads, head_dim) = (2, 19, 3, 8);
+        let width = heads * head_dim;
+        let values =
+            |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin() * 1.5).collect() };
+        let dev = Device::Cpu;
+        let qkv = values(batch * time * 3 * width, 0.37);
+        let qkv = Tensor::from_slice(&qkv, (batch, time, 3 * width), &dev).unwrap();
+        let dy = values(batch * time * width, 0.11);
+        let dy = Tensor::from_slice(&dy, (batch, time, width), &dev).unwrap();
+        let by_kernel = qkv
+            .apply_op2_no_bwd(&dy, &CausalAttentionGrad { heads })
+            .unwrap();
+        let by_products = attention_gradient_by_products(&qkv, &dy, heads).unwrap();
+        assert_eq!(by_products.dims(), by_kernel.dims());
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (a, b) = (flat(&by_products), flat(&by_kernel));
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "{x} vs {y}");
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! GELU (GPT-2's tanh approximation) as slice kernels and as a candle op.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{fast_tanh, slice};
+use crate::device::gpu;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -99,6 +100,10 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((gpu::gelu(storage, layout)?, layout.shape().clone()))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(
             arg.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluGrad)?,
@@ -132,6 +137,16 @@ impl CustomOp2 for GeluGrad {
         let mut dz = dy.to_vec();
         gelu_backward(z, &mut dz);
         Ok((CpuStorage::F32(dz), l1.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Ok((gpu::gelu_grad((s1, l1), (s2, l2))?, l1.shape().clone()))
     }
 }
 

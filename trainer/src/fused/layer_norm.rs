@@ -4,10 +4,11 @@
 //! deviation, so the backward kernel needs no second pass over the row to
 //! find them.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{lane_sum, last_dim, slice, split_gradients};
+use crate::device::gpu;
 use crate::model::LAYER_NORM_EPS;
 
 type Result<T> = candle_core::Result<T>;
@@ -148,6 +149,23 @@ impl CustomOp3 for LayerNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if last_dim(l1)? != l2.shape().elem_count() {
+            candle_core::bail!("{}: rows do not match the weights", self.name());
+        }
+        let eps = LAYER_NORM_EPS as f32;
+        let y = gpu::layer_norm((s1, l1), (s2, l2), (s3, l3), eps)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -193,6 +211,21 @@ impl CustomOp3 for LayerNormGrad {
         let (dw, db) = rest.split_at_mut(d);
         layer_norm_backward((x, w, &stats), dy, dx, (dw, db));
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * d)))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let eps = LAYER_NORM_EPS as f32;
+        let all = gpu::layer_norm_grad((s1, l1), (s2, l2), (s3, l3), eps)?;
+        let len = l1.shape().elem_count() + 2 * l2.shape().elem_count();
+        Ok((all, Shape::from(len)))
     }
 }
 

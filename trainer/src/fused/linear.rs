@@ -7,11 +7,16 @@
 //! pass, and the bias gradient is a strided reduction. Here the forward pass
 //! writes the bias into the output and lets the matrix product accumulate
 //! onto it, and the backward pass is two matrix products and one row sum.
+//!
+//! On a GPU it is one graph node as well: cuBLAS (through candle) does the
+//! product and a kernel adds the bias; backward, candle's products give
+//! `dx` and `dW`, and [`ColumnSums`] gives `db` in one coalesced pass.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
 use super::matmul::{matmul, Threads, View, ViewMut};
-use super::{slice, split_gradients};
+use super::{last_dim, slice, split_gradients};
+use crate::device::gpu;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -158,6 +163,21 @@ impl CustomOp3 for Linear {
         Ok((CpuStorage::F32(y), d.output_shape(l1)))
     }
 
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = Dims::of(l1, l2)?;
+        let sizes = (d.rows, d.d_in, d.d_out);
+        let y = gpu::linear((s1, l1), (s2, l2), (s3, l3), sizes)?;
+        Ok((y, d.output_shape(l1)))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -166,9 +186,54 @@ impl CustomOp3 for Linear {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad_res = grad_res.contiguous()?;
+        if !x.device().is_cpu() {
+            let (dx, dw, db) = gradients_by_products(x, w, &grad_res)?;
+            return Ok((Some(dx), Some(dw), Some(db)));
+        }
         // One call gives dx, dW and db, laid end to end.
-        let all = x.apply_op3_no_bwd(w, &grad_res.contiguous()?, &LinearGrad)?;
+        let all = x.apply_op3_no_bwd(w, &grad_res, &LinearGrad)?;
         split_gradients(&all, (x, w, b))
+    }
+}
+
+/// `dx = dy · Wᵀ`, `dW = xᵀ · dy` by candle's matrix products and `db` by
+/// [`ColumnSums`]: the backward pass where the CPU kernels do not run.
+fn gradients_by_products(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let (d_in, d_out) = w.dims2()?;
+    let rows = x.elem_count() / d_in.max(1);
+    let dy = dy.reshape((rows, d_out))?;
+    let dx = dy.matmul(&w.t()?)?.reshape(x.shape())?;
+    let dw = x.reshape((rows, d_in))?.t()?.matmul(&dy)?;
+    let db = dy.apply_op1_no_bwd(&ColumnSums)?;
+    Ok((dx, dw, db))
+}
+
+/// The sum of the rows of a matrix (of its last dimension's columns), in a
+/// fixed order.
+pub struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "column-sums"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let cols = last_dim(layout)?;
+        let x = slice(storage, layout, self.name())?;
+        let mut sums = vec![0.0f32; cols];
+        for row in x.chunks_exact(cols.max(1)) {
+            sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+        }
+        Ok((CpuStorage::F32(sums), Shape::from(cols)))
+    }
+
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let cols = last_dim(layout)?;
+        Ok((
+            gpu::column_sums((storage, layout), cols)?,
+            Shape::from(cols),
+        ))
     }
 }
 
@@ -207,7 +272,7 @@ impl CustomOp3 for LinearGrad {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use super::Linear;
+    use super::{gradients_by_products, Linear, LinearGrad};
 
     #[test]
     fn forward_and_gradients_match_a_hand_computation() {
@@ -233,6 +298,26 @@ mod tests {
         assert_eq!(flat(&x), [-1.0, 2.0, 1.0, 1.0]);
         assert_eq!(flat(&w), [1.0, 3.0, -1.0, 2.0, 4.0, 0.0]);
         assert_eq!(flat(&b), [1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn the_gradients_by_products_are_the_cpu_kernels_gradients() {
+        let dev = Device::Cpu;
+        let values =
+            |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
+        let (rows, d_in, d_out) = (37, 12, 9);
+        let x = Tensor::from_slice(&values(rows * d_in, 0.3), (1, rows, d_in), &dev).unwrap();
+        let w = Tensor::from_slice(&values(d_in * d_out, 0.7), (d_in, d_out), &dev).unwrap();
+        let dy = Tensor::from_slice(&values(rows * d_out, 0.2), (1, rows, d_out), &dev).unwrap();
+        let all = x.apply_op3_no_bwd(&w, &dy, &LinearGrad).unwrap();
+        let (dx, dw, db) = gradients_by_products(&x, &w, &dy).unwrap();
+        assert_eq!(dx.dims(), x.dims());
+        assert_eq!((dw.dims(), db.dims()), (w.dims(), &[d_out][..]));
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let by_products = [flat(&dx), flat(&dw), flat(&db)].concat();
+        for (a, b) in by_products.iter().zip(&flat(&all)) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The mean cross-entropy loss of logits against target classes, as slice
 //! kernels and as a candle op.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::{fast_exp, lane_max, lane_sum, last_dim, slice};
+use crate::device::gpu;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -77,6 +78,11 @@ impl CustomOp1 for CrossEntropy {
         Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
     }
 
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let mean = gpu::cross_entropy((storage, layout), &self.targets)?;
+        Ok((mean, Shape::from(())))
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let grad = CrossEntropyGrad {
             targets: &self.targets,
@@ -101,5 +107,10 @@ impl CustomOp1 for CrossEntropyGrad<'_> {
         let mut grad = slice(storage, layout, self.name())?.to_vec();
         cross_entropy_backward(&mut grad, self.targets, last_dim(layout)?, self.scale)?;
         Ok((CpuStorage::F32(grad), layout.shape().clone()))
+    }
+
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let grad = gpu::cross_entropy_grad((storage, layout), self.targets, self.scale)?;
+        Ok((grad, layout.shape().clone()))
     }
 }

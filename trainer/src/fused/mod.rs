@@ -1,12 +1,16 @@
-//! Fused CPU kernels, each with its own backward pass, for the work that
+//! Fused kernels, each with its own backward pass, for the work that
 //! dominates a small model's step besides the matrix products: causal
 //! attention, GELU, layer norm, the cross-entropy loss, and the bias and
 //! reshapes around each linear layer.
 //!
 //! Candle would build each of these from several operations, every one
 //! allocating a tensor and walking memory again; here each is one loop
-//! forward and one loop backward. On other devices the model uses the
-//! composed versions in [`crate::model`], which compute the same function.
+//! forward and one loop backward. On a GPU (feature `cuda`), GELU, layer
+//! norm, the cross-entropy loss and the causal softmax between attention's
+//! two matrix products ([`CausalSoftmax`]) run as CUDA kernels of their own
+//! (launched by [`crate::device`]); the matrix products stay with candle,
+//! which hands them to cuBLAS. Elsewhere the model uses the composed
+//! versions in [`crate::model`], which compute the same function.
 //!
 //! A training pass on the CPU goes further: the same kernels, called on
 //! plain slices, run the whole model forward and backward without candle's
@@ -14,21 +18,27 @@
 //! gradient. The candle ops serve the forward-only uses (evaluation,
 //! logits).
 
+mod adamw;
 mod attention;
 mod gelu;
+mod heads;
 mod layer_norm;
 mod linear;
 mod loss;
 mod matmul;
 mod scratch;
+mod softmax;
 mod step;
 
+pub use adamw::{AdamWMoment, AdamWUpdate};
 pub use attention::CausalAttention;
 pub use gelu::Gelu;
+pub use heads::{HeadShape, MergeHeads, SplitHeads};
 pub use layer_norm::LayerNorm;
-pub use linear::Linear;
+pub use linear::{ColumnSums, Linear};
 pub use loss::CrossEntropy;
 pub(crate) use scratch::Scratch;
+pub use softmax::CausalSoftmax;
 pub(crate) use step::loss_and_gradient;
 
 use candle_core::{CpuStorage, Layout, Tensor};

@@ -1,4 +1,4 @@
-//! The GPU side of [`ErrorFeedback`](super::ErrorFeedback): the residual in
+//! The GPU side of [`ErrorFeedback`](crate::device::ErrorFeedback): the residual in
 //! device memory and the kernels compiled for that device, running on the
 //! stream candle queues its work on.
 
@@ -11,7 +11,7 @@ use p2ptrain_protocol::CompressionSettings;
 
 use crate::{Result, TrainerError};
 
-pub(super) struct Feedback {
+pub(crate) struct Feedback {
     kernels: Arc<DeviceKernels>,
     residual: DeviceResidual,
 }
