@@ -1,16 +1,20 @@
 //! Fused kernels, each with its own backward pass, for the work that
 //! dominates a small model's step besides the matrix products: causal
-//! attention, GELU, layer norm, the cross-entropy loss, and the bias and
-//! reshapes around each linear layer.
+//! attention, GELU, layer norm, the cross-entropy loss, the bias and
+//! reshapes around each linear layer, and the AdamW update.
 //!
 //! Candle would build each of these from several operations, every one
-//! allocating a tensor and walking memory again; here each is one loop
-//! forward and one loop backward. On a GPU (feature `cuda`), GELU, layer
-//! norm, the cross-entropy loss and the causal softmax between attention's
-//! two matrix products ([`CausalSoftmax`]) run as CUDA kernels of their own
-//! (launched by [`crate::device`]); the matrix products stay with candle,
-//! which hands them to cuBLAS. Elsewhere the model uses the composed
-//! versions in [`crate::model`], which compute the same function.
+//! allocating a tensor, walking memory again and, backward, costing a
+//! zeroed gradient and an add; here each is one graph node, one loop
+//! forward and one loop backward.
+//!
+//! On a GPU (feature `cuda`) the same ops run CUDA kernels of their own
+//! (launched by [`crate::device`]) and leave the matrix products to candle,
+//! which hands them to cuBLAS: a linear layer is a product and a bias
+//! kernel, attention splits its heads ([`SplitHeads`]), multiplies, takes
+//! the causal softmax ([`CausalSoftmax`]), multiplies and merges them back
+//! ([`MergeHeads`]). Elsewhere the model uses the composed versions in
+//! [`crate::model`], which compute the same function.
 //!
 //! A training pass on the CPU goes further: the same kernels, called on
 //! plain slices, run the whole model forward and backward without candle's

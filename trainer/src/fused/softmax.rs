@@ -1,9 +1,10 @@
 //! The causal softmax of attention scores as a candle op: row `i` of each
 //! `time × time` matrix becomes `softmax(scale · x)` over columns `0..=i`,
-//! and zero after. With candle's matrix products on either side it is
-//! attention on a GPU, where the products go to cuBLAS; it replaces the
-//! scaling, the masking and the five operations of a composed softmax,
-//! forward and backward.
+//! and zero after. Between two of candle's matrix products it is attention
+//! on a GPU: the backward pass of [`super::CausalAttention`] recomputes the
+//! probabilities with it and takes their gradient with its own. It stands
+//! for the scaling, the masking and the five operations of a composed
+//! softmax, forward and backward.
 
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
