@@ -3,7 +3,8 @@
 //! them. The event loop that drives the round engine sits on top of this.
 //!
 //! - Gossipsub carries the small messages (announcements, commits) on the
-//!   run's topics; payloads and checkpoints move by `/p2ptrain/fetch/2`
+//!   run's topics, and graylists a peer whose messages this node rejects
+//!   ([`scoring`]); payloads and checkpoints move by `/p2ptrain/fetch/2`
 //!   ([`fetch`], over a stream kept open per peer; [`codec`] is its wire
 //!   format), fetched from whichever peer has them and checked by blake3
 //!   on arrival.
@@ -24,6 +25,7 @@ mod interop;
 #[cfg(test)]
 mod loopback;
 pub mod mux;
+pub mod scoring;
 pub mod slices;
 mod swarm;
 pub mod tls;

@@ -218,10 +218,11 @@ fn behaviour(
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(500))
         .build()?;
-    let gossipsub = gossipsub::Behaviour::new(
+    let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossip_config,
     )?;
+    gossipsub.with_peer_score(super::scoring::params(), super::scoring::thresholds())?;
     let identify = identify::Behaviour::new(identify::Config::new(
         "/p2ptrain/1.0.0".to_owned(),
         key.public(),

@@ -33,7 +33,7 @@ use crate::chain::{self, ChainError, ChainState, DataDir, ResumedFrom};
 use crate::engine::{Engine, EngineConfig, Head, Input, Millis, Output, Verify};
 use crate::net::codec::FetchRequest;
 use crate::net::fetch::{self as fetching, FetchAnswer, FetchId, Fetcher};
-use crate::net::{build_swarm, peer_id, topics, Behaviour, NetConfig, NetError, Topics};
+use crate::net::{build_swarm, peer_id, scoring, topics, Behaviour, NetConfig, NetError, Topics};
 use error::with_causes;
 pub use error::NodeError;
 pub use event::NodeEvent;
@@ -179,11 +179,13 @@ impl Node {
         let run = manifest.id().map_err(ChainError::from)?;
         let topics = topics(&run);
         for topic in topics.all() {
-            swarm
-                .behaviour_mut()
-                .gossipsub
+            let gossip = &mut swarm.behaviour_mut().gossipsub;
+            gossip
                 .subscribe(topic)
                 .map_err(|e| NetError::Behaviour(e.to_string()))?;
+            gossip
+                .set_topic_params(topic.clone(), scoring::topic_params())
+                .map_err(|e| NetError::Behaviour(e.to_owned()))?;
         }
         for address in &setup.listen {
             swarm
