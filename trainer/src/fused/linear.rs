@@ -104,10 +104,15 @@ pub(super) fn linear_backward(
         (1.0, false),
         DW_THREADS,
     )?;
-    for row in dy.chunks_exact(d.d_out) {
-        db.iter_mut().zip(row).for_each(|(g, &dy)| *g += dy);
-    }
+    add_rows(dy, db);
     Ok(())
+}
+
+/// Adds each row of `x` (rows as wide as `sums`) into `sums`, in order.
+fn add_rows(x: &[f32], sums: &mut [f32]) {
+    for row in x.chunks_exact(sums.len().max(1)) {
+        sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+    }
 }
 
 /// How the weight-gradient product `xᵀ · dy` runs: a long inner dimension
@@ -222,9 +227,7 @@ impl CustomOp1 for ColumnSums {
         let cols = last_dim(layout)?;
         let x = slice(storage, layout, self.name())?;
         let mut sums = vec![0.0f32; cols];
-        for row in x.chunks_exact(cols.max(1)) {
-            sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
-        }
+        add_rows(x, &mut sums);
         Ok((CpuStorage::F32(sums), Shape::from(cols)))
     }
 
