@@ -1,9 +1,9 @@
 //! The GPT-2 decoder in candle.
 //!
 //! Every operation has a backward pass. On the CPU and on a GPU, GELU,
-//! layer norm, the causal softmax and the loss run as the fused kernels of
-//! [`crate::fused`]; elsewhere, or with the fused kernels turned off, they
-//! are composed here from candle primitives — never candle's
+//! layer norm, attention, the linear layers and the loss run as the fused
+//! kernels of [`crate::fused`]; elsewhere, or with the fused kernels turned
+//! off, they are composed here from candle primitives — never candle's
 //! own `LayerNorm`, `layer_norm`, `softmax_last_dim` or `rms_norm`, which have
 //! no backward pass and would silently stop gradients.
 //!
