@@ -8,6 +8,8 @@ mod datadir;
 mod history;
 mod resume;
 mod state;
+mod step;
+mod tree_hash;
 mod verify;
 
 use std::path::Path;
@@ -17,7 +19,8 @@ use p2ptrain_protocol::{CodecError, Digest};
 pub use datadir::{Announcement, DataDir, DirLock};
 pub use history::history;
 pub use resume::{latest, resume, Resumed, ResumedFrom};
-pub use state::{Buffers, ChainState, StepInput};
+pub use state::ChainState;
+pub use step::{Buffers, StepInput};
 pub use verify::{replay, replay_with_progress, Verified};
 
 /// Why a chain cannot be read, stored or verified.
