@@ -12,9 +12,12 @@
 //! exchange. As in Hivemind's benchmark, the peers start together: each
 //! round's sessions wait for one another (peers that finished training at
 //! the same time), and the clock runs from then to the last peer holding
-//! the agreed checkpoint. It prints each round and the median over the
-//! rounds after the first (connections and allocations settle in round 0).
-//! `scripts/bench-round-sync.sh` runs Hivemind beside it.
+//! the agreed checkpoint. It prints each round and, over the rounds after
+//! the first (connections and allocations settle in round 0), the median
+//! of two spans: the whole round, compression included, and the exchange
+//! alone — announce, fetch, verify, aggregate, commit — from the last
+//! peer's update being ready to the last peer holding the agreed
+//! checkpoint. `scripts/bench-round-sync.sh` runs Hivemind beside it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -331,7 +334,7 @@ async fn main() -> Result<(), Error> {
 
 /// Prints each round and the median of the rounds after the first.
 fn report(seen: &BTreeMap<u64, RoundSeen>, log: &[Compressed], peers: usize) -> Result<(), Error> {
-    let mut syncs = Vec::new();
+    let (mut syncs, mut exchanges) = (Vec::new(), Vec::new());
     for (&round, round_seen) in seen {
         let compressed: Vec<&Compressed> = log.iter().filter(|c| c.round == round).collect();
         let results: Vec<&Digest> = round_seen.aggregated.values().map(|(d, _, _)| d).collect();
@@ -383,16 +386,22 @@ fn report(seen: &BTreeMap<u64, RoundSeen>, log: &[Compressed], peers: usize) -> 
         );
         if round > 0 {
             syncs.push(sync);
+            exchanges.push((agreed - last_compressed).as_secs_f64());
         }
         // Peers read by log order: one entry per peer per round.
         debug_assert!(compressed.iter().all(|c| c.peer < peers));
     }
     syncs.sort_by(f64::total_cmp);
-    let median = syncs[syncs.len() / 2];
+    exchanges.sort_by(f64::total_cmp);
+    let median = |spans: &[f64]| spans[spans.len() / 2];
     println!(
-        "SUMMARY p2ptrain peers={peers}: round sync median {median:.3}s (min {:.3}s) over {} rounds",
+        "SUMMARY p2ptrain peers={peers}: round sync median {:.3}s (min {:.3}s) over {} rounds; \
+         exchange median {:.3}s (min {:.3}s)",
+        median(&syncs),
         syncs[0],
-        syncs.len()
+        syncs.len(),
+        median(&exchanges),
+        exchanges[0],
     );
     Ok(())
 }
