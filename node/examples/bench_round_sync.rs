@@ -209,6 +209,7 @@ async fn main() -> Result<(), Error> {
     let peers = usize::from(peers);
     // As `p2pnode join` does.
     p2ptrain_trainer::allocator::keep_freed_memory();
+    p2ptrain_node::compute::start_compute_pool()?;
 
     let mut manifest = RunManifest {
         name: "bench-round-sync".to_owned(),

@@ -45,6 +45,7 @@ async fn main() -> Result<(), Error> {
     let args: Args = clap::Parser::parse();
     // As `p2pnode join` does.
     p2ptrain_trainer::allocator::keep_freed_memory();
+    p2ptrain_node::compute::start_compute_pool()?;
     let runs = args.runs as usize;
     let over = if args
         .listen

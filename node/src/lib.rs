@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`compute`] — the compute threads, started below the network's.
 //! - [`control`] — a running node's status for `p2pnode status` and its
 //!   Prometheus metrics.
 //! - [`chain`] — the shared checkpoint, the outer step, the data directory
@@ -34,6 +35,7 @@
 
 pub mod chain;
 pub mod cli;
+pub mod compute;
 pub mod control;
 pub mod engine;
 pub mod keyfile;

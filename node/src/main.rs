@@ -119,6 +119,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             // (training tensors, payloads and checkpoints it receives):
             // keep freed memory rather than fault fresh pages in each time.
             p2ptrain_trainer::allocator::keep_freed_memory();
+            // Training and the outer step yield the cores to the event
+            // loop, which serves peers, whenever it has work.
+            p2ptrain_node::compute::start_compute_pool()?;
             tokio::runtime::Runtime::new()?.block_on(join::join(args))?
         }
         Command::Keygen { out } => {
