@@ -80,11 +80,8 @@ impl Iterator for Unpack<'_> {
         if self.remaining == 0 {
             return None;
         }
-        while self.filled < self.bits {
-            let byte = self.bytes.get(self.pos).copied().unwrap_or(0);
-            self.acc |= u64::from(byte) << self.filled;
-            self.pos += 1;
-            self.filled += 8;
+        if self.filled < self.bits {
+            self.refill();
         }
         let field = (self.acc & self.mask) as u32;
         self.acc >>= self.bits;
@@ -99,6 +96,36 @@ impl Iterator for Unpack<'_> {
 }
 
 impl ExactSizeIterator for Unpack<'_> {}
+
+impl Unpack<'_> {
+    /// Tops the held bits up to at least one field: as many whole bytes
+    /// as fit above them in one load where eight bytes are left, else a
+    /// byte at a time (bytes past the end reading as zero).
+    #[inline]
+    fn refill(&mut self) {
+        // Fewer than 24 bits are held, so 5 to 8 bytes fit.
+        let room = ((64 - self.filled) / 8) as usize;
+        let window = self.bytes.get(self.pos..self.pos + 8);
+        if let Some(word) = window.and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            let word = u64::from_le_bytes(word);
+            let word = if room == 8 {
+                word
+            } else {
+                word & ((1u64 << (8 * room)) - 1)
+            };
+            self.acc |= word << self.filled;
+            self.pos += room;
+            self.filled += 8 * room as u32;
+            return;
+        }
+        while self.filled < self.bits {
+            let byte = self.bytes.get(self.pos).copied().unwrap_or(0);
+            self.acc |= u64::from(byte) << self.filled;
+            self.pos += 1;
+            self.filled += 8;
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -123,6 +150,25 @@ mod tests {
         assert_eq!(packed(&[3, 0, 0, 0, 1], 2), [0b11, 0b01]);
         assert_eq!(packed(&[0xf, 0x1, 0x8], 4), [0x1f, 0x08]);
         assert_eq!(packed(&[1, 0, 1], 1), [0b101]);
+    }
+
+    #[test]
+    fn long_runs_round_trip_and_read_zeros_past_the_end() {
+        // Long enough for the eight-byte loads, with tails of every length.
+        for bits in 1..=24u32 {
+            let mask = (1u32 << bits) - 1;
+            for count in [1000usize, 1001, 1003, 1007] {
+                let fields: Vec<u32> = (0..count as u32)
+                    .map(|i| i.wrapping_mul(0x85eb_ca6b).rotate_left(bits) & mask)
+                    .collect();
+                let bytes = packed(&fields, bits);
+                let back: Vec<u32> = unpack(&bytes, bits, count).collect();
+                assert_eq!(back, fields, "bits {bits}, {count} fields");
+                let mut past = fields.clone();
+                past.extend([0; 9]);
+                assert_eq!(unpack(&bytes, bits, count + 9).collect::<Vec<_>>(), past);
+            }
+        }
     }
 
     #[test]

@@ -105,6 +105,31 @@ impl Payload {
         })
     }
 
+    /// The kept entries' values, in the order of [`entries`](Self::entries)
+    /// (without reading their positions).
+    ///
+    /// ```
+    /// use p2ptrain_kernels::compress;
+    /// use p2ptrain_protocol::CompressionSettings;
+    ///
+    /// let settings = CompressionSettings { chunk_len: 4, density: 0.5, ..Default::default() };
+    /// let payload = compress(&[0.0, 2.0, 0.0, -1.0], &mut [0.0; 4], &settings)?;
+    /// let values: Vec<f32> = payload.kept_values().collect();
+    /// assert_eq!(values, payload.entries().map(|(_, v)| v).collect::<Vec<_>>());
+    /// assert_eq!(values.len(), 2);
+    /// # Ok::<(), p2ptrain_kernels::KernelError>(())
+    /// ```
+    pub fn kept_values(&self) -> impl Iterator<Item = f32> + '_ {
+        let layout = self.layout();
+        let bits = self.settings.value_bits;
+        (0..layout.chunks).flat_map(move |c| {
+            let chunk = layout.chunk(c);
+            let quantizer = Quantizer::with_scale(bits, self.scales[c]);
+            let codes = unpack(&self.values[chunk.values.clone()], bits.bits(), chunk.k);
+            codes.map(move |code| quantizer.value(code))
+        })
+    }
+
     /// The length of [`encode`](Self::encode)'s output, computed without
     /// encoding.
     pub fn encoded_len(&self) -> usize {

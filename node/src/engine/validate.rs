@@ -170,8 +170,8 @@ pub fn payload_facts(bytes: &[u8]) -> Result<PayloadFacts, RejectReason> {
         _ => RejectReason::MalformedPayload,
     })?;
     let squares: f64 = payload
-        .entries()
-        .map(|(_, v)| f64::from(v) * f64::from(v))
+        .kept_values()
+        .map(|v| f64::from(v) * f64::from(v))
         .sum();
     let norm = squares.sqrt();
     if !norm.is_finite() {
