@@ -200,7 +200,8 @@ impl Walk<'_> {
             let end = (done + self.block_len).min(from.0.len());
             let block = &mut mean_block[..end - done];
             kept.clear();
-            self.mean.write_block_sparse(start + done, block, &mut kept)?;
+            self.mean
+                .write_block_sparse(start + done, block, &mut kept)?;
             let base = (&from.0[done..end], &from.1[done..end]);
             let to = (&mut params[done..end], &mut momentum[done..end]);
             step_without_mean(&self.step, base, (&mut *to.0, &mut *to.1));
@@ -215,7 +216,13 @@ impl Walk<'_> {
                 let written = 4 * done as u64;
                 let mut hash = |values: &[f32], offset: u64, next: &mut usize| {
                     let bytes: &[u8] = bytemuck::cast_slice(values);
-                    hash_written(&bytes[..written as usize], offset, stream_len, next, &mut hashed);
+                    hash_written(
+                        &bytes[..written as usize],
+                        offset,
+                        stream_len,
+                        next,
+                        &mut hashed,
+                    );
                 };
                 hash(params, offsets.0, &mut next_group.0);
                 hash(momentum, offsets.1, &mut next_group.1);
@@ -246,7 +253,6 @@ fn hash_written(
         *next += 1;
     }
 }
-
 
 /// Writes into `to` the step of every entry of `from` with a mean of
 /// `+0.0`.
@@ -434,7 +440,11 @@ mod tests {
                     payload: &payload,
                 }];
                 let mut start = ChainState::genesis((0..len).map(|i| i as f32 * 1e-4).collect());
-                start.momentum.iter_mut().enumerate().for_each(|(i, m)| *m = (i % 5) as f32);
+                start
+                    .momentum
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, m)| *m = (i % 5) as f32);
                 let (expected, expected_hash) = stepped_by_definition(&start, &inputs, &outer);
                 for threads in [1, 2, 3] {
                     let pool = rayon::ThreadPoolBuilder::new()

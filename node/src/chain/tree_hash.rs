@@ -7,8 +7,7 @@
 use std::ops::Range;
 
 use blake3::hazmat::{
-    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt,
-    Mode,
+    left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode,
 };
 use p2ptrain_protocol::Digest;
 
@@ -88,7 +87,9 @@ impl GroupHashes {
 /// [`GROUP_LEN`] long and not empty (only the stream's last group is
 /// short).
 pub(crate) fn group_value(offset: u64, bytes: &[u8]) -> ChainingValue {
-    debug_assert!(offset % GROUP_LEN == 0 && !bytes.is_empty() && bytes.len() as u64 <= GROUP_LEN);
+    debug_assert!(
+        offset.is_multiple_of(GROUP_LEN) && !bytes.is_empty() && bytes.len() as u64 <= GROUP_LEN
+    );
     blake3::Hasher::new()
         .set_input_offset(offset)
         .update(bytes)
@@ -143,7 +144,8 @@ mod tests {
                 );
                 groups.insert(index, value);
             }
-            let root = groups.root(|range| bytes[range.start as usize..range.end as usize].to_vec());
+            let root =
+                groups.root(|range| bytes[range.start as usize..range.end as usize].to_vec());
             assert_eq!(root, Digest::of(&bytes), "{len} bytes");
         }
     }
