@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the GPU binaries — `bench_gpu` and the CPU-vs-GPU test binaries —
-# with `--features cuda` on a machine with neither a GPU nor a CUDA driver,
-# to run on one that has both (`scripts/gpu-check.sh` runs them there).
+# Builds the GPU binaries — `p2pnode`, `bench_gpu` and the CPU-vs-GPU test
+# binaries — with `--features cuda` on a machine with neither a GPU nor a
+# CUDA driver, to run on one that has both (`scripts/gpu-check.sh` runs them
+# there).
 #
 # nvcc, NVRTC and the CUDA runtime come from PyPI as in scripts/check-cuda.sh,
 # cuBLAS and cuRAND too; the driver library is a stub with the driver's
@@ -38,7 +39,8 @@ nm -u "$cudarc" 2>/dev/null | awk '$2 ~ /^cu[A-Z]/ { print "void " $2 "(void) {}
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LINK/libcuda.so" "$LINK/libcuda_stub.c"
 export LIBRARY_PATH="$LINK${LIBRARY_PATH:+:$LIBRARY_PATH}"
 
-echo "building bench_gpu and the test binaries" >&2
+echo "building p2pnode, bench_gpu and the test binaries" >&2
+cargo build --release --features cuda -p p2ptrain-node --bin p2pnode
 cargo build --release --features cuda -p p2ptrain-trainer --example bench_gpu
 executables() { sed -n 's/.*Executable .*(\(.*\))$/\1/p'; }
 tests=$(
@@ -48,7 +50,7 @@ tests=$(
   } | executables
 )
 rm -rf target/gpu && mkdir -p target/gpu
-cp target/release/examples/bench_gpu target/gpu/
+cp target/release/examples/bench_gpu target/release/p2pnode target/gpu/
 for path in $tests; do
   name=$(basename "$path")
   cp "$path" "target/gpu/${name%-*}"

@@ -131,6 +131,13 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         crate::init(&data, &crate::InitArgs::default())?;
     }
     report.note("data", &data_note);
+    report.note(
+        "device",
+        &format!(
+            "training on {}",
+            p2ptrain_trainer::device::describe(&device)
+        ),
+    );
     if let Some(keys) = &allow_list {
         report.note("allow_list", &format!("allow-list: {} peers", keys.len()));
     }

@@ -22,6 +22,8 @@ fn a_node_trains_on_the_files_given_with_data() {
         "{:?}",
         node.seen
     );
+    // Where it trains: the harness's nodes train on the CPU.
+    assert!(node.said("training on the CPU (cpu)"), "{:?}", node.seen);
     assert_eq!(node.rounds().len(), 1);
     fs::remove_dir_all(root).unwrap();
 }

@@ -72,6 +72,21 @@ pub fn parse(name: &str) -> Result<Device> {
     }
 }
 
+/// Where a device trains, in words, with the name [`parse`] takes for it.
+///
+/// ```
+/// use p2ptrain_trainer::device::{describe, Device};
+///
+/// assert_eq!(describe(&Device::Cpu), "the CPU (cpu)");
+/// ```
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "the CPU (cpu)".to_owned(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("GPU {gpu_id} (cuda:{gpu_id})"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("Metal GPU {gpu_id}"),
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> Result<Device, String> {
     let device = Device::new_cuda(ordinal).map_err(|e| e.to_string())?;
