@@ -1,8 +1,9 @@
 //! The outer step of a round on one thread, the work every peer repeats
 //! after the exchange: the token-weighted mean of four payloads (top-1% at
-//! 8 bits) and the Nesterov step of a 25.5M-parameter state, then the
-//! blake3 hash of the 204 MB result. Beside it, in the same run, a plain
-//! copy of the state (what moving its bytes once costs) and the hash alone.
+//! 8 bits) and the Nesterov step of a 25.5M-parameter state, with the
+//! blake3 hash of the 204 MB result taken as it is written. Beside it, in
+//! the same run, a plain copy of the state (what moving its bytes once
+//! costs) and the hash alone.
 //!
 //! `cargo run --release -p p2ptrain-node --example bench_outer_step -- [--runs 9] [--threads 1]`
 //!
@@ -98,11 +99,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:.1}M parameters, {PEERS} payloads, {threads} thread(s), median of {runs}:",
         params as f64 / 1e6
     );
-    println!("  outer step and hash  {step:6.1} ms");
-    println!("  of which the hash    {hash:6.1} ms");
-    println!("  step alone           {:6.1} ms", step - hash);
+    println!("  outer step and hash      {step:6.1} ms (each group hashed as it is written)");
+    println!("  the hash alone           {hash:6.1} ms (the whole state, from memory)");
     println!(
-        "  copy of the state    {copied:6.1} ms (the step alone takes {:.1}x a copy)",
+        "  the step beyond the hash {:6.1} ms ({:.1}x a copy of the state, {copied:.1} ms)",
+        step - hash,
         (step - hash) / copied
     );
     Ok(())
