@@ -2,23 +2,31 @@
 //! stream kept open, over TCP, TLS and yamux, as nodes move payloads —
 //! beside raw TCP on loopback in the same run, for several payload sizes.
 //!
+//! A third column shows what encryption alone costs: the same transfer over
+//! TLS 1.3 with the nodes' own rustls configuration (same cipher, same
+//! certificates) on a plain socket, two blocking threads and nothing else —
+//! the most any TLS-secured transfer can do on this machine.
+//!
 //! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--kib 1] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
 //!
 //! Prints, for each size, MB/s at the median transfer of each, and the
-//! ratio.
+//! ratios of the fetch to raw TCP (the target) and to TLS alone.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
 use p2ptrain_node::net::fetch::{self, Fetcher};
-use p2ptrain_node::net::{build_swarm, NetConfig};
+use p2ptrain_node::net::tls::{dial_name, Tls};
+use p2ptrain_node::net::{build_swarm, keypair, NetConfig};
 use p2ptrain_protocol::{Digest, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 type Error = Box<dyn std::error::Error>;
+type SendError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Payload transfer between two nodes on loopback, beside raw TCP.
 #[derive(clap::Parser)]
@@ -56,7 +64,11 @@ async fn main() -> Result<(), Error> {
     } else {
         "TCP + TLS + yamux"
     };
-    println!("payload    raw TCP      p2pnode fetch ({over})   fetch / raw (target >= 50%)");
+    let fetch_header = format!("p2pnode fetch ({over})");
+    println!(
+        "{:>8}  {:>11}  {:>11}  {fetch_header:>25}  {:>27}  {:>17}",
+        "payload", "raw TCP", "TLS alone", "fetch / raw (target >= 50%)", "fetch / TLS alone"
+    );
     let mut sizes: Vec<usize> = args.kib.iter().map(|&k| (k as usize) << 10).collect();
     sizes.extend(args.mb.iter().map(|&m| (m as usize) << 20));
     if sizes.is_empty() {
@@ -65,6 +77,7 @@ async fn main() -> Result<(), Error> {
     for bytes in sizes {
         let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
         let raw = median(raw_tcp(&payload, runs).await?);
+        let tls = median(tls_alone(payload.clone(), runs).await?);
         let fetch = median(fetch(&payload, runs, args.listen.clone()).await?);
         let mb = bytes as f64 / 1e6;
         let size = if bytes < 1 << 20 {
@@ -73,11 +86,13 @@ async fn main() -> Result<(), Error> {
             format!("{mb:5.1} MB")
         };
         println!(
-            "{size:>8}  {:6.0} MB/s  {:6.0} MB/s ({:.2} ms)  {:11.0}%",
-            mb / raw,
-            mb / fetch,
-            fetch * 1e3,
-            100.0 * raw / fetch
+            "{size:>8}  {:>11}  {:>11}  {:>w$}  {:>27}  {:>17}",
+            format!("{:.0} MB/s", mb / raw),
+            format!("{:.0} MB/s", mb / tls),
+            format!("{:.0} MB/s ({:.2} ms)", mb / fetch, fetch * 1e3),
+            format!("{:.0}%", 100.0 * raw / fetch),
+            format!("{:.0}%", 100.0 * tls / fetch),
+            w = fetch_header.len().max(25),
         );
     }
     Ok(())
@@ -126,6 +141,55 @@ async fn raw_tcp(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
         return Err("raw TCP delivered other bytes".into());
     }
     Ok(times)
+}
+
+/// One warm-up and `runs` timed transfers of `payload` over TLS 1.3 on a
+/// plain socket, as [`raw_tcp`] sends it: the nodes' rustls configuration,
+/// blocking reads and writes on two threads, no multiplexer, no runtime.
+async fn tls_alone(payload: Vec<u8>, runs: usize) -> Result<Vec<f64>, Error> {
+    let server = Tls::new(&keypair(&SigningKey::from_bytes(&[1; 32]))?)?;
+    let client = Tls::new(&keypair(&SigningKey::from_bytes(&[2; 32]))?)?;
+    tokio::task::spawn_blocking(move || -> Result<Vec<f64>, SendError> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        let len = payload.len();
+        let sender = std::thread::spawn(move || -> std::io::Result<()> {
+            let (socket, _) = listener.accept()?;
+            socket.set_nodelay(true)?;
+            let connection = rustls::ServerConnection::new(server.server_config())
+                .map_err(std::io::Error::other)?;
+            let mut stream = rustls::StreamOwned::new(connection, socket);
+            let mut request = [0u8; 1];
+            for _ in 0..=runs {
+                stream.read_exact(&mut request)?;
+                stream.write_all(&(payload.len() as u64).to_le_bytes())?;
+                stream.write_all(&payload)?;
+                stream.flush()?;
+            }
+            Ok(())
+        });
+        let socket = std::net::TcpStream::connect(address)?;
+        socket.set_nodelay(true)?;
+        let connection = rustls::ClientConnection::new(client.client_config(), dial_name())?;
+        let mut stream = rustls::StreamOwned::new(connection, socket);
+        let mut times = Vec::new();
+        let mut buffer = vec![0u8; len];
+        for run in 0..=runs {
+            let started = Instant::now();
+            stream.write_all(&[1])?;
+            stream.flush()?;
+            let mut prefix = [0u8; 8];
+            stream.read_exact(&mut prefix)?;
+            stream.read_exact(&mut buffer)?;
+            if run > 0 {
+                times.push(started.elapsed().as_secs_f64());
+            }
+        }
+        sender.join().map_err(|_| "the TLS sender panicked")??;
+        Ok(times)
+    })
+    .await?
+    .map_err(|e| -> Error { e })
 }
 
 /// One warm-up and `runs` timed fetches of `payload` from one swarm by

@@ -115,6 +115,23 @@ impl Tls {
             server: Arc::new(server),
         })
     }
+
+    /// The rustls configuration of this side's outbound connections, for
+    /// measuring TLS on its own (as `bench_transfer` does).
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.client.clone()
+    }
+
+    /// The rustls configuration of this side's inbound connections.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.clone()
+    }
+}
+
+/// The server name a dialer gives rustls: libp2p's handshake sends none,
+/// and an unspecified IP address keeps rustls from sending one.
+pub fn dial_name() -> ServerName<'static> {
+    ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into())
 }
 
 /// The TLS 1.3 suites in the order this side offers them.
@@ -192,11 +209,8 @@ where
 
     fn upgrade_outbound(self, socket: C, _: Self::Info) -> Self::Future {
         async move {
-            // libp2p's handshake sends no server name: an unspecified IP
-            // address keeps rustls from sending one.
-            let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
             let stream = TlsConnector::from(self.client)
-                .connect(name, socket)
+                .connect(dial_name(), socket)
                 .await?;
             // The swarm checks this id against the one it dialed.
             let peer = peer_of(stream.get_ref().1.peer_certificates())?;
@@ -381,6 +395,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_cross_a_connection_in_order_both_ways_whatever_the_write_sizes() {
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        let (dialer, listener) = socket_pair().await;
+        let (dialed, accepted) = tokio::join!(
+            Tls::new(&identity(1))
+                .unwrap()
+                .upgrade_outbound(dialer, PROTOCOL),
+            Tls::new(&identity(2))
+                .unwrap()
+                .upgrade_inbound(listener, PROTOCOL),
+        );
+        let (_, mut dialed) = dialed.unwrap();
+        let (_, mut accepted) = accepted.unwrap();
+        // Several frames' worth, in writes that straddle TLS records.
+        let sent: Vec<u8> = (0..(3 << 20) + 1_001).map(|i| (i % 253) as u8).collect();
+        let send = async {
+            for piece in sent.chunks(40_009) {
+                dialed.write_all(piece).await?;
+            }
+            dialed.flush().await?;
+            let mut echo = vec![0u8; sent.len()];
+            dialed.read_exact(&mut echo).await?;
+            Ok::<_, std::io::Error>(echo)
+        };
+        let echo = async {
+            let mut received = vec![0u8; sent.len()];
+            accepted.read_exact(&mut received).await?;
+            accepted.write_all(&received).await?;
+            accepted.flush().await?;
+            Ok::<_, std::io::Error>(received)
+        };
+        let (echoed, received) = tokio::join!(send, echo);
+        assert!(received.unwrap() == sent);
+        assert!(echoed.unwrap() == sent);
+    }
+
+    #[tokio::test]
     async fn listening_to_libp2ps_own_tls_follows_the_dialers_cipher() {
         let (ours, theirs) = (identity(1), identity(2));
         let (dialer, listener) = socket_pair().await;
@@ -412,13 +463,12 @@ mod tests {
                 .with_custom_certificate_verifier(Arc::new(PeerCertificate))
                 .with_no_client_auth();
         anonymous.alpn_protocols = vec![ALPN.to_vec()];
-        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
         let (_, accepted) = tokio::join!(
             async {
                 // The handshake completes on the dialer's side before the
                 // listener refuses; the refusal ends the first read.
                 let mut stream = TlsConnector::from(Arc::new(anonymous))
-                    .connect(name, dialer)
+                    .connect(dial_name(), dialer)
                     .await?;
                 let mut byte = [0u8; 1];
                 let read = futures::AsyncReadExt::read(&mut stream, &mut byte);
