@@ -7,9 +7,9 @@ use candle_core::{Device, Tensor};
 use p2ptrain_kernels::Payload;
 use p2ptrain_protocol::{CompressionSettings, InnerOptimizer, ModelConfig};
 
-use crate::device::ErrorFeedback;
+use crate::device::{with_host_values, ErrorFeedback};
 use crate::model::Gpt;
-use crate::optim::AdamW;
+use crate::optim::{pseudo_gradient, AdamW};
 use crate::tensor_adamw::TensorAdamW;
 use crate::{Result, TrainerError};
 
@@ -167,8 +167,10 @@ impl LocalTrainer {
         settings: &CompressionSettings,
     ) -> Result<Payload> {
         if let State::Host { params, .. } = &self.state {
-            let start = self.round_start.to_vec1::<f32>()?;
-            let delta: Vec<f32> = start.iter().zip(params).map(|(s, p)| s - p).collect();
+            // The round's start and the delta are read and written where
+            // they lie: one buffer of the model's size, not three.
+            let delta =
+                with_host_values(&self.round_start, |start| pseudo_gradient(start, params))?;
             let delta = Tensor::from_vec(delta, params.len(), &Device::Cpu)?;
             return feedback.compress(&delta, settings);
         }

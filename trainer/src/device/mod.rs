@@ -195,8 +195,10 @@ impl ErrorFeedback {
         let delta = delta.flatten_all()?.contiguous()?;
         match &mut self.0 {
             Feedback::Host(residual) => {
-                let values = delta.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
-                Ok(p2ptrain_kernels::compress(&values, residual, settings)?)
+                let delta = delta.to_device(&Device::Cpu)?;
+                with_host_values(&delta, |values| {
+                    Ok(p2ptrain_kernels::compress(values, residual, settings)?)
+                })
             }
             #[cfg(feature = "cuda")]
             Feedback::Cuda(feedback) => feedback.compress(&delta, settings),
@@ -235,6 +237,32 @@ impl ErrorFeedback {
     }
 }
 
+/// Runs `f` on the values of `tensor`, a contiguous `f32` tensor in host
+/// memory, where they lie: on a model of hundreds of millions of
+/// parameters, a copy is hundreds of megabytes more at the peak and a pass
+/// over them.
+///
+/// # Errors
+///
+/// [`TrainerError::Device`] when `tensor` is not in host memory or not
+/// contiguous, [`TrainerError::Tensor`] when it does not hold `f32`, and
+/// whatever `f` returns.
+pub(crate) fn with_host_values<R>(
+    tensor: &Tensor,
+    f: impl FnOnce(&[f32]) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = tensor.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(values), Some((start, end))) => {
+            f(&values.as_slice::<f32>()?[start..end])
+        }
+        _ => Err(TrainerError::Device {
+            name: format!("{:?}", tensor.device()),
+            reason: "expected a contiguous tensor in host memory".to_owned(),
+        }),
+    }
+}
+
 /// The error for a device this build has no path for.
 fn unsupported(device: &Device) -> TrainerError {
     TrainerError::Device {
@@ -262,4 +290,30 @@ fn auto() -> Device {
 #[cfg(not(feature = "cuda"))]
 fn auto() -> Device {
     Device::Cpu
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_values_are_the_tensor_s_own_from_its_offset() {
+        let all = Tensor::arange(0f32, 10.0, &Device::Cpu).unwrap();
+        let middle = all.narrow(0, 3, 5).unwrap();
+        let seen = with_host_values(&middle, |values| Ok(values.to_vec())).unwrap();
+        assert_eq!(seen, [3.0, 4.0, 5.0, 6.0, 7.0]);
+    }
+
+    #[test]
+    fn a_strided_tensor_or_other_values_are_refused() {
+        let grid = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let columns = grid.t().unwrap();
+        let strided = with_host_values(&columns, |_| Ok(()));
+        assert!(matches!(strided, Err(TrainerError::Device { .. })));
+        let integers = Tensor::arange(0u32, 4, &Device::Cpu).unwrap();
+        assert!(with_host_values(&integers, |_| Ok(())).is_err());
+    }
 }
