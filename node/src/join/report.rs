@@ -152,6 +152,10 @@ impl Report {
                 err(format!("refused peer {peer}: not on the allow-list"));
             }
             NodeEvent::DialFailed(error) => err(format!("could not connect: {error}")),
+            NodeEvent::OtherSwarmKey(from) => err(format!(
+                "refused a connection from {from}: the peer holds another pre-shared key \
+                 (in a private swarm every node needs the same --psk file)"
+            )),
             NodeEvent::Backfilled { rounds, missing: 0 } => err(format!(
                 "fetched the records of {rounds} adopted rounds: verify replays the whole chain"
             )),
@@ -259,6 +263,9 @@ impl Report {
             }),
             NodeEvent::Refused(peer) => json!({ "event": "refused", "peer": peer.to_string() }),
             NodeEvent::DialFailed(error) => json!({ "event": "dial_failed", "error": error }),
+            NodeEvent::OtherSwarmKey(from) => {
+                json!({ "event": "other_swarm_key", "from": from.to_string() })
+            }
             NodeEvent::Reachability { public } => {
                 json!({ "event": "reachability", "public": public })
             }

@@ -25,6 +25,7 @@ mod interop;
 #[cfg(test)]
 mod loopback;
 pub mod mux;
+pub mod private;
 pub mod scoring;
 pub mod slices;
 mod swarm;

@@ -2,11 +2,7 @@
 
 use std::time::Duration;
 
-use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::transport::Boxed;
-use libp2p::core::upgrade::Version;
-use libp2p::core::Transport as _;
-use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::pnet::PreSharedKey;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -16,6 +12,7 @@ use libp2p::{
 use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
 use super::mux::Yamux;
+use super::private::private_tcp;
 use super::tls::Tls;
 
 /// How often Kademlia refreshes its view of the swarm (libp2p's default
@@ -182,26 +179,6 @@ pub fn build_swarm(key: &SigningKey, config: &NetConfig) -> Result<Swarm<Behavio
             .build(),
     };
     Ok(swarm)
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// TCP, then the pnet handshake with `psk`, then TLS and yamux (a private
-/// swarm's nodes all run p2ptrain, so noise is not offered there).
-fn private_tcp(
-    key: &libp2p::identity::Keypair,
-    psk: PreSharedKey,
-) -> Result<Boxed<(libp2p::PeerId, StreamMuxerBox)>, BoxError> {
-    let tls = Tls::new(key)?;
-    Ok(
-        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-            .upgrade(Version::V1Lazy)
-            .authenticate(tls)
-            .multiplex(Yamux::default())
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
-            .boxed(),
-    )
 }
 
 fn behaviour(

@@ -6,6 +6,7 @@ use libp2p::Multiaddr;
 use super::ReplicaError;
 use crate::chain::ChainError;
 use crate::engine::EngineError;
+use crate::net::private::KeyCheckError;
 use crate::net::NetError;
 
 /// Why a node stopped.
@@ -47,8 +48,8 @@ pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
 /// reason` (libp2p's own message wraps the list in a sentence and repeats
 /// each reason). In a private swarm (`private`), a dial that reached its
 /// peer but failed in the handshakes that follow is most likely a peer
-/// with another pre-shared key, whose bytes decrypt to noise here: the
-/// line says so.
+/// with another pre-shared key (the key check names it, when both ends
+/// run it): the line points at the `--psk` file.
 pub(super) fn dial_failure(error: &DialError, private: bool) -> String {
     let told = match error {
         DialError::Transport(attempts) if !attempts.is_empty() => attempts
@@ -65,9 +66,15 @@ pub(super) fn dial_failure(error: &DialError, private: bool) -> String {
     }
 }
 
+/// Whether a connection failed because its peer holds another pre-shared
+/// key (the key check of [`crate::net::private`] said so).
+pub(super) fn other_key(error: &dyn std::error::Error) -> bool {
+    with_causes(error).contains(&KeyCheckError::OtherKey.to_string())
+}
+
 /// Whether a dial reached some address but failed in the upgrade of the
-/// connection (protocol negotiation, the security handshake) or timed
-/// out there, as libp2p-core words those failures.
+/// connection (the pre-shared key check, protocol negotiation, the
+/// security handshake) or timed out there, as those failures are worded.
 fn handshake_failed(error: &DialError) -> bool {
     const UPGRADE_FAILURES: [&str; 3] = [
         "Multistream select failed",
@@ -79,9 +86,10 @@ fn handshake_failed(error: &DialError) -> bool {
     };
     attempts.iter().any(|(_, error)| {
         let told = with_causes(error);
-        UPGRADE_FAILURES
-            .iter()
-            .any(|failure| told.contains(failure))
+        other_key(error)
+            || UPGRADE_FAILURES
+                .iter()
+                .any(|failure| told.contains(failure))
     })
 }
 
@@ -207,6 +215,11 @@ mod tests {
         .await
         .expect("the dial fails within a minute");
         let told = dial_failure(&failed, true);
+        // The key check tells the mismatch itself, not a failure after it.
+        assert!(
+            told.contains(": the peer holds another pre-shared key ("),
+            "{told}"
+        );
         assert!(told.ends_with("needs the same --psk file)"), "{told}");
         assert!(!dial_failure(&failed, false).contains("--psk"));
     }

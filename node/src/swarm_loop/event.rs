@@ -74,6 +74,9 @@ pub enum NodeEvent {
     Refused(PeerKey),
     /// A dial failed.
     DialFailed(String),
+    /// A connection from this address was refused: its peer holds another
+    /// pre-shared key (a private swarm's key check).
+    OtherSwarmKey(Multiaddr),
     /// Records of adopted rounds were fetched from peers.
     Backfilled {
         /// Rounds whose records were written.

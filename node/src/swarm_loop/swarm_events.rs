@@ -3,7 +3,7 @@
 use libp2p::swarm::{DialError, ListenError, SwarmEvent};
 use libp2p::{allow_block_list, gossipsub, mdns, PeerId};
 
-use super::error::dial_failure;
+use super::error::{dial_failure, other_key};
 use super::{Node, NodeError, NodeEvent};
 use crate::engine::Input;
 use crate::net::{announced_run, peer_key, BehaviourEvent};
@@ -99,6 +99,13 @@ impl Node {
                 .is_some() =>
             {
                 self.refused(&peer).await;
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } if other_key(&error) => {
+                self.report(NodeEvent::OtherSwarmKey(send_back_addr)).await;
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => match (peer_id, error) {
                 (Some(peer), DialError::Denied { cause })

@@ -296,6 +296,16 @@ fn a_node_with_another_pre_shared_key_cannot_connect() {
     });
     // The line points at the likely cause.
     assert!(failed.ends_with("needs the same --psk file)"), "{failed}");
+    assert!(
+        failed.contains("the peer holds another pre-shared key"),
+        "{failed}"
+    );
+    // The host names the refused connection too.
+    host.wait_for("the refused connection", |_, l| {
+        (l.starts_with("refused a connection from /ip4/127.0.0.1/tcp/")
+            && l.contains("the peer holds another pre-shared key"))
+        .then_some(())
+    });
     assert!(!outsider.said(" connected"));
     assert!(!host.said(&format!("peer {outsider_key} connected")));
     drop((host, member, outsider));
