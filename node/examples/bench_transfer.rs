@@ -7,7 +7,10 @@
 //! certificates) on a plain socket, two blocking threads and nothing else:
 //! about the most a transfer secured by that TLS can do on the machine.
 //!
-//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--kib 1] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1]`
+//! With `--private`, the two nodes form a private swarm, as `p2pnode join
+//! --psk` runs them: pnet's XSalsa20 under the TLS, after the key check.
+//!
+//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--kib 1] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1 | --private]`
 //!
 //! Prints, for each size, MB/s at the median transfer of each, and the
 //! ratios of the fetch to raw TCP (the target) and to TLS alone.
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
+use p2ptrain_node::net::access::SwarmKey;
 use p2ptrain_node::net::codec::{FetchRequest, FetchResponse};
 use p2ptrain_node::net::fetch::{self, Fetcher};
 use p2ptrain_node::net::tls::{dial_name, Tls};
@@ -48,6 +52,11 @@ struct Args {
     /// as `/ip4/127.0.0.1/udp/0/quic-v1` fetches over QUIC).
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
     listen: libp2p::Multiaddr,
+    /// Fetch in a private swarm, as `p2pnode join --psk` runs one: both
+    /// nodes hold the same pre-shared key, so every byte also passes
+    /// pnet's XSalsa20 under the TLS (TCP only).
+    #[arg(long)]
+    private: bool,
 }
 
 #[tokio::main]
@@ -57,14 +66,25 @@ async fn main() -> Result<(), Error> {
     p2ptrain_trainer::allocator::keep_freed_memory();
     p2ptrain_node::compute::start_compute_pool()?;
     let runs = args.runs as usize;
-    let over = if args
+    let quic = args
         .listen
         .iter()
-        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
-    {
-        "QUIC"
-    } else {
-        "TCP + TLS + yamux"
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1));
+    let over = match (quic, args.private) {
+        (true, true) => {
+            return Err(
+                "a private swarm speaks TCP only: drop --private or give a TCP --listen".into(),
+            )
+        }
+        (true, false) => "QUIC",
+        (false, true) => "TCP + pnet + TLS + yamux",
+        (false, false) => "TCP + TLS + yamux",
+    };
+    let config = NetConfig {
+        mdns: false,
+        fetch_timeout: Duration::from_secs(120),
+        psk: args.private.then(|| SwarmKey::new([9; 32])),
+        ..NetConfig::default()
     };
     let fetch_header = format!("p2pnode fetch ({over})");
     println!(
@@ -80,7 +100,7 @@ async fn main() -> Result<(), Error> {
         let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
         let raw = median(raw_tcp(&payload, runs).await?);
         let tls = median(tls_alone(payload.clone().into(), runs).await?);
-        let fetch = median(fetch(&payload, runs, args.listen.clone()).await?);
+        let fetch = median(fetch(&payload, runs, args.listen.clone(), &config).await?);
         let mb = bytes as f64 / 1e6;
         let size = if bytes < 1 << 20 {
             format!("{:4} KiB", bytes >> 10)
@@ -203,14 +223,14 @@ async fn tls_alone(payload: Arc<[u8]>, runs: usize) -> Result<Vec<f64>, Error> {
 /// (so, like the two ends of the raw socket, on two threads); each task
 /// drives its swarm and its fetch streams together, as a node's event loop
 /// does.
-async fn fetch(payload: &[u8], runs: usize, listen: libp2p::Multiaddr) -> Result<Vec<f64>, Error> {
-    let config = NetConfig {
-        mdns: false,
-        fetch_timeout: Duration::from_secs(120),
-        ..NetConfig::default()
-    };
-    let mut server = build_swarm(&SigningKey::from_bytes(&[1; 32]), &config)?;
-    let client = build_swarm(&SigningKey::from_bytes(&[2; 32]), &config)?;
+async fn fetch(
+    payload: &[u8],
+    runs: usize,
+    listen: libp2p::Multiaddr,
+    config: &NetConfig,
+) -> Result<Vec<f64>, Error> {
+    let mut server = build_swarm(&SigningKey::from_bytes(&[1; 32]), config)?;
+    let client = build_swarm(&SigningKey::from_bytes(&[2; 32]), config)?;
     server.listen_on(listen)?;
     let server_id = *server.local_peer_id();
     let mut requests = fetch::serve(&mut server.behaviour().fetch.new_control())?;

@@ -89,8 +89,8 @@ async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
     );
 }
 
-fn psk(byte: u8) -> libp2p::pnet::PreSharedKey {
-    libp2p::pnet::PreSharedKey::new([byte; 32])
+fn psk(byte: u8) -> p2ptrain_node::net::access::SwarmKey {
+    p2ptrain_node::net::access::SwarmKey::new([byte; 32])
 }
 
 #[tokio::test]

@@ -18,8 +18,35 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use libp2p::pnet::PreSharedKey;
 use p2ptrain_protocol::PeerKey;
+
+/// A private swarm's pre-shared key: the 32 bytes every member holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SwarmKey([u8; 32]);
+
+impl SwarmKey {
+    /// The key of these bytes.
+    #[must_use]
+    pub const fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The key's bytes.
+    #[must_use]
+    pub const fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// Never the bytes: a key is a secret.
+impl std::fmt::Debug for SwarmKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwarmKey(..)")
+    }
+}
+
+/// The first two lines of a swarm key file.
+const PSK_HEADER: [&str; 2] = ["/key/swarm/psk/1.0.0/", "/base16/"];
 
 /// Why a key file or allow-list cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +61,7 @@ pub enum AccessError {
     },
     /// Not a pre-shared key file.
     #[error("not a swarm key file (want /key/swarm/psk/1.0.0/, /base16/, 64 hex digits): {0}")]
-    Psk(String),
+    Psk(&'static str),
     /// A line of the allow-list is not a peer key.
     #[error("allow-list line {line}: {text:?} is not a peer key (64 hex digits)")]
     AllowLine {
@@ -47,16 +74,39 @@ pub enum AccessError {
 
 /// The text of a swarm key file holding `key`.
 pub fn psk_file(key: &[u8; 32]) -> String {
-    format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", hex::encode(key))
+    format!(
+        "{}\n{}\n{}\n",
+        PSK_HEADER[0],
+        PSK_HEADER[1],
+        hex::encode(key)
+    )
 }
 
-/// Parses a swarm key file's text.
+/// Parses a swarm key file's text: `/key/swarm/psk/1.0.0/`, `/base16/`
+/// and the key in 64 hex digits, a line each (spaces at the ends of lines
+/// and blank lines after the key are ignored).
 ///
 /// # Errors
 ///
-/// [`AccessError::Psk`] for anything but the three-line base16 format.
-pub fn parse_psk(text: &str) -> Result<PreSharedKey, AccessError> {
-    PreSharedKey::from_str(text).map_err(|e| AccessError::Psk(e.to_string()))
+/// [`AccessError::Psk`] for anything else, saying which line is wrong.
+pub fn parse_psk(text: &str) -> Result<SwarmKey, AccessError> {
+    let mut lines = text.lines().map(str::trim);
+    if lines.next() != Some(PSK_HEADER[0]) {
+        return Err(AccessError::Psk(
+            "the first line is not /key/swarm/psk/1.0.0/",
+        ));
+    }
+    if lines.next() != Some(PSK_HEADER[1]) {
+        return Err(AccessError::Psk("the second line is not /base16/"));
+    }
+    let digits = lines.next().unwrap_or_default();
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(digits, &mut key)
+        .map_err(|_| AccessError::Psk("the third line is not 64 hex digits"))?;
+    if lines.any(|line| !line.is_empty()) {
+        return Err(AccessError::Psk("more follows the key"));
+    }
+    Ok(SwarmKey(key))
 }
 
 /// Reads a swarm key file.
@@ -64,7 +114,7 @@ pub fn parse_psk(text: &str) -> Result<PreSharedKey, AccessError> {
 /// # Errors
 ///
 /// [`AccessError`] if it cannot be read or parsed.
-pub fn load_psk(path: &Path) -> Result<PreSharedKey, AccessError> {
+pub fn load_psk(path: &Path) -> Result<SwarmKey, AccessError> {
     parse_psk(&read(path)?)
 }
 
@@ -119,6 +169,34 @@ mod tests {
             Err(AccessError::Psk(_))
         ));
         assert!(matches!(parse_psk("hello"), Err(AccessError::Psk(_))));
+        let digits = "0a".repeat(32);
+        let good = format!("/key/swarm/psk/1.0.0/\r\n/base16/  \n{digits}\n\n");
+        assert_eq!(parse_psk(&good).unwrap(), SwarmKey::new([10; 32]));
+        assert_eq!(
+            parse_psk(&psk_file(&[10; 32])).unwrap(),
+            SwarmKey::new([10; 32])
+        );
+        for (text, wrong) in [
+            (format!("/base16/\n{digits}\n"), "first"),
+            (format!("/key/swarm/psk/1.0.0/\n{digits}\n"), "second"),
+            (
+                format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", &digits[2..]),
+                "third",
+            ),
+            (
+                format!("/key/swarm/psk/1.0.0/\n/base16/\n{digits}zz\n"),
+                "third",
+            ),
+            ("/key/swarm/psk/1.0.0/\n/base16/\n".to_owned(), "third"),
+            (
+                format!("/key/swarm/psk/1.0.0/\n/base16/\n{digits}\n{digits}\n"),
+                "more",
+            ),
+        ] {
+            let error = parse_psk(&text).unwrap_err().to_string();
+            assert!(error.contains(wrong), "{text:?}: {error}");
+        }
+        assert_eq!(format!("{:?}", SwarmKey::new([10; 32])), "SwarmKey(..)");
         let err = parse_allow_list("\n# ok\nnot-a-key\n").unwrap_err();
         assert!(
             matches!(err, AccessError::AllowLine { line: 3, .. }),

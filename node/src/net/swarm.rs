@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use libp2p::pnet::PreSharedKey;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -11,6 +10,7 @@ use libp2p::{
 };
 use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
+use super::access::SwarmKey;
 use super::mux::Yamux;
 use super::private::private_tcp;
 use super::tls::Tls;
@@ -46,7 +46,7 @@ pub struct NetConfig {
     /// A private swarm's pre-shared key: every connection is then TCP
     /// wrapped in libp2p pnet (QUIC cannot carry it), and peers without the
     /// key cannot connect.
-    pub psk: Option<PreSharedKey>,
+    pub psk: Option<SwarmKey>,
     /// An allow-list of peers: when present, connections with any other
     /// peer are denied, both ways.
     pub allow_list: Option<Vec<PeerKey>>,

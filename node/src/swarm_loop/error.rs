@@ -187,7 +187,7 @@ mod tests {
                 &p2ptrain_protocol::SigningKey::from_bytes(&[seed; 32]),
                 &crate::net::NetConfig {
                     mdns: false,
-                    psk: Some(libp2p::pnet::PreSharedKey::new([psk; 32])),
+                    psk: Some(crate::net::access::SwarmKey::new([psk; 32])),
                     ..crate::net::NetConfig::default()
                 },
             )
