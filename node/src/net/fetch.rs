@@ -1,5 +1,5 @@
 //! Fetching over streams kept open: one stream per peer, over which
-//! requests go one after another ([`codec`](super::codec) is the wire
+//! requests go one after another ([`codec`] is the wire
 //! format).
 //!
 //! A stream is opened (and its protocol negotiated) on a peer's first

@@ -12,6 +12,8 @@
 //!   AES-GCM first where the CPU has AES instructions; noise is offered
 //!   too) and carry their streams in yamux frames of up to 256 KiB
 //!   ([`mux`]). QUIC connections use libp2p's QUIC as it comes.
+//! - In a private swarm every connection is TCP inside pnet, under the TLS,
+//!   and both ends first show that they hold the swarm's key ([`private`]).
 //! - Identify, ping and Kademlia speak the standard protocol ids, so any
 //!   libp2p peer can connect, identify, ping and read the announcements;
 //!   mDNS finds peers on a LAN.

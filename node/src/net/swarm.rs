@@ -44,8 +44,8 @@ pub struct NetConfig {
     /// How long a fetch may take.
     pub fetch_timeout: Duration,
     /// A private swarm's pre-shared key: every connection is then TCP
-    /// wrapped in libp2p pnet (QUIC cannot carry it), and peers without the
-    /// key cannot connect.
+    /// inside pnet ([`super::private`]; QUIC cannot carry it), and peers
+    /// without the key cannot connect.
     pub psk: Option<SwarmKey>,
     /// An allow-list of peers: when present, connections with any other
     /// peer are denied, both ways.

@@ -1,11 +1,10 @@
-//! A private swarm's transport: TCP, libp2p's pnet with the swarm's
-//! pre-shared key, a check that the other end holds the same key, then TLS
-//! and yamux.
+//! A private swarm's transport: TCP, pnet with the swarm's pre-shared key,
+//! a check that the other end holds the same key, then TLS and yamux.
 //!
 //! pnet is the protocol of libp2p's `pnet` (and of go-libp2p and IPFS):
 //! each end sends a random 24-byte nonce, then everything it writes is
 //! XORed with the XSalsa20 keystream of the key and its nonce. It is built
-//! here rather than taken from libp2p-pnet for speed (see [`xsalsa20`]):
+//! here rather than taken from libp2p-pnet for speed (see [`XSalsa20`]):
 //! the cipher runs on every byte under the TLS, and libp2p-pnet's bounded
 //! a private swarm's transfers to a fraction of a public one's.
 //!
