@@ -273,9 +273,11 @@ fn a_node_with_another_pre_shared_key_cannot_connect() {
             .to_owned()
     };
     let (member_key, outsider_key) = (pubkey("member"), pubkey("outsider"));
+    // Rounds of two contributions: host and member close none without each
+    // other's payload, fetched through the private transport.
     let start = |name: &str, psk: &str, bootstrap: Option<&str>| {
         let dir = root.join(name);
-        init(&dir, 1);
+        init(&dir, 2);
         let mut args = vec!["--psk", psk];
         args.extend(bootstrap.iter().flat_map(|b| ["--bootstrap", b]));
         Node::join(name, &dir, &root.join(format!("{name}.key")), &args)
@@ -306,6 +308,13 @@ fn a_node_with_another_pre_shared_key_cannot_connect() {
             && l.contains("the peer holds another pre-shared key"))
         .then_some(())
     });
+    // The members train together.
+    assert_eq!(host.round(1), member.round(1));
+    assert!(
+        member.rounds().iter().any(|(_, _, adopted)| !adopted),
+        "the member closed no round itself: {:?}",
+        member.rounds()
+    );
     assert!(!outsider.said(" connected"));
     assert!(!host.said(&format!("peer {outsider_key} connected")));
     drop((host, member, outsider));
