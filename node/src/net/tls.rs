@@ -355,7 +355,7 @@ mod tests {
     use libp2p::tcp::tokio::TcpStream;
     use rustls::CipherSuite;
 
-    use crate::net::loopback::socket_pair;
+    use crate::net::loopback::{pattern, round_trip, socket_pair};
 
     fn identity(seed: u8) -> Keypair {
         crate::net::keypair(&p2ptrain_protocol::SigningKey::from_bytes(&[seed; 32])).unwrap()
@@ -396,7 +396,6 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_cross_a_connection_in_order_both_ways_whatever_the_write_sizes() {
-        use futures::{AsyncReadExt, AsyncWriteExt};
         let (dialer, listener) = socket_pair().await;
         let (dialed, accepted) = tokio::join!(
             Tls::new(&identity(1))
@@ -409,26 +408,10 @@ mod tests {
         let (_, mut dialed) = dialed.unwrap();
         let (_, mut accepted) = accepted.unwrap();
         // Several frames' worth, in writes that straddle TLS records.
-        let sent: Vec<u8> = (0..(3 << 20) + 1_001).map(|i| (i % 253) as u8).collect();
-        let send = async {
-            for piece in sent.chunks(40_009) {
-                dialed.write_all(piece).await?;
-            }
-            dialed.flush().await?;
-            let mut echo = vec![0u8; sent.len()];
-            dialed.read_exact(&mut echo).await?;
-            Ok::<_, std::io::Error>(echo)
-        };
-        let echo = async {
-            let mut received = vec![0u8; sent.len()];
-            accepted.read_exact(&mut received).await?;
-            accepted.write_all(&received).await?;
-            accepted.flush().await?;
-            Ok::<_, std::io::Error>(received)
-        };
-        let (echoed, received) = tokio::join!(send, echo);
-        assert!(received.unwrap() == sent);
-        assert!(echoed.unwrap() == sent);
+        let sent = pattern((3 << 20) + 1_001);
+        let (received, echoed) = round_trip(&mut dialed, &mut accepted, &sent, 40_009).await;
+        assert!(received == sent);
+        assert!(echoed == sent);
     }
 
     #[tokio::test]

@@ -125,53 +125,7 @@ mod tests {
 
     use super::{enter, KeyCheckError, PnetStream, KEY_CHECK};
     use crate::net::access::SwarmKey;
-    use crate::net::loopback::socket_pair;
-
-    /// Sends `bytes` one way in writes of `piece` bytes (plain and
-    /// vectored in turn), echoes them back, and returns (received, echoed).
-    async fn round_trip<A, B>(
-        from: &mut A,
-        to: &mut B,
-        bytes: &[u8],
-        piece: usize,
-    ) -> (Vec<u8>, Vec<u8>)
-    where
-        A: futures::AsyncRead + futures::AsyncWrite + Unpin,
-        B: futures::AsyncRead + futures::AsyncWrite + Unpin,
-    {
-        let send = async {
-            for (i, chunk) in bytes.chunks(piece).enumerate() {
-                if i % 2 == 0 {
-                    from.write_all(chunk).await?;
-                } else {
-                    let (a, b) = chunk.split_at(chunk.len() / 2);
-                    let mut rest = [std::io::IoSlice::new(a), std::io::IoSlice::new(b)];
-                    let mut slices = &mut rest[..];
-                    while !slices.is_empty() {
-                        let n = from.write_vectored(slices).await?;
-                        std::io::IoSlice::advance_slices(&mut slices, n);
-                    }
-                }
-            }
-            from.flush().await?;
-            let mut echoed = vec![0u8; bytes.len()];
-            from.read_exact(&mut echoed).await?;
-            Ok::<_, std::io::Error>(echoed)
-        };
-        let echo = async {
-            let mut received = vec![0u8; bytes.len()];
-            to.read_exact(&mut received).await?;
-            to.write_all(&received).await?;
-            to.flush().await?;
-            Ok::<_, std::io::Error>(received)
-        };
-        let (echoed, received) = tokio::join!(send, echo);
-        (received.unwrap(), echoed.unwrap())
-    }
-
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 31 % 251) as u8).collect()
-    }
+    use crate::net::loopback::{pattern, round_trip, socket_pair};
 
     #[tokio::test]
     async fn ends_with_the_same_key_pass_the_check_and_then_carry_bytes_both_ways() {
