@@ -5,7 +5,8 @@
 //! on; without it, asking for a GPU is a clear error, never a build failure.
 //! With it, a replica on a GPU compresses its pseudo-gradient on the device
 //! ([`ErrorFeedback`]), and only the payload comes back to the host; and
-//! the fused ops of [`crate::fused`] run their CUDA kernels ([`gpu`]).
+//! the fused ops of [`crate::fused`] run their CUDA kernels (`gpu`, a
+//! module of this one built with the feature).
 
 #[cfg(feature = "cuda")]
 mod cuda;
