@@ -82,12 +82,30 @@ pub fn generate() -> Result<SigningKey, KeyFileError> {
 /// file in the same directory, flushed to disk and then linked into place,
 /// so `path` holds either nothing or the whole key.
 pub fn save(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
-    let io_err = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        error: source,
-    };
+    let text = format!("{}\n", hex::encode(key.to_bytes()));
+    match create_secret_file(path, text.as_bytes()) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(KeyFileError::Exists(path.to_owned()))
+        }
+        other => other.map_err(|error| KeyFileError::Io {
+            path: path.to_owned(),
+            error,
+        }),
+    }
+}
+
+/// Writes `contents` to a new file at `path`, readable by its owner only:
+/// to a temporary file in the same directory, flushed to disk, then linked
+/// into place, so `path` holds either nothing or all of `contents`. A
+/// node's key ([`save`]) and a private swarm's key are written this way.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::AlreadyExists`] if `path` exists (it is never
+/// replaced); any other error of the file system.
+pub fn create_secret_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     if path.exists() {
-        return Err(KeyFileError::Exists(path.to_owned()));
+        return Err(io::ErrorKind::AlreadyExists.into());
     }
     let tmp = temporary_path(path);
     let mut options = OpenOptions::new();
@@ -95,18 +113,13 @@ pub fn save(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let written = options.open(&tmp).and_then(|mut file| {
-        file.write_all(format!("{}\n", hex::encode(key.to_bytes())).as_bytes())?;
+        file.write_all(contents)?;
         file.sync_all()
     });
     // A hard link fails if `path` appeared meanwhile, unlike a rename.
     let linked = written.and_then(|()| fs::hard_link(&tmp, path));
     let removed = fs::remove_file(&tmp);
-    match linked {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(KeyFileError::Exists(path.to_owned()))
-        }
-        other => other.and(removed).map_err(io_err),
-    }
+    linked.and(removed)
 }
 
 /// Reads a key written by [`save`].

@@ -46,8 +46,8 @@ enum Command {
         key: PathBuf,
     },
     /// Create the pre-shared key of a private swarm (the swarm.key format
-    /// of IPFS and go-libp2p). Give the file to every member; `--psk FILE`
-    /// then keeps everyone else out.
+    /// of IPFS and go-libp2p), readable by its owner only. Give the file to
+    /// every member; `--psk FILE` then keeps everyone else out.
     SwarmKey {
         /// Where to write it (never overwrites).
         #[arg(long, default_value = "swarm.key")]
@@ -162,17 +162,11 @@ fn params_of(manifest: &RunManifest) -> usize {
 }
 
 fn swarm_key(out: &std::path::Path) -> anyhow::Result<()> {
-    use std::io::Write;
     let mut key = [0u8; 32];
     getrandom::getrandom(&mut key)
         .map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out)
+    keyfile::create_secret_file(out, net::access::psk_file(&key).as_bytes())
         .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
-    file.write_all(net::access::psk_file(&key).as_bytes())?;
-    file.sync_all()?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

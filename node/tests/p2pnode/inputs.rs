@@ -141,3 +141,24 @@ fn a_second_node_on_a_working_directory_or_key_is_refused_and_the_first_goes_on(
     assert!(verified.starts_with("ok: 3 rounds"), "{verified}");
     fs::remove_dir_all(root).unwrap();
 }
+
+#[test]
+fn a_swarm_key_is_the_owners_alone_and_never_replaced() {
+    let root = scratch("swarm-key");
+    let path = root.join("swarm.key");
+    let out = path.to_str().unwrap();
+    run_ok(&["swarm-key", "--out", out]);
+    let written = fs::read_to_string(&path).unwrap();
+    assert!(p2ptrain_node::net::access::parse_psk(&written).is_ok());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    fails_saying(&["swarm-key", "--out", out], "it must not exist yet");
+    assert_eq!(fs::read_to_string(&path).unwrap(), written);
+    // Nothing else is left beside it.
+    assert_eq!(fs::read_dir(&root).unwrap().count(), 1);
+    fs::remove_dir_all(root).unwrap();
+}
