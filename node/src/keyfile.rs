@@ -134,6 +134,26 @@ pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
     Ok(SigningKey::from_bytes(&secret))
 }
 
+/// The permission bits of the file at `path` when users other than its
+/// owner may read it (a secret's file should be its owner's alone), `None`
+/// when they may not or the system has no such bits.
+///
+/// # Errors
+///
+/// The file's metadata cannot be read.
+pub fn readable_by_others(path: &Path) -> io::Result<Option<u32>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+        Ok((mode & 0o044 != 0).then_some(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        fs::metadata(path).map(|_| None)
+    }
+}
+
 fn temporary_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".tmp{}", std::process::id()));

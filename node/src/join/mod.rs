@@ -118,6 +118,24 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     let _key_held = keyfile::hold(&args.key)?;
     let me = PeerKey::from(&key);
     let report = Report::new(args.log_format, me);
+    let secrets = [
+        (Some(&args.key), "sign as this node"),
+        (args.psk.as_ref(), "join this private swarm"),
+    ];
+    for (path, power) in secrets {
+        let Some(path) = path else { continue };
+        if let Some(mode) = keyfile::readable_by_others(path)? {
+            report.note(
+                "secret_readable",
+                &format!(
+                    "warning: {path} can be read by other users of this machine (mode \
+                     {mode:03o}): any of them can {power}; `chmod 600 {path}` makes it \
+                     yours alone",
+                    path = path.display()
+                ),
+            );
+        }
+    }
     // A run whose manifest cannot be read is reported by the node when it
     // starts on it, never replaced by a new one.
     if !data.holds_run() {

@@ -162,3 +162,41 @@ fn a_swarm_key_is_the_owners_alone_and_never_replaced() {
     assert_eq!(fs::read_dir(&root).unwrap().count(), 1);
     fs::remove_dir_all(root).unwrap();
 }
+
+#[cfg(unix)]
+#[test]
+fn secrets_that_other_users_can_read_are_pointed_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let (root, dir, key) = solo("secrets-readable");
+    let psk = root.join("swarm.key");
+    run_ok(&["swarm-key", "--out", psk.to_str().unwrap()]);
+    let readable = |path: &Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    // The node's key is created owner-only on the first run: no warning.
+    let first = run(&join_args(&dir, &key, &["--psk", psk.to_str().unwrap()]));
+    assert!(first.status.success());
+    assert!(!String::from_utf8_lossy(&first.stderr).contains("warning"));
+    readable(&key, 0o644);
+    readable(&psk, 0o640);
+    let second = run(&join_args(&dir, &key, &["--psk", psk.to_str().unwrap()]));
+    assert!(second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    let warning = |path: &Path, mode: &str, power: &str| {
+        format!(
+            "warning: {} can be read by other users of this machine (mode {mode}): any of \
+             them can {power}; `chmod 600 {}` makes it yours alone",
+            path.display(),
+            path.display()
+        )
+    };
+    assert!(
+        said.contains(&warning(&key, "644", "sign as this node")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&warning(&psk, "640", "join this private swarm")),
+        "{said}"
+    );
+    fs::remove_dir_all(root).unwrap();
+}
