@@ -124,7 +124,9 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     ];
     for (path, power) in secrets {
         let Some(path) = path else { continue };
-        if let Some(mode) = keyfile::readable_by_others(path)? {
+        let open_to_others = keyfile::readable_by_others(path)
+            .with_context(|| format!("checking who may read {}", path.display()))?;
+        if let Some(mode) = open_to_others {
             report.note(
                 "secret_readable",
                 &format!(
