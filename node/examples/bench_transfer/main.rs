@@ -10,14 +10,17 @@
 //! With `--private`, the two nodes form a private swarm, as `p2pnode join
 //! --psk` runs them: pnet's XSalsa20 under the TLS, after the key check.
 //!
-//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--kib 1] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1 | --private]`
+//! `cargo run --release -p p2ptrain-node --example bench_transfer -- [--mb 1 --mb 4 --mb 16 --mb 64] [--kib 1] [--connections 5] [--warm-up-ms 50] [--runs 20] [--listen /ip4/127.0.0.1/udp/0/quic-v1 | --private]`
 //!
-//! Prints, for each size, MB/s at the median transfer of each, and the
-//! ratios of the fetch to raw TCP (the target) and to TLS alone.
+//! Each kind runs over several connections, each opened afresh, the kinds
+//! taking turns; each connection carries untimed transfers for its first
+//! milliseconds, then the timed ones. Prints, for each size, MB/s at the
+//! median of all timed transfers of each kind, the ratios of the fetch to
+//! raw TCP (the target) and to TLS alone, and each connection's median.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
@@ -29,6 +32,10 @@ use p2ptrain_node::net::{build_swarm, keypair, NetConfig};
 use p2ptrain_protocol::{Digest, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+mod timing;
+
+use timing::{request_arrived, Clock, Plan, Times};
 
 type Error = Box<dyn std::error::Error>;
 type SendError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,9 +52,21 @@ struct Args {
     /// flag): a 1 KiB fetch shows what each fetch costs beside its bytes.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024 * 1024))]
     kib: Vec<u32>,
-    /// Timed transfers of each kind (after one warm-up).
+    /// Timed transfers of each kind on each connection, after its warm-up.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Connections of each kind, each opened afresh (for the fetch, a
+    /// fresh pair of nodes): where the operating system runs a
+    /// connection's two ends, on one core or two, changes its speed for as
+    /// long as it lasts, so the medians pool the transfers of several.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
+    /// How long each connection carries untimed transfers before the timed
+    /// ones (at least one): a fresh connection runs slower for a few
+    /// milliseconds, until the operating system has settled where its two
+    /// ends run.
+    #[arg(long, default_value_t = 50)]
+    warm_up_ms: u64,
     /// Where the serving node listens (TCP by default; a QUIC address such
     /// as `/ip4/127.0.0.1/udp/0/quic-v1` fetches over QUIC).
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
@@ -65,7 +84,10 @@ async fn main() -> Result<(), Error> {
     // As `p2pnode join` does.
     p2ptrain_trainer::allocator::keep_freed_memory();
     p2ptrain_node::compute::start_compute_pool()?;
-    let runs = args.runs as usize;
+    let plan = Plan {
+        warm_up: Duration::from_millis(args.warm_up_ms),
+        runs: args.runs as usize,
+    };
     let quic = args
         .listen
         .iter()
@@ -98,9 +120,23 @@ async fn main() -> Result<(), Error> {
     }
     for bytes in sizes {
         let payload: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
-        let raw = median(raw_tcp(&payload, runs).await?);
-        let tls = median(tls_alone(payload.clone().into(), runs).await?);
-        let fetch = median(fetch(&payload, runs, args.listen.clone(), &config).await?);
+        let (mut raw, mut tls, mut fetched) =
+            (Times::default(), Times::default(), Times::default());
+        // The kinds take turns, so that each meets the machine as it is
+        // over the same stretch of time.
+        for _ in 0..args.connections {
+            raw.add_connection(raw_tcp(&payload, plan).await?);
+            tls.add_connection(tls_alone(payload.clone().into(), plan).await?);
+            fetched.add_connection(fetch(&payload, plan, args.listen.clone(), &config).await?);
+        }
+        let spread = format!(
+            "{:>8}  each connection's median: raw TCP {}, TLS alone {}, fetch {}",
+            "",
+            raw.connection_range(),
+            tls.connection_range(),
+            fetched.connection_range()
+        );
+        let (raw, tls, fetch) = (raw.median(), tls.median(), fetched.median());
         let mb = bytes as f64 / 1e6;
         let size = if bytes < 1 << 20 {
             format!("{:4} KiB", bytes >> 10)
@@ -116,18 +152,16 @@ async fn main() -> Result<(), Error> {
             format!("{:.0}%", 100.0 * tls / fetch),
             w = fetch_header.len().max(25),
         );
+        if args.connections > 1 {
+            println!("{spread}");
+        }
     }
     Ok(())
 }
 
-fn median(mut times: Vec<f64>) -> f64 {
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
-/// One warm-up and `runs` timed transfers of `payload` over a plain socket:
-/// a one-byte request, then a length prefix and the bytes, read in full.
-async fn raw_tcp(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
+/// Transfers of `payload` over a plain socket, timed as `plan` says: a
+/// one-byte request, then a length prefix and the bytes, read in full.
+async fn raw_tcp(payload: &[u8], plan: Plan) -> Result<Vec<f64>, Error> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let to_send = payload.to_vec();
@@ -135,8 +169,7 @@ async fn raw_tcp(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
         let (mut socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
         let mut request = [0u8; 1];
-        for _ in 0..=runs {
-            socket.read_exact(&mut request).await?;
+        while request_arrived(socket.read_exact(&mut request).await.map(drop))? {
             socket
                 .write_all(&(to_send.len() as u64).to_le_bytes())
                 .await?;
@@ -146,29 +179,30 @@ async fn raw_tcp(payload: &[u8], runs: usize) -> Result<Vec<f64>, Error> {
     });
     let mut socket = TcpStream::connect(address).await?;
     socket.set_nodelay(true)?;
-    let mut times = Vec::new();
+    let mut clock = Clock::new(plan);
     let mut buffer = vec![0u8; payload.len()];
-    for run in 0..=runs {
-        let started = Instant::now();
+    loop {
+        clock.start();
         socket.write_all(&[1]).await?;
         let mut len = [0u8; 8];
         socket.read_exact(&mut len).await?;
         socket.read_exact(&mut buffer).await?;
-        if run > 0 {
-            times.push(started.elapsed().as_secs_f64());
+        if clock.stop() {
+            break;
         }
     }
+    drop(socket);
     server.await??;
     if buffer != payload {
         return Err("raw TCP delivered other bytes".into());
     }
-    Ok(times)
+    Ok(clock.times)
 }
 
-/// One warm-up and `runs` timed transfers of `payload` over TLS 1.3 on a
-/// plain socket, as [`raw_tcp`] sends it: the nodes' rustls configuration,
+/// Transfers of `payload` over TLS 1.3 on a plain socket, as [`raw_tcp`]
+/// sends it, timed as `plan` says: the nodes' rustls configuration,
 /// blocking reads and writes on two threads, no multiplexer, no runtime.
-async fn tls_alone(payload: Arc<[u8]>, runs: usize) -> Result<Vec<f64>, Error> {
+async fn tls_alone(payload: Arc<[u8]>, plan: Plan) -> Result<Vec<f64>, Error> {
     let server = Tls::new(&keypair(&SigningKey::from_bytes(&[1; 32]))?)?;
     let client = Tls::new(&keypair(&SigningKey::from_bytes(&[2; 32]))?)?;
     tokio::task::spawn_blocking(move || -> Result<Vec<f64>, SendError> {
@@ -182,8 +216,7 @@ async fn tls_alone(payload: Arc<[u8]>, runs: usize) -> Result<Vec<f64>, Error> {
                 .map_err(std::io::Error::other)?;
             let mut stream = rustls::StreamOwned::new(connection, socket);
             let mut request = [0u8; 1];
-            for _ in 0..=runs {
-                stream.read_exact(&mut request)?;
+            while request_arrived(stream.read_exact(&mut request))? {
                 stream.write_all(&(to_send.len() as u64).to_le_bytes())?;
                 stream.write_all(&to_send)?;
                 stream.flush()?;
@@ -194,38 +227,41 @@ async fn tls_alone(payload: Arc<[u8]>, runs: usize) -> Result<Vec<f64>, Error> {
         socket.set_nodelay(true)?;
         let connection = rustls::ClientConnection::new(client.client_config(), dial_name())?;
         let mut stream = rustls::StreamOwned::new(connection, socket);
-        let mut times = Vec::new();
+        let mut clock = Clock::new(plan);
         let mut buffer = vec![0u8; payload.len()];
-        for run in 0..=runs {
-            let started = Instant::now();
+        loop {
+            clock.start();
             stream.write_all(&[1])?;
             stream.flush()?;
             let mut prefix = [0u8; 8];
             stream.read_exact(&mut prefix)?;
             stream.read_exact(&mut buffer)?;
-            if run > 0 {
-                times.push(started.elapsed().as_secs_f64());
+            if clock.stop() {
+                break;
             }
         }
+        stream.conn.send_close_notify();
+        stream.flush()?;
+        drop(stream);
         sender.join().map_err(|_| "the TLS sender panicked")??;
         if buffer[..] != payload[..] {
             return Err("TLS delivered other bytes".into());
         }
-        Ok(times)
+        Ok(clock.times)
     })
     .await?
     .map_err(|e| -> Error { e })
 }
 
-/// One warm-up and `runs` timed fetches of `payload` from one swarm by
-/// another, each from the request to the whole response. The two swarms
+/// Fetches of `payload` from one swarm by another, timed as `plan` says,
+/// each from the request to the whole response. The two swarms
 /// run in tasks of their own, as two nodes run in processes of their own
 /// (so, like the two ends of the raw socket, on two threads); each task
 /// drives its swarm and its fetch streams together, as a node's event loop
 /// does.
 async fn fetch(
     payload: &[u8],
-    runs: usize,
+    plan: Plan,
     listen: libp2p::Multiaddr,
     config: &NetConfig,
 ) -> Result<Vec<f64>, Error> {
@@ -258,7 +294,7 @@ async fn fetch(
             address,
             server_id,
             payload,
-            runs,
+            plan,
             config.fetch_timeout,
         )
         .await
@@ -274,27 +310,27 @@ async fn fetch_runs(
     address: libp2p::Multiaddr,
     server_id: libp2p::PeerId,
     payload: &[u8],
-    runs: usize,
+    plan: Plan,
     timeout: Duration,
 ) -> Result<Vec<f64>, Error> {
     let (mut fetcher, mut answers) = Fetcher::new(client.behaviour().fetch.new_control(), timeout);
     client.dial(address)?;
     let id = Digest::of(payload);
-    let mut times = Vec::new();
+    let mut clock = Clock::new(plan);
     let mut responses = 0usize;
-    let mut started = Instant::now();
     loop {
         tokio::select! {
             event = client.select_next_some() => {
                 if let SwarmEvent::ConnectionEstablished { .. } = event {
-                    started = Instant::now();
+                    clock.start();
                     fetcher.send(server_id, FetchRequest::Payload(id));
                 }
             }
             Some(answer) = answers.recv() => {
-                let elapsed = started.elapsed().as_secs_f64();
+                let done = clock.stop();
                 let response = answer.result.map_err(|e| format!("fetch failed: {e}"))?;
-                // The bytes are checked once, outside the timed runs.
+                // The bytes are checked in full once, on the first
+                // (untimed) transfer.
                 let delivered = match &response {
                     FetchResponse::Found { body, .. } if responses > 0 => {
                         body.len() == payload.len()
@@ -305,15 +341,11 @@ async fn fetch_runs(
                 if !delivered {
                     return Err("the fetch delivered other bytes".into());
                 }
-                // The first transfer warms the connection up.
-                if responses > 0 {
-                    times.push(elapsed);
-                }
                 responses += 1;
-                if times.len() == runs {
-                    return Ok(times);
+                if done {
+                    return Ok(clock.times);
                 }
-                started = Instant::now();
+                clock.start();
                 fetcher.send(server_id, FetchRequest::Payload(id));
             }
         }
