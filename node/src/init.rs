@@ -90,8 +90,7 @@ pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
         None => ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(args.seed)),
     };
     manifest.genesis = genesis.hash();
-    dir.write_genesis(&genesis)?;
-    dir.write_manifest(&manifest)?;
+    dir.write_run(&manifest, &genesis)?;
     println!("run {}", manifest.id()?);
     println!("genesis {}", manifest.genesis);
     println!("wrote {}", dir.root().display());

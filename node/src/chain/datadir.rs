@@ -147,6 +147,21 @@ impl DataDir {
         })
     }
 
+    /// Writes a new run: its genesis checkpoint, then its manifest (so that
+    /// a directory holds a run only once both are whole).
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError`] on an encoding or I/O failure.
+    pub fn write_run(
+        &self,
+        manifest: &RunManifest,
+        genesis: &ChainState,
+    ) -> Result<(), ChainError> {
+        self.write_genesis(genesis)?;
+        self.write_manifest(manifest)
+    }
+
     /// Writes the genesis checkpoint.
     ///
     /// # Errors
@@ -177,6 +192,17 @@ impl DataDir {
     /// [`ChainError`] if it is missing or not `8 × len` bytes.
     pub fn genesis(&self, len: usize) -> Result<ChainState, ChainError> {
         self.checkpoint(&self.file("genesis.ckpt"), len)
+    }
+
+    /// The genesis checkpoint's bytes as they lie on disk, unchecked (to
+    /// serve them: a peer checks what it receives against the run's
+    /// genesis hash).
+    ///
+    /// # Errors
+    ///
+    /// [`ChainError::Io`] if it cannot be read.
+    pub fn genesis_bytes(&self) -> Result<Vec<u8>, ChainError> {
+        self.read(&self.file("genesis.ckpt"))
     }
 
     /// Reads the latest checkpoint, if one was written.

@@ -10,6 +10,7 @@
 //!
 //! and everything else (peers, refusals, dropped contributions) on stderr.
 
+mod enrol;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use p2ptrain_node::control;
 use p2ptrain_node::keyfile;
 use p2ptrain_node::net::{self, access, NetConfig};
 use p2ptrain_node::swarm_loop::{Command, Node, NodeSetup, Status, Training};
-use p2ptrain_protocol::{PeerKey, RunManifest};
+use p2ptrain_protocol::{Digest, ModelConfig, PeerKey, RunManifest};
 use p2ptrain_trainer::device::RESIDUAL_DECAY;
 use p2ptrain_trainer::{Corpus, Sampler};
 use tokio::sync::{mpsc, watch};
@@ -33,8 +34,9 @@ use report::Report;
 #[derive(clap::Args)]
 pub struct JoinArgs {
     /// The data directory: a run made by `p2pnode init`, or an empty folder
-    /// (a new run on the bundled defaults is started there). A directory
-    /// that already holds rounds resumes after the last one.
+    /// (a new run on the bundled defaults is started there, or with --run
+    /// the run named is fetched from its peers). A directory that already
+    /// holds rounds resumes after the last one.
     #[arg(long, default_value = "p2ptrain-data")]
     dir: PathBuf,
     /// This node's key (created if missing). It is the node's identity:
@@ -50,6 +52,14 @@ pub struct JoinArgs {
     /// Peers to dial at start (besides those mDNS finds on the LAN).
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
+    /// The run to take part in, by id (64 hex digits: a running node prints
+    /// its run's id in the line that tells how to add a peer). Into a
+    /// --dir that holds no run yet, the run's manifest and genesis
+    /// checkpoint are fetched from its peers (--bootstrap, or the LAN),
+    /// each checked against the id; a --dir that holds another run is
+    /// refused.
+    #[arg(long, value_name = "RUN_ID")]
+    run: Option<Digest>,
     /// Train on these files or folders (recursive, all of them) instead of
     /// the bundled corpus. The data never leaves this machine.
     #[arg(long)]
@@ -111,13 +121,22 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         .context("reading --allow")?;
     let device = p2ptrain_trainer::device::parse(&args.device).context("--device")?;
     let data = DataDir::new(&args.dir);
-    if let Some(path) = &args.data {
-        check_fits_a_window(&data, path, tokens.len())?;
+    if let Some(run) = args.run {
+        enrol::check_holds_no_other_run(&data, run)?;
+    }
+    if let (Some(path), Some(model)) = (&args.data, model_to_train(&data, args.run)) {
+        check_fits_a_window(&model, path, tokens.len())?;
     }
     let key = load_or_create_key(&args.key)?;
     let _key_held = keyfile::hold(&args.key)?;
     let me = PeerKey::from(&key);
     let report = Report::new(args.log_format, me);
+    let net = NetConfig {
+        mdns: !args.no_mdns,
+        psk,
+        allow_list,
+        ..NetConfig::default()
+    };
     let secrets = [
         (Some(&args.key), "sign as this node"),
         (args.psk.as_ref(), "join this private swarm"),
@@ -140,16 +159,31 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     }
     // A run whose manifest cannot be read is reported by the node when it
     // starts on it, never replaced by a new one.
-    if !data.holds_run() {
-        report.note(
-            "new_run",
-            &format!(
-                "no run in {}: starting a new one on the bundled defaults",
-                args.dir.display()
-            ),
-        );
-        crate::init(&data, &crate::InitArgs::default())?;
+    match (data.holds_run(), args.run) {
+        (true, _) => {}
+        (false, Some(run)) => {
+            let fetched = enrol::fetch(&data, run, &key, &net, &args.bootstrap, &report);
+            let (manifest, genesis) = fetched.await?;
+            if let Some(path) = &args.data {
+                check_fits_a_window(&manifest.model, path, tokens.len())?;
+            }
+            data.write_run(&manifest, &genesis)
+                .with_context(|| format!("writing run {run} into {}", args.dir.display()))?;
+        }
+        (false, None) => {
+            report.note(
+                "new_run",
+                &format!(
+                    "no run in {}: starting a new one on the bundled defaults",
+                    args.dir.display()
+                ),
+            );
+            crate::init(&data, &crate::InitArgs::default())?;
+        }
     }
+    // Named in the line that tells how to add a peer; a manifest that
+    // cannot be read is reported by the node as it starts.
+    let report = report.with_run(data.manifest().ok().and_then(|m| m.id().ok()));
     report.note("data", &data_note);
     report.note(
         "device",
@@ -158,18 +192,13 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             p2ptrain_trainer::device::describe(&device)
         ),
     );
-    if let Some(keys) = &allow_list {
+    if let Some(keys) = &net.allow_list {
         report.note("allow_list", &format!("allow-list: {} peers", keys.len()));
     }
     let setup = NodeSetup {
         data: data.clone(),
         key,
-        net: NetConfig {
-            mdns: !args.no_mdns,
-            psk,
-            allow_list,
-            ..NetConfig::default()
-        },
+        net,
         listen: listen_addresses(&args.listen, args.psk.is_some(), &report),
         training: Training::Replica {
             tokens,
@@ -419,18 +448,21 @@ fn training_tokens(path: Option<&Path>) -> anyhow::Result<(Vec<u8>, String)> {
     Ok((corpus.tokens().to_vec(), note))
 }
 
-/// Refuses `--data` too short for one window of the run's model (the run
-/// in `data`, or the one a new run would get), before anything is written.
-/// A run whose manifest cannot be read is left for the node to report.
-fn check_fits_a_window(data: &DataDir, path: &Path, tokens: usize) -> anyhow::Result<()> {
-    let model = if data.holds_run() {
-        match data.manifest() {
-            Ok(manifest) => manifest.model,
-            Err(_) => return Ok(()),
-        }
-    } else {
-        RunManifest::default().model
-    };
+/// The model the node will train, as far as it is known before the run is
+/// settled: the run in `data`, or the one a new run would get; `None` for a
+/// run still to be fetched (checked once it is here), or one whose manifest
+/// cannot be read (left for the node to report).
+fn model_to_train(data: &DataDir, run: Option<Digest>) -> Option<ModelConfig> {
+    match (data.holds_run(), run) {
+        (true, _) => data.manifest().ok().map(|manifest| manifest.model),
+        (false, Some(_)) => None,
+        (false, None) => Some(RunManifest::default().model),
+    }
+}
+
+/// Refuses `--data` too short for one window of `model`, before anything
+/// of the run is written.
+fn check_fits_a_window(model: &ModelConfig, path: &Path, tokens: usize) -> anyhow::Result<()> {
     Sampler::check_fits(tokens, model.context_len as usize).with_context(|| {
         format!(
             "--data {} is too short for the run's model, which reads windows of {} tokens \

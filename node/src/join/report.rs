@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use p2ptrain_node::engine::{Ban, BanReason, Rejection};
 use p2ptrain_node::swarm_loop::{NodeEvent, Status};
-use p2ptrain_protocol::PeerKey;
+use p2ptrain_protocol::{Digest, PeerKey};
 use serde_json::json;
 
 /// The output format of `p2pnode join`.
@@ -25,6 +25,8 @@ pub struct Report {
     format: LogFormat,
     bar: ProgressBar,
     me: PeerKey,
+    /// The node's run, named in the line that tells how to add a peer.
+    run: Option<Digest>,
 }
 
 impl Report {
@@ -43,7 +45,17 @@ impl Report {
         .progress_chars("=> ");
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(200));
-        Self { format, bar, me }
+        Self {
+            format,
+            bar,
+            me,
+            run: None,
+        }
+    }
+
+    /// The same report, for a node of run `run`.
+    pub fn with_run(self, run: Option<Digest>) -> Self {
+        Self { run, ..self }
     }
 
     /// A message for people (`kind` names it in JSON).
@@ -103,9 +115,12 @@ impl Report {
         match event {
             NodeEvent::Listening(address) => {
                 let id = p2ptrain_node::net::peer_id(&self.me).map(|p| p.to_string());
+                let run = self
+                    .run
+                    .map_or(String::new(), |run| format!(" --run {run}"));
                 err(format!(
                     "listening on {address}/p2p/{}\n  add a peer: p2pnode join --dir OTHER_DIR \
-                     --key OTHER.key --bootstrap {address}",
+                     --key OTHER.key{run} --bootstrap {address}",
                     id.unwrap_or_default()
                 ));
             }
@@ -190,6 +205,7 @@ impl Report {
                 "event": "listening",
                 "address": address.to_string(),
                 "peer_id": p2ptrain_node::net::peer_id(&self.me).map(|p| p.to_string()),
+                "run": self.run.map(|run| run.to_string()),
             }),
             NodeEvent::Announced { round, id } => json!({
                 "event": "announced",

@@ -1,5 +1,5 @@
 //! `/p2ptrain/fetch/2`: the wire format of the fetch protocol, which moves
-//! payloads, checkpoint slices and records between peers ([`super::fetch`]
+//! payloads, checkpoint slices, records and run manifests between peers ([`super::fetch`]
 //! keeps one stream open per peer and sends its requests over it one after
 //! another).
 //!
@@ -10,6 +10,7 @@
 //!                                              hashes that prove it (`slices`)
 //!          | 4u8 round:u64le                   a round's record
 //!          | 5u8 hash:[u8;32]                  a payload kept with the records
+//!          | 6u8 run:[u8;32]                   the manifest of run `run`
 //! response = 0u8                               not held here
 //!          | 1u8 len:u32le header len:u64le body
 //! ```
@@ -60,6 +61,9 @@ pub enum FetchRequest {
     Record(u64),
     /// A payload that a record names, by its blake3 hash.
     StoredPayload(Digest),
+    /// The manifest of a run (by id), for a node that joins the run without
+    /// holding it yet. Its blake3 is the id, so it checks itself.
+    RunManifest(Digest),
 }
 
 /// The answer.
@@ -68,9 +72,10 @@ pub enum FetchResponse {
     /// Not held here.
     Missing,
     /// Found: for a payload, the encoded signed contribution and the payload
-    /// bytes; for a checkpoint slice, an empty header and the slice.
+    /// bytes; for anything else, an empty header and the thing asked for
+    /// (a checkpoint slice, a record, a stored payload, a run manifest).
     Found {
-        /// Encoded `Signed<Contribution>` (empty for a checkpoint).
+        /// Encoded `Signed<Contribution>` (empty but for a payload).
         header: Vec<u8>,
         /// The payload or the checkpoint slice: shared, so that a node
         /// serves a payload it holds, and keeps one it receives, without a
@@ -112,6 +117,7 @@ where
     let request = match tag[0] {
         1 => FetchRequest::Payload(Digest::from_bytes(id)),
         5 => FetchRequest::StoredPayload(Digest::from_bytes(id)),
+        6 => FetchRequest::RunManifest(Digest::from_bytes(id)),
         3 => {
             let mut range = [0u8; 16];
             io.read_exact(&mut range).await?;
@@ -192,6 +198,10 @@ where
             wire.push(5);
             wire.extend_from_slice(hash.as_bytes());
         }
+        FetchRequest::RunManifest(run) => {
+            wire.push(6);
+            wire.extend_from_slice(run.as_bytes());
+        }
         FetchRequest::CheckpointSlice { hash, start, len } => {
             wire.push(3);
             wire.extend_from_slice(hash.as_bytes());
@@ -257,6 +267,7 @@ mod tests {
             },
             FetchRequest::Record(77),
             FetchRequest::StoredPayload(Digest::of(b"c")),
+            FetchRequest::RunManifest(Digest::of(b"d")),
         ];
         let back = block_on(async {
             let mut wire = Cursor::new(Vec::new());

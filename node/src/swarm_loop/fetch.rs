@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libp2p::PeerId;
-use p2ptrain_protocol::codec;
+use p2ptrain_protocol::{codec, Digest};
 
 use super::download::{Download, Progress};
 use super::{Node, NodeError, NodeEvent};
@@ -66,7 +66,8 @@ impl Node {
         }
     }
 
-    /// The answer to a request for a payload or a record.
+    /// The answer to a request for a payload, a record or the run's
+    /// manifest.
     fn serve(&mut self, request: FetchRequest) -> FetchResponse {
         match request {
             FetchRequest::Payload(id) => match self.engine.payload(&id) {
@@ -96,6 +97,16 @@ impl Node {
                 },
                 Err(_) => FetchResponse::Missing,
             },
+            FetchRequest::RunManifest(run) => {
+                let manifest = codec::encode(&self.manifest).ok();
+                match manifest.filter(|bytes| Digest::of(bytes) == run) {
+                    Some(bytes) => FetchResponse::Found {
+                        header: Vec::new(),
+                        body: Arc::from(bytes),
+                    },
+                    None => FetchResponse::Missing,
+                }
+            }
             // Served by `serve_slice`.
             FetchRequest::CheckpointSlice { .. } => FetchResponse::Missing,
         }

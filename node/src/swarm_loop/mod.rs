@@ -6,6 +6,7 @@
 mod backfill;
 mod discovery;
 mod download;
+mod enrol;
 mod error;
 mod event;
 mod fetch;
@@ -34,6 +35,7 @@ use crate::engine::{Engine, EngineConfig, Head, Input, Millis, Output, Verify};
 use crate::net::codec::FetchRequest;
 use crate::net::fetch::{self as fetching, FetchAnswer, FetchId, Fetcher};
 use crate::net::{build_swarm, peer_id, scoring, topics, Behaviour, NetConfig, NetError, Topics};
+pub use enrol::{fetch_run, EnrolError, Enrolling};
 use error::with_causes;
 pub use error::NodeError;
 pub use event::NodeEvent;

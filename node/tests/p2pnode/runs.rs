@@ -83,3 +83,61 @@ fn a_peer_of_another_run_is_named_and_never_waited_for() {
     drop((us, them, newcomer));
     std::fs::remove_dir_all(root).unwrap();
 }
+
+#[test]
+fn a_node_told_the_run_fetches_it_into_an_empty_directory() {
+    let _machine = exclusive();
+    let root = scratch("fetch-run");
+    let (host_dir, joiner_dir) = (root.join("host"), root.join("joiner"));
+    // Not the bundled run (rounds of 2 steps, 8 s deadlines): the joiner
+    // could not make it itself.
+    crate::harness::init(&host_dir, 1);
+    let mut host = Node::join("host", &host_dir, &root.join("host.key"), &[]);
+    // The line that tells how to add a peer names the run.
+    let hint = host.wait_for("the line that tells how to add a peer", |s, line| {
+        let hint = line.trim().strip_prefix("add a peer: ")?;
+        (s == Stream::Err).then(|| hint.to_owned())
+    });
+    let after = |flag: &str| {
+        let words: Vec<&str> = hint.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == flag).unwrap();
+        words[at + 1].to_owned()
+    };
+    let (run, address) = (after("--run"), after("--bootstrap"));
+    host.round(3);
+    let args = ["--run", &run, "--bootstrap", &address];
+    let mut joiner = Node::join("joiner", &joiner_dir, &root.join("joiner.key"), &args);
+    joiner.wait_for("the fetched run", |s, line| {
+        (s == Stream::Err && line.starts_with(&format!("fetched run {run}"))).then_some(())
+    });
+    // It catches up with the host's chain, records included.
+    joiner.wait_for("the adopted rounds' records", |s, line| {
+        (s == Stream::Err && line.starts_with("fetched the records of")).then_some(())
+    });
+    joiner.kill();
+    host.kill();
+    let file = |dir: &std::path::Path, name: &str| std::fs::read(dir.join(name)).unwrap();
+    for name in ["manifest.bin", "genesis.ckpt"] {
+        assert!(file(&host_dir, name) == file(&joiner_dir, name), "{name}");
+    }
+    let verified = run_ok(&["verify", joiner_dir.to_str().unwrap()]);
+    assert!(verified.starts_with("ok: "), "{verified}");
+    // Told another run than the one its directory holds, a node refuses.
+    let refused = crate::harness::run(&[
+        "join",
+        "--dir",
+        joiner_dir.to_str().unwrap(),
+        "--key",
+        root.join("joiner.key").to_str().unwrap(),
+        "--run",
+        &"0".repeat(64),
+    ]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains(&format!("holds run {run}, not run")),
+        "{said}"
+    );
+    drop((host, joiner));
+    std::fs::remove_dir_all(root).unwrap();
+}

@@ -1,0 +1,174 @@
+//! A node that holds no run fetches one from a peer of it: the manifest
+//! by its id, the genesis checkpoint in slices, both checked; a run that
+//! no peer holds ends in an error that says so.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use p2ptrain_node::chain::{ChainState, DataDir};
+use p2ptrain_node::net::NetConfig;
+use p2ptrain_node::swarm_loop::{
+    fetch_run, Command, EnrolError, Enrolling, Node, NodeEvent, NodeSetup, Training,
+};
+use p2ptrain_protocol::{Digest, RunManifest, SigningKey};
+use p2ptrain_trainer::{Corpus, ParamLayout};
+use tokio::sync::mpsc;
+
+fn net() -> NetConfig {
+    NetConfig {
+        mdns: false,
+        ..NetConfig::default()
+    }
+}
+
+/// A run of another seed than the bundled one, written into `dir`.
+fn write_run(dir: &DataDir) -> (RunManifest, ChainState) {
+    let mut manifest = RunManifest {
+        seed: 11,
+        inner_steps: 2,
+        ..RunManifest::default()
+    };
+    manifest.inner.batch_size = 2;
+    // The node waits for a second contribution that never comes: it
+    // serves and closes no round.
+    manifest.rounds.min_contributors = 2;
+    let genesis = ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(11));
+    manifest.genesis = genesis.hash();
+    dir.write_run(&manifest, &genesis).unwrap();
+    (manifest, genesis)
+}
+
+/// A node running on a data directory.
+struct Running {
+    address: Multiaddr,
+    commands: mpsc::Sender<Command>,
+    task: tokio::task::JoinHandle<Result<(), p2ptrain_node::swarm_loop::NodeError>>,
+}
+
+impl Running {
+    /// Stops the node and waits until it has.
+    async fn stop(self) {
+        self.commands.send(Command::Shutdown).await.unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Starts a node on `dir`, once it listens.
+async fn serve(dir: DataDir) -> Running {
+    let setup = NodeSetup {
+        data: dir,
+        key: SigningKey::from_bytes(&[7; 32]),
+        net: net(),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        training: Training::Replica {
+            tokens: Corpus::bundled().tokens().to_vec(),
+            device: p2ptrain_trainer::device::Device::Cpu,
+            residual_decay: p2ptrain_trainer::device::RESIDUAL_DECAY,
+        },
+    };
+    let (events_tx, mut events) = mpsc::channel(64);
+    let node = Node::new(setup, events_tx).unwrap();
+    let (commands, command_rx) = mpsc::channel(4);
+    let task = tokio::spawn(node.run(command_rx));
+    let address = loop {
+        match events.recv().await {
+            Some(NodeEvent::Listening(address)) => break address,
+            Some(_) => {}
+            None => panic!("the node stopped before it listened"),
+        }
+    };
+    // Its later events are not needed; keep it from blocking on them.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    Running {
+        address,
+        commands,
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
+    let root = std::env::temp_dir().join(format!("p2ptrain-enrol-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let held = DataDir::new(root.join("held"));
+    let (manifest, genesis) = write_run(&held);
+    let run = manifest.id().unwrap();
+    let node = serve(held).await;
+    let address = node.address.clone();
+    let key = SigningKey::from_bytes(&[8; 32]);
+    let patience = Duration::from_secs(60);
+
+    let mut told = Vec::new();
+    let (fetched, fetched_genesis) = fetch_run(
+        run,
+        &key,
+        &net(),
+        std::slice::from_ref(&address),
+        patience,
+        &mut |step| told.push(step),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetched, manifest);
+    assert_eq!(fetched_genesis.hash(), manifest.genesis);
+    assert_eq!(fetched_genesis.params, genesis.params);
+    let total = 8 * genesis.params.len() as u64;
+    assert!(told.iter().any(|s| matches!(
+        s,
+        Enrolling::Manifest { genesis_len, .. } if *genesis_len == total
+    )));
+    // Several slices, the last of them completing the checkpoint.
+    let slices: Vec<u64> = told
+        .iter()
+        .filter_map(|s| match s {
+            Enrolling::Genesis { held, .. } => Some(*held),
+            _ => None,
+        })
+        .collect();
+    assert!(slices.len() > 1, "{told:?}");
+    assert_eq!(slices.last(), Some(&total));
+
+    // A run the peer does not hold: it says so, and the wait ends in an
+    // error naming the run.
+    let other = Digest::of(b"no such run");
+    let mut told = Vec::new();
+    let error = fetch_run(
+        other,
+        &key,
+        &net(),
+        std::slice::from_ref(&address),
+        Duration::from_secs(5),
+        &mut |step| told.push(step),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, EnrolError::NoPeer { run, others: 1, .. } if run == other),
+        "{error}"
+    );
+    assert!(told.iter().any(|s| matches!(s, Enrolling::NotOnRun(_))));
+    assert!(error.to_string().contains(&other.to_string()));
+
+    node.stop().await;
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[tokio::test]
+async fn with_no_peer_to_ask_the_wait_ends_in_an_error() {
+    let run = Digest::of(b"a run");
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let error = fetch_run(
+        run,
+        &key,
+        &net(),
+        &[],
+        Duration::from_millis(200),
+        &mut |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, EnrolError::NoPeer { others: 0, .. }),
+        "{error}"
+    );
+}
