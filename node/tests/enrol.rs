@@ -6,20 +6,14 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use p2ptrain_node::chain::{ChainState, DataDir};
-use p2ptrain_node::net::NetConfig;
-use p2ptrain_node::swarm_loop::{
-    fetch_run, Command, EnrolError, Enrolling, Node, NodeEvent, NodeSetup, Training,
-};
+use p2ptrain_node::swarm_loop::{fetch_run, Command, EnrolError, Enrolling, Node, NodeEvent};
 use p2ptrain_protocol::{Digest, RunManifest, SigningKey};
 use p2ptrain_trainer::{Corpus, ParamLayout};
 use tokio::sync::mpsc;
 
-fn net() -> NetConfig {
-    NetConfig {
-        mdns: false,
-        ..NetConfig::default()
-    }
-}
+mod common;
+
+use common::{cpu_node, loopback_net as net};
 
 /// A run of another seed than the bundled one, written into `dir`.
 fn write_run(dir: &DataDir) -> (RunManifest, ChainState) {
@@ -55,17 +49,7 @@ impl Running {
 
 /// Starts a node on `dir`, once it listens.
 async fn serve(dir: DataDir) -> Running {
-    let setup = NodeSetup {
-        data: dir,
-        key: SigningKey::from_bytes(&[7; 32]),
-        net: net(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        training: Training::Replica {
-            tokens: Corpus::bundled().tokens().to_vec(),
-            device: p2ptrain_trainer::device::Device::Cpu,
-            residual_decay: p2ptrain_trainer::device::RESIDUAL_DECAY,
-        },
-    };
+    let setup = cpu_node(dir, 7, net(), Corpus::bundled().tokens().to_vec());
     let (events_tx, mut events) = mpsc::channel(64);
     let node = Node::new(setup, events_tx).unwrap();
     let (commands, command_rx) = mpsc::channel(4);

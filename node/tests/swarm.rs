@@ -10,11 +10,15 @@ use futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, Multiaddr};
 use p2ptrain_node::chain::{replay, ChainState, DataDir};
-use p2ptrain_node::net::{build_swarm, topics, BehaviourEvent, NetConfig};
-use p2ptrain_node::swarm_loop::{Command, Node, NodeEvent, NodeSetup, Training};
+use p2ptrain_node::net::{build_swarm, topics, BehaviourEvent};
+use p2ptrain_node::swarm_loop::{Command, Node, NodeEvent};
 use p2ptrain_protocol::{codec, Contribution, Digest, RunManifest, Signed, SigningKey};
 use p2ptrain_trainer::{Corpus, ParamLayout};
 use tokio::sync::mpsc;
+
+mod common;
+
+use common::{cpu_node, loopback_net};
 
 fn manifest() -> RunManifest {
     let mut manifest = RunManifest {
@@ -50,20 +54,8 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
         dir.write_manifest(&manifest).unwrap();
         dir.write_genesis(&genesis).unwrap();
         dirs.push(dir.clone());
-        let setup = NodeSetup {
-            data: dir,
-            key: SigningKey::from_bytes(&[i + 1; 32]),
-            net: NetConfig {
-                mdns: false,
-                ..NetConfig::default()
-            },
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            training: Training::Replica {
-                tokens: corpus.shard(usize::from(i), 3).unwrap().to_vec(),
-                device: p2ptrain_trainer::device::Device::Cpu,
-                residual_decay: p2ptrain_trainer::device::RESIDUAL_DECAY,
-            },
-        };
+        let tokens = corpus.shard(usize::from(i), 3).unwrap().to_vec();
+        let setup = cpu_node(dir, i + 1, loopback_net(), tokens);
         let (node_events, mut from_node) = mpsc::channel(64);
         let node = Node::new(setup, node_events).unwrap();
         let (command_tx, command_rx) = mpsc::channel(8);
@@ -150,21 +142,9 @@ async fn a_node_repeats_its_announcement_while_its_round_waits() {
     let dir = DataDir::new(root.join("node"));
     dir.write_manifest(&manifest).unwrap();
     dir.write_genesis(&genesis).unwrap();
-    let net = NetConfig {
-        mdns: false,
-        ..NetConfig::default()
-    };
-    let setup = NodeSetup {
-        data: dir,
-        key: SigningKey::from_bytes(&[1; 32]),
-        net: net.clone(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        training: Training::Replica {
-            tokens: Corpus::bundled().shard(0, 1).unwrap().to_vec(),
-            device: p2ptrain_trainer::device::Device::Cpu,
-            residual_decay: p2ptrain_trainer::device::RESIDUAL_DECAY,
-        },
-    };
+    let net = loopback_net();
+    let tokens = Corpus::bundled().shard(0, 1).unwrap().to_vec();
+    let setup = cpu_node(dir, 1, net.clone(), tokens);
     let (node_events, mut events) = mpsc::channel(64);
     let node = Node::new(setup, node_events).unwrap();
     let (command_tx, command_rx) = mpsc::channel(8);

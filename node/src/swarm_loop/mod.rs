@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{gossipsub, Multiaddr, PeerId, Swarm};
-use p2ptrain_protocol::{codec, Digest, PeerKey, RunManifest, SigningKey};
+use p2ptrain_protocol::{codec, Commit, Digest, PeerKey, RunManifest, Signed, SigningKey};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -158,6 +158,12 @@ pub struct Node {
     /// When this node's announcement goes out again, while its round
     /// gathers contributions.
     repeats: Option<repeat::Repeats>,
+    /// The last commit this node published, sent again to each peer that
+    /// subscribes to the run's commits: a node that has just joined learns
+    /// the chain's head from it at once, rather than from the next commit,
+    /// which a round that waits for the newcomer's contribution holds back
+    /// until its deadline.
+    last_commit: Option<Signed<Commit>>,
     /// Set when the node stops: a session under way ends after its step.
     stop_training: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -288,6 +294,7 @@ impl Node {
             restored_residual: restored,
             reannounce,
             repeats: None,
+            last_commit: None,
             stop_training: Arc::default(),
         })
     }
@@ -455,7 +462,10 @@ impl Node {
                 let round = self.engine.head().round;
                 self.report(NodeEvent::Announced { round, id }).await;
             }
-            Output::PublishCommit(signed) => self.publish(&self.topics.commit.clone(), &signed),
+            Output::PublishCommit(signed) => {
+                self.publish(&self.topics.commit.clone(), &signed);
+                self.last_commit = Some(signed);
+            }
             Output::PublishEvidence(proof) => self.publish(&self.topics.evidence.clone(), &proof),
             Output::Fetch { id, from } => {
                 // The engine asks one peer at a time: an earlier request for

@@ -19,7 +19,8 @@ impl Node {
     /// member of the swarm from now on (the round waits for its
     /// contribution, a download and the records' backfill ask it too), and
     /// it hears this round's announcement again, which went out before it
-    /// was listening. A connected peer that never subscribes (another
+    /// was listening. To its commits: it hears this node's last commit
+    /// again, and so where the chain stands. A connected peer that never subscribes (another
     /// run's, or another libp2p program's, found by mDNS or Kademlia) is
     /// never waited for; another run's is named.
     async fn on_subscribed(
@@ -44,6 +45,10 @@ impl Node {
             if let Some(download) = &mut self.download {
                 download.add_peer(peer);
                 self.pump_download();
+            }
+        } else if *topic == self.topics.commit.hash() {
+            if let Some(signed) = self.last_commit.clone() {
+                self.publish(&self.topics.commit.clone(), &signed);
             }
         } else if let Some(run) = announced_run(topic.as_str()) {
             let run = run.to_owned();

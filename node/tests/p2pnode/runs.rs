@@ -89,9 +89,11 @@ fn a_node_told_the_run_fetches_it_into_an_empty_directory() {
     let _machine = exclusive();
     let root = scratch("fetch-run");
     let (host_dir, joiner_dir) = (root.join("host"), root.join("joiner"));
-    // Not the bundled run (rounds of 2 steps, 8 s deadlines): the joiner
-    // could not make it itself.
-    crate::harness::init(&host_dir, 1);
+    // Not the bundled run: the joiner could not make it itself. Its
+    // rounds wait an hour for an expected contribution, so the joiner must
+    // learn where the chain stands from the host's last commit, sent again
+    // when it subscribes, not from a round that its deadline closed.
+    init_patient(&host_dir, "3");
     let mut host = Node::join("host", &host_dir, &root.join("host.key"), &[]);
     // The line that tells how to add a peer names the run.
     let hint = host.wait_for("the line that tells how to add a peer", |s, line| {
