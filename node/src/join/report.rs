@@ -161,7 +161,8 @@ impl Report {
             NodeEvent::PeerLeft(peer) => err(format!("peer {peer} left")),
             NodeEvent::OtherRun { peer, run } => err(format!(
                 "peer {peer} is on another run ({run}): the two do not train together \
-                 (each run is its own swarm)"
+                 (each run is its own swarm; `p2pnode join --dir NEW_DIR --run {run}` \
+                 joins that one)"
             )),
             NodeEvent::Refused(peer) => {
                 err(format!("refused peer {peer}: not on the allow-list"));

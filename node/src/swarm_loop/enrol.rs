@@ -99,8 +99,8 @@ pub enum EnrolError {
     Net(#[from] NetError),
     /// No peer sent the manifest in time.
     #[error(
-        "no peer of run {run} answered within {} s ({others} other peers asked): \
-         give the address of a node of the run with --bootstrap",
+        "no peer of run {run} answered within {} s (peers reached that run another: \
+         {others}); give the address of a node of this run with --bootstrap",
         waited.as_secs()
     )]
     NoPeer {
@@ -113,8 +113,7 @@ pub enum EnrolError {
     },
     /// The genesis checkpoint stopped arriving.
     #[error(
-        "the genesis checkpoint stopped arriving at {} of {} (no slice for {} s, no peer \
-         of the run left to ask)",
+        "the genesis checkpoint stopped arriving at {} of {}: no slice came for {} s",
         bytes(*held),
         bytes(*total),
         waited.as_secs()

@@ -50,7 +50,8 @@ fn a_peer_of_another_run_is_named_and_never_waited_for() {
     );
     for node in [&mut us, &mut them] {
         node.wait_for("the other run named", |s, line| {
-            (s == Stream::Err && line.contains("is on another run")).then_some(())
+            (s == Stream::Err && line.contains("is on another run"))
+                .then(|| assert!(line.contains("joins that one"), "{line}"))
         });
         // Connected to each other, each goes on with rounds of its own.
         let next = node.rounds().last().map_or(0, |r| r.0 + 1);
