@@ -23,9 +23,7 @@ fn write_run(dir: &DataDir) -> (RunManifest, ChainState) {
         ..RunManifest::default()
     };
     manifest.inner.batch_size = 2;
-    // The node waits for a second contribution that never comes: it
-    // serves and closes no round.
-    manifest.rounds.min_contributors = 2;
+    manifest.rounds.min_contributors = 1;
     let genesis = ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(11));
     manifest.genesis = genesis.hash();
     dir.write_run(&manifest, &genesis).unwrap();
@@ -47,20 +45,25 @@ impl Running {
     }
 }
 
-/// Starts a node on `dir`, once it listens.
+/// Starts a node on `dir`; returns once it listens and has closed its
+/// first round alone (so that it serves its run's genesis from its data
+/// directory, no longer from memory).
 async fn serve(dir: DataDir) -> Running {
     let setup = cpu_node(dir, 7, net(), Corpus::bundled().tokens().to_vec());
     let (events_tx, mut events) = mpsc::channel(64);
     let node = Node::new(setup, events_tx).unwrap();
     let (commands, command_rx) = mpsc::channel(4);
     let task = tokio::spawn(node.run(command_rx));
-    let address = loop {
+    let mut address = None;
+    loop {
         match events.recv().await {
-            Some(NodeEvent::Listening(address)) => break address,
+            Some(NodeEvent::Listening(listening)) => address = Some(listening),
+            Some(NodeEvent::Finalized { .. }) if address.is_some() => break,
             Some(_) => {}
-            None => panic!("the node stopped before it listened"),
+            None => panic!("the node stopped before it listened and closed a round"),
         }
-    };
+    }
+    let address = address.unwrap();
     // Its later events are not needed; keep it from blocking on them.
     tokio::spawn(async move { while events.recv().await.is_some() {} });
     Running {
@@ -125,6 +128,7 @@ async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
         &mut |step| told.push(step),
     )
     .await
+    .map(drop)
     .unwrap_err();
     assert!(
         matches!(error, EnrolError::NoPeer { run, others: 1, .. } if run == other),
@@ -150,9 +154,40 @@ async fn with_no_peer_to_ask_the_wait_ends_in_an_error() {
         &mut |_| {},
     )
     .await
+    .map(drop)
     .unwrap_err();
     assert!(
         matches!(error, EnrolError::NoPeer { others: 0, .. }),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genesis_that_no_peer_can_send_ends_in_an_error_that_says_how_far_it_came() {
+    let root = std::env::temp_dir().join(format!("p2ptrain-enrol-lost-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let held = DataDir::new(root.join("held"));
+    let (manifest, genesis) = write_run(&held);
+    let node = serve(held.clone()).await;
+    // Past genesis, the node reads it from its directory to serve it; the
+    // file is gone now, so it can send the manifest but no slice.
+    std::fs::remove_file(held.root().join("genesis.ckpt")).unwrap();
+    let error = fetch_run(
+        manifest.id().unwrap(),
+        &SigningKey::from_bytes(&[8; 32]),
+        &net(),
+        std::slice::from_ref(&node.address),
+        Duration::from_secs(3),
+        &mut |_| {},
+    )
+    .await
+    .map(drop)
+    .unwrap_err();
+    let total = 8 * genesis.params.len() as u64;
+    assert!(
+        matches!(error, EnrolError::Stalled { held: 0, total: t, .. } if t == total),
+        "{error}"
+    );
+    node.stop().await;
+    std::fs::remove_dir_all(root).unwrap();
 }
