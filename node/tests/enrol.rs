@@ -73,15 +73,45 @@ async fn serve(dir: DataDir) -> Running {
     }
 }
 
+/// A run written into a scratch directory of its own, and a node on it.
+struct Served {
+    root: std::path::PathBuf,
+    dir: DataDir,
+    manifest: RunManifest,
+    genesis: ChainState,
+    node: Running,
+}
+
+impl Served {
+    /// For the test named `test`.
+    async fn start(test: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("p2ptrain-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = DataDir::new(root.join("held"));
+        let (manifest, genesis) = write_run(&dir);
+        let node = serve(dir.clone()).await;
+        Self {
+            root,
+            dir,
+            manifest,
+            genesis,
+            node,
+        }
+    }
+
+    /// Stops the node and removes the directory.
+    async fn stop(self) {
+        self.node.stop().await;
+        std::fs::remove_dir_all(self.root).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
-    let root = std::env::temp_dir().join(format!("p2ptrain-enrol-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let held = DataDir::new(root.join("held"));
-    let (manifest, genesis) = write_run(&held);
+    let served = Served::start("enrol").await;
+    let (manifest, genesis) = (&served.manifest, &served.genesis);
     let run = manifest.id().unwrap();
-    let node = serve(held).await;
-    let address = node.address.clone();
+    let address = served.node.address.clone();
     let key = SigningKey::from_bytes(&[8; 32]);
     let patience = Duration::from_secs(60);
 
@@ -96,7 +126,7 @@ async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
     )
     .await
     .unwrap();
-    assert_eq!(fetched, manifest);
+    assert_eq!(&fetched, manifest);
     assert_eq!(fetched_genesis.hash(), manifest.genesis);
     assert_eq!(fetched_genesis.params, genesis.params);
     let total = 8 * genesis.params.len() as u64;
@@ -137,8 +167,7 @@ async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
     assert!(told.iter().any(|s| matches!(s, Enrolling::NotOnRun(_))));
     assert!(error.to_string().contains(&other.to_string()));
 
-    node.stop().await;
-    std::fs::remove_dir_all(root).unwrap();
+    served.stop().await;
 }
 
 #[tokio::test]
@@ -164,30 +193,25 @@ async fn with_no_peer_to_ask_the_wait_ends_in_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_genesis_that_no_peer_can_send_ends_in_an_error_that_says_how_far_it_came() {
-    let root = std::env::temp_dir().join(format!("p2ptrain-enrol-lost-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let held = DataDir::new(root.join("held"));
-    let (manifest, genesis) = write_run(&held);
-    let node = serve(held.clone()).await;
+    let served = Served::start("enrol-lost").await;
     // Past genesis, the node reads it from its directory to serve it; the
     // file is gone now, so it can send the manifest but no slice.
-    std::fs::remove_file(held.root().join("genesis.ckpt")).unwrap();
+    std::fs::remove_file(served.dir.root().join("genesis.ckpt")).unwrap();
     let error = fetch_run(
-        manifest.id().unwrap(),
+        served.manifest.id().unwrap(),
         &SigningKey::from_bytes(&[8; 32]),
         &net(),
-        std::slice::from_ref(&node.address),
+        std::slice::from_ref(&served.node.address),
         Duration::from_secs(3),
         &mut |_| {},
     )
     .await
     .map(drop)
     .unwrap_err();
-    let total = 8 * genesis.params.len() as u64;
+    let total = 8 * served.genesis.params.len() as u64;
     assert!(
         matches!(error, EnrolError::Stalled { held: 0, total: t, .. } if t == total),
         "{error}"
     );
-    node.stop().await;
-    std::fs::remove_dir_all(root).unwrap();
+    served.stop().await;
 }
