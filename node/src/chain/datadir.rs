@@ -168,7 +168,7 @@ impl DataDir {
     ///
     /// [`ChainError`] on an I/O failure.
     pub fn write_genesis(&self, state: &ChainState) -> Result<(), ChainError> {
-        self.write(&self.file("genesis.ckpt"), &state.to_bytes())
+        self.write_state("genesis.ckpt", state)
     }
 
     /// Writes the latest checkpoint.
@@ -177,7 +177,13 @@ impl DataDir {
     ///
     /// [`ChainError`] on an I/O failure.
     pub fn write_head(&self, state: &ChainState) -> Result<(), ChainError> {
-        let path = self.file("head.ckpt");
+        self.write_state("head.ckpt", state)
+    }
+
+    /// Writes `state` to the file `name` atomically, a block of its bytes
+    /// at a time (no copy of the whole is made).
+    fn write_state(&self, name: &str, state: &ChainState) -> Result<(), ChainError> {
+        let path = self.file(name);
         std::fs::create_dir_all(&self.root).map_err(|e| ChainError::io(&self.root, e))?;
         write_atomically_with(&path, |out| state.write_to(out)).map_err(|e| ChainError::Write {
             path: path.display().to_string(),
@@ -218,16 +224,21 @@ impl DataDir {
         self.checkpoint(&path, len).map(Some)
     }
 
-    /// The checkpoint in the file at `path`, of a `len`-parameter model.
+    /// The checkpoint in the file at `path`, of a `len`-parameter model,
+    /// read straight into the state's buffers.
     fn checkpoint(&self, path: &Path, len: usize) -> Result<ChainState, ChainError> {
-        ChainState::from_bytes(&self.read(path)?, len).map_err(|e| match e {
-            ChainError::StateLength { expected, found } => ChainError::CheckpointLength {
+        let io = |e| ChainError::io(path, e);
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let found = file.metadata().map_err(io)?.len();
+        let expected = len.saturating_mul(8);
+        if found != expected as u64 {
+            return Err(ChainError::CheckpointLength {
                 path: path.display().to_string(),
                 expected,
-                found,
-            },
-            other => other,
-        })
+                found: usize::try_from(found).unwrap_or(usize::MAX),
+            });
+        }
+        ChainState::read_from(&mut file, len).map_err(io)
     }
 
     /// Whether round `round`'s record is on disk (not read or checked).

@@ -80,15 +80,58 @@ impl ChainState {
                 found: bytes.len(),
             });
         }
-        let floats: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let (params, momentum) = floats.split_at(len);
+        let (params, momentum) = bytes.split_at(4 * len);
         Ok(Self {
-            params: params.to_vec(),
-            momentum: momentum.to_vec(),
+            params: params.chunks_exact(4).map(le_value).collect(),
+            momentum: momentum.chunks_exact(4).map(le_value).collect(),
         })
+    }
+
+    /// Reads a state of `len` parameters from its bytes in `input`, a
+    /// block at a time straight into the state's buffers: no copy of the
+    /// bytes is held, so a checkpoint read takes the state's memory and no
+    /// more.
+    ///
+    /// # Errors
+    ///
+    /// What `input` returns; [`std::io::ErrorKind::UnexpectedEof`] when it
+    /// ends before `8 × len` bytes.
+    pub fn read_from(input: &mut dyn std::io::Read, len: usize) -> std::io::Result<Self> {
+        let mut state = Self {
+            params: vec![0.0; len],
+            momentum: vec![0.0; len],
+        };
+        let mut block = vec![0u8; 4 * BYTE_BLOCK_VALUES];
+        for values in [&mut state.params, &mut state.momentum] {
+            for values in values.chunks_mut(BYTE_BLOCK_VALUES) {
+                let bytes = &mut block[..4 * values.len()];
+                input.read_exact(bytes)?;
+                decode_into(bytes, values);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Puts `bytes`, the state's bytes (see the type's docs) from `offset`
+    /// on, in place. Returns `false`, and writes nothing, unless they are
+    /// whole values that lie within the state.
+    pub(crate) fn fill_stream_bytes(&mut self, offset: u64, bytes: &[u8]) -> bool {
+        let len = self.params.len();
+        let first = usize::try_from(offset / 4).unwrap_or(usize::MAX);
+        let count = bytes.len() / 4;
+        let whole = offset.is_multiple_of(4) && bytes.len().is_multiple_of(4);
+        if !whole || first.saturating_add(count) > 2 * len {
+            return false;
+        }
+        let in_params = len.saturating_sub(first).min(count);
+        let (to_params, to_momentum) = bytes.split_at(4 * in_params);
+        if in_params > 0 {
+            decode_into(to_params, &mut self.params[first..first + in_params]);
+        }
+        let momentum_first = first.max(len) - len;
+        let momentum = &mut self.momentum[momentum_first..momentum_first + count - in_params];
+        decode_into(to_momentum, momentum);
+        true
     }
 
     /// The checkpoint hash: blake3 of [`to_bytes`](Self::to_bytes), on
@@ -122,6 +165,22 @@ impl ChainState {
     }
 }
 
+/// Values converted from bytes, or to them, at a time.
+const BYTE_BLOCK_VALUES: usize = 16 * 1024;
+
+/// The value of four little-endian bytes.
+fn le_value(bytes: &[u8]) -> f32 {
+    f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// Writes into `values` the little-endian values of `bytes` (four bytes
+/// each, as many as `values`).
+fn decode_into(bytes: &[u8], values: &mut [f32]) {
+    for (value, bytes) in values.iter_mut().zip(bytes.chunks_exact(4)) {
+        *value = le_value(bytes);
+    }
+}
+
 /// Calls `f` on the little-endian bytes of `values`, in order, a block at a
 /// time: `values`' own memory on a little-endian machine, a converted copy
 /// elsewhere.
@@ -130,11 +189,63 @@ fn for_each_byte_block(values: &[f32], f: &mut impl FnMut(&[u8])) {
         f(bytemuck::cast_slice(values));
         return;
     }
-    const BLOCK: usize = 16 * 1024;
-    let mut block = Vec::with_capacity(4 * BLOCK);
-    for chunk in values.chunks(BLOCK) {
+    let mut block = Vec::with_capacity(4 * BYTE_BLOCK_VALUES);
+    for chunk in values.chunks(BYTE_BLOCK_VALUES) {
         block.clear();
         block.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
         f(&block);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state whose values all differ, of `len` parameters.
+    fn varied(len: usize) -> ChainState {
+        ChainState {
+            params: (0..len).map(|i| i as f32 * 0.5 - 3.0).collect(),
+            momentum: (0..len).map(|i| -(i as f32) * 1e-3).collect(),
+        }
+    }
+
+    #[test]
+    fn a_state_read_from_its_bytes_is_the_state() {
+        // Blocks of the read: fewer values than one, and several, the last
+        // short.
+        for len in [0, 3, 2 * BYTE_BLOCK_VALUES + 5] {
+            let state = varied(len);
+            let bytes = state.to_bytes();
+            let read = ChainState::read_from(&mut &bytes[..], len).unwrap();
+            assert_eq!(read, state, "{len}");
+            assert_eq!(ChainState::from_bytes(&bytes, len).unwrap(), state);
+            if let Some(short) = bytes.len().checked_sub(1) {
+                let error = ChainState::read_from(&mut &bytes[..short], len)
+                    .map(drop)
+                    .unwrap_err();
+                assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+            }
+        }
+    }
+
+    #[test]
+    fn stream_bytes_fill_both_halves_in_place_and_nothing_else() {
+        let state = varied(10);
+        let bytes = state.to_bytes();
+        let mut filled = ChainState::genesis(vec![0.0; 10]);
+        // Slices that end in the parameters, straddle into the momentum, and
+        // lie in the momentum, in any order.
+        for range in [48..80, 0..24, 24..48] {
+            let offset = range.start as u64;
+            assert!(filled.fill_stream_bytes(offset, &bytes[range]));
+        }
+        assert_eq!(filled, state);
+        let before = filled.clone();
+        // Not whole values, or past the end: refused, nothing written.
+        assert!(!filled.fill_stream_bytes(2, &[0; 4]));
+        assert!(!filled.fill_stream_bytes(0, &[0; 6]));
+        assert!(!filled.fill_stream_bytes(76, &[0; 8]));
+        assert!(!filled.fill_stream_bytes(u64::MAX - 3, &[0; 4]));
+        assert_eq!(filled, before);
     }
 }

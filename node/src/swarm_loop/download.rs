@@ -14,6 +14,7 @@ use std::hash::Hash;
 use libp2p::PeerId;
 use p2ptrain_protocol::Digest;
 
+use crate::chain::ChainState;
 use crate::engine::Head;
 use crate::net::slices::{self, SliceError};
 
@@ -25,8 +26,8 @@ const IN_FLIGHT_PER_PEER: usize = 4;
 pub(super) enum Progress {
     /// More slices to come.
     Going,
-    /// Every slice is here: the checkpoint's bytes.
-    Done(Vec<u8>),
+    /// Every slice is here: the checkpoint.
+    Done(ChainState),
     /// A slice is left that no peer can give.
     Failed,
 }
@@ -39,7 +40,8 @@ pub(super) struct Download<K> {
     /// The peer whose commit named it.
     pub from: PeerId,
     total: u64,
-    content: Vec<u8>,
+    /// The checkpoint, filled in as slices arrive.
+    content: ChainState,
     slices: Vec<(u64, u64)>,
     /// Slices not held and not asked for.
     waiting: BTreeSet<usize>,
@@ -54,14 +56,17 @@ pub(super) struct Download<K> {
 }
 
 impl<K: Hash + Eq + Copy> Download<K> {
-    /// A download of `head`'s checkpoint (`total` bytes) from `peers`,
-    /// `from` (the committer) first.
+    /// A download of `head`'s checkpoint, a state of `params` parameters,
+    /// from `peers`, `from` (the committer) first. Each slice is put in
+    /// place as it arrives: the download holds the state's memory and no
+    /// copy of its bytes.
     pub fn new(
         head: Head,
-        total: u64,
+        params: usize,
         from: PeerId,
         peers: impl IntoIterator<Item = PeerId>,
     ) -> Self {
+        let total = 8 * params as u64;
         let slices = slices::plan(total);
         let mut candidates = vec![from];
         candidates.extend(peers.into_iter().filter(|p| *p != from));
@@ -69,7 +74,10 @@ impl<K: Hash + Eq + Copy> Download<K> {
             head,
             from,
             total,
-            content: vec![0; usize::try_from(total).unwrap_or(0)],
+            content: ChainState {
+                params: vec![0.0; params],
+                momentum: vec![0.0; params],
+            },
             waiting: (0..slices.len()).collect(),
             slices,
             asked: HashMap::new(),
@@ -143,9 +151,7 @@ impl<K: Hash + Eq + Copy> Download<K> {
         let (start, len) = self.slices[index];
         match slice.map(|s| slices::verify_slice(&self.head.base, self.total, start, len, s)) {
             Some(Ok(bytes)) => {
-                let at = usize::try_from(start).unwrap_or(usize::MAX);
-                if let Some(dst) = self.content.get_mut(at..at + bytes.len()) {
-                    dst.copy_from_slice(&bytes);
+                if self.content.fill_stream_bytes(start, &bytes) {
                     self.held += 1;
                 }
             }
@@ -160,7 +166,8 @@ impl<K: Hash + Eq + Copy> Download<K> {
             }
         }
         if self.held == self.slices.len() {
-            return Progress::Done(std::mem::take(&mut self.content));
+            let empty = ChainState::genesis(Vec::new());
+            return Progress::Done(std::mem::replace(&mut self.content, empty));
         }
         let stuck = self.waiting.iter().any(|s| {
             let tried = self.tried.get(s);
@@ -194,7 +201,7 @@ mod tests {
     fn run(
         download: &mut Download<u64>,
         mut answer: impl FnMut(PeerId, u64, u64) -> Option<Vec<u8>>,
-    ) -> (Option<Vec<u8>>, Vec<(PeerId, usize)>) {
+    ) -> (Option<ChainState>, Vec<(PeerId, usize)>) {
         let mut next = 0u64;
         let mut log = Vec::new();
         for batch in 0..1000 {
@@ -210,7 +217,7 @@ mod tests {
             for (key, peer, start, len) in sent {
                 log.push((peer, batch));
                 match download.answer(key, answer(peer, start, len).as_deref()) {
-                    Progress::Done(bytes) => return (Some(bytes), log),
+                    Progress::Done(state) => return (Some(state), log),
                     Progress::Failed => return (None, log),
                     Progress::Going => {}
                 }
@@ -221,11 +228,17 @@ mod tests {
 
     #[test]
     fn slices_come_from_every_peer_and_a_liar_is_dropped() {
-        let content: Vec<u8> = (0..(5 * SLICE_LEN + 77)).map(|i| (i % 249) as u8).collect();
-        let served = Outboard::new(content.clone());
+        // The parameters end inside a slice, so one slice fills both
+        // halves.
+        let params = (5 * SLICE_LEN as usize + 40) / 8;
+        let state = ChainState {
+            params: (0..params).map(|i| (i % 249) as f32 - 0.5).collect(),
+            momentum: (0..params).map(|i| (i % 13) as f32 * 1e-3).collect(),
+        };
+        let served = Outboard::new(state.to_bytes());
         let [a, b, liar] = [PeerId::random(), PeerId::random(), PeerId::random()];
-        let mut download = Download::new(head(served.hash()), served.len(), a, [b, liar]);
-        let (bytes, log) = run(&mut download, |peer, start, len| {
+        let mut download = Download::new(head(served.hash()), params, a, [b, liar]);
+        let (fetched, log) = run(&mut download, |peer, start, len| {
             let mut slice = served.slice(start, len).ok()?;
             if peer == liar {
                 let last = slice.len() - 1;
@@ -233,7 +246,7 @@ mod tests {
             }
             Some(slice)
         });
-        assert_eq!(bytes.as_deref(), Some(&content[..]));
+        assert_eq!(fetched, Some(state));
         let asked: HashSet<PeerId> = log.iter().map(|(p, _)| *p).collect();
         assert_eq!(asked, HashSet::from([a, b, liar]));
         // The liar was asked in the first batch, before it answered, and
@@ -244,15 +257,15 @@ mod tests {
 
     #[test]
     fn a_slice_nobody_has_fails_the_download() {
-        let content = vec![7u8; 3 * SLICE_LEN as usize];
-        let served = Outboard::new(content);
+        let params = 3 * SLICE_LEN as usize / 8;
+        let served = Outboard::new(ChainState::genesis(vec![7.0; params]).to_bytes());
         let [a, b] = [PeerId::random(), PeerId::random()];
-        let mut download = Download::new(head(served.hash()), served.len(), a, [b]);
-        let (bytes, _) = run(&mut download, |_, start, len| {
+        let mut download = Download::new(head(served.hash()), params, a, [b]);
+        let (fetched, _) = run(&mut download, |_, start, len| {
             (start != SLICE_LEN)
                 .then(|| served.slice(start, len).ok())
                 .flatten()
         });
-        assert_eq!(bytes, None);
+        assert_eq!(fetched, None);
     }
 }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::download::{Download, Progress};
 use super::error::{dial_failure, with_causes};
-use crate::chain::{ChainError, ChainState};
+use crate::chain::ChainState;
 use crate::engine::Head;
 use crate::net::codec::{FetchRequest, FetchResponse};
 use crate::net::fetch::{FetchAnswer, FetchId, Fetcher};
@@ -126,9 +126,6 @@ pub enum EnrolError {
         /// How long nothing came.
         waited: Duration,
     },
-    /// The checkpoint's bytes do not make a state of the manifest's model.
-    #[error(transparent)]
-    Chain(#[from] ChainError),
 }
 
 /// Fetches run `run` from its peers: its manifest, checked against the id,
@@ -141,7 +138,7 @@ pub enum EnrolError {
 /// #     key: p2ptrain_protocol::SigningKey,
 /// #     run: p2ptrain_protocol::Digest,
 /// #     peer: libp2p::Multiaddr,
-/// # ) -> Result<(), p2ptrain_node::swarm_loop::EnrolError> {
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// use p2ptrain_node::chain::DataDir;
 /// use p2ptrain_node::net::NetConfig;
@@ -191,7 +188,7 @@ pub async fn fetch_run(
     loop {
         let news = tokio::select! {
             event = swarm.select_next_some() => enrolment.on_swarm_event(&mut swarm, event, private),
-            Some(answer) = answers.recv() => enrolment.on_answer(answer)?,
+            Some(answer) = answers.recv() => enrolment.on_answer(answer),
             () = tokio::time::sleep_until(last_news + patience) => {
                 return Err(enrolment.gave_up(patience));
             }
@@ -217,7 +214,6 @@ enum News {
 /// The run held so far, once its manifest is here.
 struct Fetched {
     manifest: RunManifest,
-    params: usize,
     genesis: Download<FetchId>,
 }
 
@@ -271,30 +267,29 @@ impl Enrolment<'_> {
         News::None
     }
 
-    fn on_answer(&mut self, answer: FetchAnswer) -> Result<News, EnrolError> {
+    fn on_answer(&mut self, answer: FetchAnswer) -> News {
         let body = match answer.result {
             Ok(FetchResponse::Found { body, .. }) => Some(body),
             Ok(FetchResponse::Missing) | Err(_) => None,
         };
         if let Some(peer) = self.asked.remove(&answer.id) {
-            return Ok(self.on_manifest(peer, body.as_deref()));
+            return self.on_manifest(peer, body.as_deref());
         }
         let Some(fetched) = &mut self.manifest else {
-            return Ok(News::None);
+            return News::None;
         };
         if !fetched.genesis.owns(&answer.id) {
-            return Ok(News::None);
+            return News::None;
         }
         let arrived = body.is_some();
         match fetched.genesis.answer(answer.id, body.as_deref()) {
-            Progress::Done(bytes) => {
-                let total = bytes.len() as u64;
+            Progress::Done(genesis) => {
+                let total = 8 * genesis.params.len() as u64;
                 (self.progress)(Enrolling::Genesis { held: total, total });
-                let genesis = ChainState::from_bytes(&bytes, fetched.params)?;
                 let Some(fetched) = self.manifest.take() else {
-                    return Ok(News::None);
+                    return News::None;
                 };
-                Ok(News::Done(Box::new(fetched.manifest), genesis))
+                News::Done(Box::new(fetched.manifest), genesis)
             }
             // Slices left with no peer to ask wait for another peer of the
             // run to connect.
@@ -307,7 +302,11 @@ impl Enrolment<'_> {
                 if arrived {
                     (self.progress)(Enrolling::Genesis { held, total });
                 }
-                Ok(if arrived { News::Some } else { News::None })
+                if arrived {
+                    News::Some
+                } else {
+                    News::None
+                }
             }
         }
     }
@@ -341,8 +340,7 @@ impl Enrolment<'_> {
                 });
                 self.manifest = Some(Fetched {
                     manifest,
-                    params,
-                    genesis: Download::new(genesis, total, peer, []),
+                    genesis: Download::new(genesis, params, peer, []),
                 });
             }
         }

@@ -133,9 +133,9 @@ impl Node {
                 from,
             });
         };
-        let total = 8 * self.state.params.len() as u64;
         let peers = self.run_peers();
-        self.download = Some(Download::new(head, total, from, peers));
+        let params = self.state.params.len();
+        self.download = Some(Download::new(head, params, from, peers));
         self.pump_download();
         None
     }
@@ -172,12 +172,12 @@ impl Node {
         };
         match download.answer(request, slice) {
             Progress::Going => self.pump_download(),
-            Progress::Done(bytes) => {
+            Progress::Done(state) => {
                 let Some(download) = self.download.take() else {
                     return Ok(());
                 };
                 self.status.send_modify(|s| s.downloading = None);
-                self.adopt(download.head, download.from, &bytes).await?;
+                self.adopt(download.head, download.from, state).await?;
             }
             Progress::Failed => {
                 let Some(download) = self.download.take() else {
@@ -198,9 +198,13 @@ impl Node {
 
     /// Takes a downloaded checkpoint (every slice already checked against
     /// its hash) and trains from it.
-    async fn adopt(&mut self, head: Head, from: PeerId, bytes: &[u8]) -> Result<(), NodeError> {
-        let state = ChainState::from_bytes(bytes, self.state.params.len());
-        let Some(state) = state.ok().filter(|s| s.hash() == head.base) else {
+    async fn adopt(
+        &mut self,
+        head: Head,
+        from: PeerId,
+        state: ChainState,
+    ) -> Result<(), NodeError> {
+        if state.hash() != head.base {
             if let Some(from) = peer_key(&from) {
                 self.feed(Input::CheckpointUnavailable {
                     result: head.base,
@@ -209,7 +213,7 @@ impl Node {
                 .await?;
             }
             return Ok(());
-        };
+        }
         self.set_state(Arc::new(state), head.base, true).await?;
         self.round_done(head, None);
         // This node's records from the adopted round on are of the branch
