@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
 use libp2p::Multiaddr;
 use p2ptrain_node::chain::{ChainState, DataDir};
+use p2ptrain_node::net::build_swarm;
 use p2ptrain_node::swarm_loop::{fetch_run, Command, EnrolError, Enrolling, Node, NodeEvent};
 use p2ptrain_protocol::{Digest, RunManifest, SigningKey};
 use p2ptrain_trainer::{Corpus, ParamLayout};
@@ -161,7 +164,7 @@ async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
     .map(drop)
     .unwrap_err();
     assert!(
-        matches!(error, EnrolError::NoPeer { run, others: 1, .. } if run == other),
+        matches!(error, EnrolError::NoPeer { run, others: 1, unanswered: 0, .. } if run == other),
         "{error}"
     );
     assert!(told.iter().any(|s| matches!(s, Enrolling::NotOnRun(_))));
@@ -186,7 +189,14 @@ async fn with_no_peer_to_ask_the_wait_ends_in_an_error() {
     .map(drop)
     .unwrap_err();
     assert!(
-        matches!(error, EnrolError::NoPeer { others: 0, .. }),
+        matches!(
+            error,
+            EnrolError::NoPeer {
+                others: 0,
+                unanswered: 0,
+                ..
+            }
+        ),
         "{error}"
     );
 }
@@ -214,4 +224,50 @@ async fn a_genesis_that_no_peer_can_send_ends_in_an_error_that_says_how_far_it_c
         "{error}"
     );
     served.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_cannot_answer_is_counted_apart_from_one_on_another_run() {
+    // A peer that serves no fetch requests, as a node that does not know
+    // this one cannot answer it.
+    let mut bare = build_swarm(&SigningKey::from_bytes(&[12; 32]), &net()).unwrap();
+    bare.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let address = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = bare.select_next_some().await {
+            break address;
+        }
+    };
+    let serving = tokio::spawn(async move {
+        loop {
+            bare.select_next_some().await;
+        }
+    });
+    let run = Digest::of(b"a run");
+    let mut told = Vec::new();
+    let error = fetch_run(
+        run,
+        &SigningKey::from_bytes(&[13; 32]),
+        &net(),
+        &[address],
+        Duration::from_secs(3),
+        &mut |step| told.push(step),
+    )
+    .await
+    .map(drop)
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EnrolError::NoPeer {
+                others: 0,
+                unanswered: 1,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(told.iter().any(|s| matches!(s, Enrolling::NoAnswer { .. })));
+    assert!(error.to_string().contains("1 could not answer"), "{error}");
+    serving.abort();
 }

@@ -24,7 +24,7 @@ use super::error::{dial_failure, with_causes};
 use crate::chain::ChainState;
 use crate::engine::Head;
 use crate::net::codec::{FetchRequest, FetchResponse};
-use crate::net::fetch::{FetchAnswer, FetchId, Fetcher};
+use crate::net::fetch::{FetchAnswer, FetchError, FetchId, Fetcher};
 use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetConfig, NetError};
 
 /// What [`fetch_run`] reports as it goes.
@@ -32,9 +32,16 @@ use crate::net::{build_swarm, Behaviour, BehaviourEvent, NetConfig, NetError};
 pub enum Enrolling {
     /// A peer was asked for the run's manifest.
     Asked(PeerId),
-    /// A peer holds no manifest of the run (it runs another one), or could
-    /// not answer.
+    /// A peer holds no manifest of the run: it runs another one.
     NotOnRun(PeerId),
+    /// A peer could not answer the request (an older p2pnode that does not
+    /// know it, or a connection that failed).
+    NoAnswer {
+        /// The peer.
+        peer: PeerId,
+        /// What went wrong.
+        why: String,
+    },
     /// The manifest arrived and matched the run id.
     Manifest {
         /// The peer that sent it first.
@@ -60,6 +67,7 @@ impl fmt::Display for Enrolling {
         match self {
             Self::Asked(peer) => write!(f, "asking {peer} for the run"),
             Self::NotOnRun(peer) => write!(f, "{peer} does not run it"),
+            Self::NoAnswer { peer, why } => write!(f, "{peer} could not answer: {why}"),
             Self::Manifest {
                 from,
                 name,
@@ -99,8 +107,9 @@ pub enum EnrolError {
     Net(#[from] NetError),
     /// No peer sent the manifest in time.
     #[error(
-        "no peer of run {run} answered within {} s (peers reached that run another: \
-         {others}); give the address of a node of this run with --bootstrap",
+        "no peer of run {run} sent it within {} s: of the peers reached, {others} are on \
+         another run and {unanswered} could not answer (a p2pnode older than this request \
+         cannot); give the address of a node of this run with --bootstrap",
         waited.as_secs()
     )]
     NoPeer {
@@ -108,8 +117,10 @@ pub enum EnrolError {
         run: Digest,
         /// How long it waited.
         waited: Duration,
-        /// Peers that answered without the manifest.
+        /// Peers that answered that they run another run.
         others: usize,
+        /// Peers that could not answer.
+        unanswered: usize,
     },
     /// The genesis checkpoint stopped arriving.
     #[error(
@@ -181,6 +192,7 @@ pub async fn fetch_run(
         asked: BTreeMap::new(),
         manifest: None,
         others: 0,
+        unanswered: 0,
         progress,
     };
     let private = net.psk.is_some();
@@ -226,6 +238,8 @@ struct Enrolment<'a> {
     manifest: Option<Fetched>,
     /// Peers that answered without the manifest.
     others: usize,
+    /// Peers whose answer failed.
+    unanswered: usize,
     progress: &'a mut dyn FnMut(Enrolling),
 }
 
@@ -268,13 +282,13 @@ impl Enrolment<'_> {
     }
 
     fn on_answer(&mut self, answer: FetchAnswer) -> News {
+        if let Some(peer) = self.asked.remove(&answer.id) {
+            return self.on_manifest(peer, answer.result);
+        }
         let body = match answer.result {
             Ok(FetchResponse::Found { body, .. }) => Some(body),
             Ok(FetchResponse::Missing) | Err(_) => None,
         };
-        if let Some(peer) = self.asked.remove(&answer.id) {
-            return self.on_manifest(peer, body.as_deref());
-        }
         let Some(fetched) = &mut self.manifest else {
             return News::None;
         };
@@ -313,10 +327,21 @@ impl Enrolment<'_> {
 
     /// Takes `peer`'s answer to the manifest request: a peer of the run is
     /// asked for genesis slices from then on.
-    fn on_manifest(&mut self, peer: PeerId, body: Option<&[u8]>) -> News {
+    fn on_manifest(&mut self, peer: PeerId, answer: Result<FetchResponse, FetchError>) -> News {
+        let body = match answer {
+            Ok(FetchResponse::Found { body, .. }) => Some(body),
+            Ok(FetchResponse::Missing) => None,
+            Err(error) => {
+                self.unanswered += 1;
+                let why = error.to_string();
+                (self.progress)(Enrolling::NoAnswer { peer, why });
+                return News::None;
+            }
+        };
+        // A body that is not the run's manifest counts as a "not held".
         let manifest = body
             .filter(|bytes| Digest::of(bytes) == self.run)
-            .and_then(|bytes| codec::decode::<RunManifest>(bytes).ok());
+            .and_then(|bytes| codec::decode::<RunManifest>(&bytes).ok());
         let Some(manifest) = manifest else {
             self.others += 1;
             (self.progress)(Enrolling::NotOnRun(peer));
@@ -367,6 +392,7 @@ impl Enrolment<'_> {
                 run: self.run,
                 waited,
                 others: self.others,
+                unanswered: self.unanswered,
             },
             Some(fetched) => {
                 let (held, total) = fetched.genesis.progress();
