@@ -43,7 +43,7 @@ pub use linear::{ColumnSums, Linear};
 pub use loss::CrossEntropy;
 pub(crate) use scratch::Scratch;
 pub use softmax::CausalSoftmax;
-pub(crate) use step::loss_and_gradient;
+pub(crate) use step::{loss_and_gradient, pass_bytes_per_token};
 
 use candle_core::{CpuStorage, Layout, Tensor};
 

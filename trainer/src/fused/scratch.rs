@@ -19,6 +19,13 @@ impl Scratch {
         Pool(std::mem::take(&mut *free))
     }
 
+    /// Values in the buffers held for the next pass.
+    #[cfg(test)]
+    pub(super) fn held_values(&self) -> usize {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.iter().map(Vec::len).sum()
+    }
+
     pub(super) fn give_back(&self, pool: Pool) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         free.extend(pool.0);

@@ -151,6 +151,18 @@ fn two_mut(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&mut [f32], &m
     }
 }
 
+/// Bytes of buffers the pass holds at most per token of a batch whose
+/// sequences are `time` tokens long: each block's saved activations
+/// (sixteen `d`-wide rows, with the MLP's four-wide ones) and attention
+/// probabilities (`heads × time`), the logits, and the backward pass's
+/// working rows. A bound, for cutting a large batch into passes that fit
+/// in memory; the flat gradient, one value per parameter, comes on top.
+pub(crate) fn pass_bytes_per_token(config: &ModelConfig, time: usize) -> usize {
+    let d = config.d_model as usize;
+    let per_block = 16 * d + config.n_head as usize * time + 4;
+    4 * (config.n_layer as usize * per_block + config.vocab_size as usize + 12 * d)
+}
+
 /// The mean cross-entropy of predicting `targets` from `inputs` (both
 /// `batch` rows of token ids, laid end to end) with the model `config`
 /// holding `params` (flat, in `layout` order), and its gradient with
@@ -428,7 +440,7 @@ fn block_backward(
 mod tests {
     use candle_core::{Device, Tensor};
 
-    use super::{loss_and_gradient, two_mut, Scratch};
+    use super::{loss_and_gradient, pass_bytes_per_token, two_mut, Scratch};
     use crate::{Gpt, ParamLayout, Preset};
 
     /// Token ids for `batch` rows of `time`, below `vocab`.
@@ -473,6 +485,27 @@ mod tests {
                     spec.name
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_pass_holds_no_more_than_its_bound_and_not_far_below() {
+        let config = Preset::Tiny.config();
+        let layout = ParamLayout::gpt2(&config);
+        let values = layout.initial_values(1);
+        for (batch, time) in [(1, 64), (4, 64), (8, 16)] {
+            let (inputs, targets) = (ids(batch, time, 256, 3), ids(batch, time, 256, 4));
+            let scratch = Scratch::default();
+            let pass = (&config, &layout);
+            loss_and_gradient(pass, &values, (&inputs, &targets), batch, &scratch).unwrap();
+            // Every buffer the pass took is back in the scratch.
+            let held = 4 * scratch.held_values();
+            let bound = pass_bytes_per_token(&config, time) * batch * time;
+            assert!(held <= bound, "{batch}x{time}: {held} > {bound}");
+            assert!(
+                2 * held >= bound,
+                "{batch}x{time}: {held} far below {bound}"
+            );
         }
     }
 
