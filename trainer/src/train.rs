@@ -262,7 +262,10 @@ fn sequences_per_pass(bytes_per_sequence: usize, batch: usize, budget: usize) ->
         .checked_div(bytes_per_sequence)
         .unwrap_or(usize::MAX)
         .clamp(1, batch.max(1));
-    (1..=fit).rev().find(|n| batch.is_multiple_of(*n)).unwrap_or(1)
+    (1..=fit)
+        .rev()
+        .find(|n| batch.is_multiple_of(*n))
+        .unwrap_or(1)
 }
 
 /// The loss on `batch_size` sequences and their flat gradient on the

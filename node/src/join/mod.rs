@@ -261,8 +261,35 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     }
     report.finish();
     let _ = commands.send(Command::Shutdown).await;
-    running.await?.context("the node stopped with an error")?;
-    let _ = std::fs::remove_file(data.root().join(control::STATUS_SOCKET));
+    let socket = data.root().join(control::STATUS_SOCKET);
+    if asked_to_stop {
+        // On a large model an inner step on the CPU takes minutes.
+        report.note(
+            "stopping",
+            "stopping: the inner step under way ends first, then head.ckpt and the \
+             residual are written (Ctrl-C again stops at once: that step's training is \
+             lost, nothing on disk is)",
+        );
+        let mut running = std::pin::pin!(running);
+        tokio::select! {
+            stopped = &mut running => stopped?.context("the node stopped with an error")?,
+            () = stop_requested() => {
+                let _ = std::fs::remove_file(&socket);
+                report.note(
+                    "stopped_at_once",
+                    &format!(
+                        "stopped at once: {} holds what was on disk; the same command \
+                         resumes from there",
+                        args.dir.display()
+                    ),
+                );
+                std::process::exit(130);
+            }
+        }
+    } else {
+        running.await?.context("the node stopped with an error")?;
+    }
+    let _ = std::fs::remove_file(&socket);
     let last = status.borrow();
     let held = format!(
         "{} holds {}, up to checkpoint {}",

@@ -424,6 +424,43 @@ fn sigterm_stops_a_node_cleanly_and_it_resumes_with_its_residual() {
 }
 
 #[test]
+fn a_second_sigterm_stops_a_node_at_once_and_it_resumes_from_disk() {
+    let _machine = exclusive();
+    let root = scratch("second-sigterm");
+    let (dir, key) = (root.join("node"), root.join("node.key"));
+    // An inner step of 1024 sequences takes seconds, as a large model's
+    // does: the first request to stop finds one under way.
+    run_ok(&[
+        "init",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--inner-steps",
+        "1",
+        "--batch-size",
+        "1024",
+        "--commit-window-ms",
+        "300",
+    ]);
+    let mut node = Node::join("node", &dir, &key, &[]);
+    node.wait_for("the node training", |s, line| {
+        (s == Stream::Err && line.contains("waiting for peers")).then_some(())
+    });
+    node.terminate();
+    node.wait_for("the line that says the step ends first", |s, line| {
+        (s == Stream::Err && line.starts_with("stopping: the inner step under way")).then_some(())
+    });
+    node.terminate();
+    assert_eq!(node.exit().code(), Some(130));
+    assert!(node.said(&format!("stopped at once: {} holds", dir.display())));
+    // What was on disk is whole: the same command goes on from there.
+    let mut again = Node::join("again", &dir, &key, &["--rounds", "1"]);
+    assert!(again.exit().success());
+    let verified = run_ok(&["verify", dir.to_str().unwrap()]);
+    assert!(verified.starts_with("ok: 1 round"), "{verified}");
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn verify_passes_on_a_finished_directory_and_names_a_flipped_byte() {
     let _machine = exclusive();
     let (root, dir, key) = solo("verify");
