@@ -109,6 +109,24 @@ impl Served {
     }
 }
 
+/// Fetches `run` from `peers`, which must fail within `patience`: the
+/// error, and what was reported on the way.
+async fn fetch_failing(
+    run: Digest,
+    peers: &[Multiaddr],
+    patience: Duration,
+) -> (EnrolError, Vec<Enrolling>) {
+    let mut told = Vec::new();
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let error = fetch_run(run, &key, &net(), peers, patience, &mut |step| {
+        told.push(step);
+    })
+    .await
+    .map(drop)
+    .unwrap_err();
+    (error, told)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
     let served = Served::start("enrol").await;
@@ -151,18 +169,7 @@ async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
     // A run the peer does not hold: it says so, and the wait ends in an
     // error naming the run.
     let other = Digest::of(b"no such run");
-    let mut told = Vec::new();
-    let error = fetch_run(
-        other,
-        &key,
-        &net(),
-        std::slice::from_ref(&address),
-        Duration::from_secs(5),
-        &mut |step| told.push(step),
-    )
-    .await
-    .map(drop)
-    .unwrap_err();
+    let (error, told) = fetch_failing(other, &[address], Duration::from_secs(5)).await;
     assert!(
         matches!(error, EnrolError::NoPeer { run, others: 1, unanswered: 0, .. } if run == other),
         "{error}"
@@ -176,18 +183,7 @@ async fn a_run_comes_from_a_peer_of_it_and_another_run_from_nobody() {
 #[tokio::test]
 async fn with_no_peer_to_ask_the_wait_ends_in_an_error() {
     let run = Digest::of(b"a run");
-    let key = SigningKey::from_bytes(&[9; 32]);
-    let error = fetch_run(
-        run,
-        &key,
-        &net(),
-        &[],
-        Duration::from_millis(200),
-        &mut |_| {},
-    )
-    .await
-    .map(drop)
-    .unwrap_err();
+    let (error, _) = fetch_failing(run, &[], Duration::from_millis(200)).await;
     assert!(
         matches!(
             error,
@@ -207,17 +203,9 @@ async fn a_genesis_that_no_peer_can_send_ends_in_an_error_that_says_how_far_it_c
     // Past genesis, the node reads it from its directory to serve it; the
     // file is gone now, so it can send the manifest but no slice.
     std::fs::remove_file(served.dir.root().join("genesis.ckpt")).unwrap();
-    let error = fetch_run(
-        served.manifest.id().unwrap(),
-        &SigningKey::from_bytes(&[8; 32]),
-        &net(),
-        std::slice::from_ref(&served.node.address),
-        Duration::from_secs(3),
-        &mut |_| {},
-    )
-    .await
-    .map(drop)
-    .unwrap_err();
+    let run = served.manifest.id().unwrap();
+    let peers = std::slice::from_ref(&served.node.address);
+    let (error, _) = fetch_failing(run, peers, Duration::from_secs(3)).await;
     let total = 8 * served.genesis.params.len() as u64;
     assert!(
         matches!(error, EnrolError::Stalled { held: 0, total: t, .. } if t == total),
@@ -244,18 +232,7 @@ async fn a_peer_that_cannot_answer_is_counted_apart_from_one_on_another_run() {
         }
     });
     let run = Digest::of(b"a run");
-    let mut told = Vec::new();
-    let error = fetch_run(
-        run,
-        &SigningKey::from_bytes(&[13; 32]),
-        &net(),
-        &[address],
-        Duration::from_secs(3),
-        &mut |step| told.push(step),
-    )
-    .await
-    .map(drop)
-    .unwrap_err();
+    let (error, told) = fetch_failing(run, &[address], Duration::from_secs(3)).await;
     assert!(
         matches!(
             error,
