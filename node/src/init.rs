@@ -84,7 +84,7 @@ pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
             let (model, values) = p2ptrain_trainer::hf::import(folder)
                 .with_context(|| format!("reading the model in {}", folder.display()))?;
             manifest.model = model;
-            manifest.name = format!("fine-tune of {}", folder.display());
+            manifest.name = format!("fine-tune of {}", folder_name(folder));
             ChainState::genesis(values)
         }
         None => ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(args.seed)),
@@ -95,4 +95,20 @@ pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
     println!("genesis {}", manifest.genesis);
     println!("wrote {}", dir.root().display());
     Ok(())
+}
+
+/// The name a run fine-tuning `folder` goes by: the folder's own name, not
+/// where it lies on this machine (the manifest, and so the name, goes to
+/// every peer, and is part of the run id).
+fn folder_name(folder: &std::path::Path) -> String {
+    folder
+        .canonicalize()
+        .ok()
+        .as_deref()
+        .unwrap_or(folder)
+        .file_name()
+        .map_or_else(
+            || "a Hugging Face folder".to_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        )
 }

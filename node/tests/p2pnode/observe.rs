@@ -109,6 +109,8 @@ fn a_running_node_answers_status_and_metrics_and_its_checkpoint_exports() {
     let genesis = tuned.genesis(values.len()).unwrap();
     assert_eq!(genesis.params, head.params);
     assert_eq!(tuned.manifest().unwrap().model, manifest.model);
+    // Named by the folder alone: where it lay stays on this machine.
+    assert_eq!(tuned.manifest().unwrap().name, "fine-tune of hf");
     assert_eq!(tuned.manifest().unwrap().genesis, genesis.hash());
     std::fs::remove_dir_all(root).unwrap();
 }
