@@ -34,7 +34,13 @@ fn describe(s: &Status) -> String {
             let loss = s
                 .step_loss
                 .map_or_else(String::new, |l| format!(", loss {l:.3}"));
-            format!("training, step {}/{}{loss}", s.inner_step, s.inner_steps)
+            let pass = s.passes.map_or_else(String::new, |(done, passes)| {
+                format!(", pass {done}/{passes} of step {}", s.inner_step + 1)
+            });
+            format!(
+                "training, step {}/{}{pass}{loss}",
+                s.inner_step, s.inner_steps
+            )
         }
         Phase::Exchanging => "exchanging updates and commits".to_owned(),
         Phase::Starting => "starting".to_owned(),
@@ -87,5 +93,23 @@ mod tests {
         let text = describe(&status);
         assert!(text.contains("round       3 (training, step 12/50, loss 2.500)"));
         assert!(text.contains("dropped     payload_mismatch 2"));
+    }
+
+    #[test]
+    fn a_step_in_passes_shows_its_pass() {
+        let status = Status {
+            phase: Phase::Training,
+            inner_step: 0,
+            inner_steps: 50,
+            passes: Some((3, 32)),
+            ..Status::default()
+        };
+        assert!(describe(&status).contains("(training, step 0/50, pass 3/32 of step 1)"));
+        assert!(status.prometheus().contains("\np2ptrain_inner_pass 3\n"));
+        let between = Status {
+            passes: None,
+            ..status
+        };
+        assert!(!between.prometheus().contains("p2ptrain_inner_pass"));
     }
 }

@@ -72,4 +72,4 @@ pub use data::{Batch, Corpus, DataError, Sampler};
 pub use error::{Result, TrainerError};
 pub use model::Gpt;
 pub use params::ParamLayout;
-pub use train::{LocalTrainer, StepReport};
+pub use train::{LocalTrainer, PassProgress, StepReport};

@@ -2,6 +2,8 @@
 //! between two outer rounds.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
+use std::ops::ControlFlow;
 
 use candle_core::{Device, Tensor};
 use p2ptrain_kernels::Payload;
@@ -27,11 +29,23 @@ pub struct LocalTrainer {
     /// The parameters the round started from, where the model lives.
     round_start: Tensor,
     batch_size: usize,
+    /// Bytes of activations one pass on the host may hold.
+    pass_bytes: usize,
 }
 
 enum State {
     Host { params: Vec<f32>, adam: AdamW },
     Device { adam: TensorAdamW },
+}
+
+/// How far an inner step that runs in passes has got (see
+/// [`LocalTrainer::step_watched`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassProgress {
+    /// Passes done.
+    pub done: u32,
+    /// Passes the step takes.
+    pub passes: u32,
 }
 
 /// What one inner step did.
@@ -84,6 +98,7 @@ impl LocalTrainer {
             state,
             round_start,
             batch_size,
+            pass_bytes: PASS_BYTES,
         })
     }
 
@@ -131,17 +146,85 @@ impl LocalTrainer {
         self.batch_size
     }
 
+    /// Sets the bytes of activations one pass on the host may hold
+    /// (2 GiB unless set): a step whose batch needs more runs in passes of
+    /// whole sequences (see [`step_watched`](Self::step_watched)).
+    pub fn set_pass_bytes(&mut self, bytes: usize) {
+        self.pass_bytes = bytes;
+    }
+
     /// The flat gradient of the loss on one batch (on the host), and the loss.
     pub fn gradient(&self, inputs: &[u32], targets: &[u32]) -> Result<(f32, Vec<f32>)> {
-        flat_gradient(&self.model, self.batch_size, inputs, targets)
+        let never = &mut |_| ControlFlow::<Infallible>::Continue(());
+        let batch = (inputs, targets);
+        match flat_gradient_within(&self.model, self.batch_size, batch, self.pass_bytes, never)? {
+            ControlFlow::Continue(gradient) => Ok(gradient),
+            ControlFlow::Break(never) => match never {},
+        }
     }
 
     /// One inner step on a batch of `batch_size × time` token ids.
     pub fn step(&mut self, inputs: &[u32], targets: &[u32]) -> Result<StepReport> {
+        let never = &mut |_| ControlFlow::<Infallible>::Continue(());
+        match self.step_watched(inputs, targets, never)? {
+            ControlFlow::Continue(report) => Ok(report),
+            ControlFlow::Break(never) => match never {},
+        }
+    }
+
+    /// [`step`](Self::step), telling `on_pass` after each pass when the
+    /// batch is too large for one (on the host, a batch whose activations
+    /// need more than the pass budget); a step in one pass does not call
+    /// it. When `on_pass` breaks, the step ends there, the parameters and
+    /// the optimizer as they were before it.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use candle_core::Device;
+    /// use p2ptrain_protocol::{InnerOptimizer, RunManifest};
+    /// use p2ptrain_trainer::{LocalTrainer, ParamLayout, Preset};
+    ///
+    /// let config = Preset::Tiny.config();
+    /// let values = ParamLayout::gpt2(&config).initial_values(1);
+    /// let inner = InnerOptimizer { batch_size: 4, ..RunManifest::default().inner };
+    /// let mut trainer = LocalTrainer::new(config, values, inner, 10, &Device::Cpu)?;
+    /// trainer.set_pass_bytes(1); // one sequence a pass
+    /// let time = config.context_len as usize;
+    /// let ids: Vec<u32> = (0..4 * time as u32).map(|i| i % 256).collect();
+    /// let mut seen = Vec::new();
+    /// let flow = trainer.step_watched(&ids, &ids, &mut |pass| {
+    ///     seen.push(pass.done);
+    ///     ControlFlow::<()>::Continue(())
+    /// })?;
+    /// assert!(matches!(flow, ControlFlow::Continue(report) if report.loss > 0.0));
+    /// assert_eq!(seen, [1, 2, 3, 4]);
+    /// # Ok::<(), p2ptrain_trainer::TrainerError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TrainerError`] when the batch does not fit the model or the loss
+    /// is not finite.
+    pub fn step_watched<B>(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        on_pass: &mut impl FnMut(PassProgress) -> ControlFlow<B>,
+    ) -> Result<ControlFlow<B, StepReport>> {
         let model = &self.model;
         let (loss, grad_norm) = match &mut self.state {
             State::Host { params, adam } => {
-                let (loss, grads) = flat_gradient(model, self.batch_size, inputs, targets)?;
+                let batch = (inputs, targets);
+                let (loss, grads) = match flat_gradient_within(
+                    model,
+                    self.batch_size,
+                    batch,
+                    self.pass_bytes,
+                    on_pass,
+                )? {
+                    ControlFlow::Continue(gradient) => gradient,
+                    ControlFlow::Break(b) => return Ok(ControlFlow::Break(b)),
+                };
                 let grad_norm = adam.step(params, &grads)?;
                 model.set_flat_values(params)?;
                 (loss, grad_norm)
@@ -151,7 +234,7 @@ impl LocalTrainer {
                 (loss, adam.step(model.vars(), &grads)?)
             }
         };
-        Ok(StepReport { loss, grad_norm })
+        Ok(ControlFlow::Continue(StepReport { loss, grad_norm }))
     }
 
     /// The round's compressed pseudo-gradient: `start − θ` (plus what
@@ -209,38 +292,31 @@ impl LocalTrainer {
 /// one sequence, 1.4 GB.
 const PASS_BYTES: usize = 2 << 30;
 
-/// The loss on one batch and its flat gradient on the host, in passes that
-/// fit [`PASS_BYTES`].
-fn flat_gradient(
-    model: &Gpt,
-    batch_size: usize,
-    inputs: &[u32],
-    targets: &[u32],
-) -> Result<(f32, Vec<f32>)> {
-    flat_gradient_within(model, batch_size, (inputs, targets), PASS_BYTES)
-}
-
-/// [`flat_gradient`] in passes of equal size that each hold at most
-/// `budget` bytes (or one sequence): the mean of their losses and
-/// gradients, which is the batch's up to rounding (each pass's loss is the
-/// mean over its tokens, and every pass has as many).
-fn flat_gradient_within(
+/// The loss on one batch and its flat gradient on the host, in passes of
+/// equal size that each hold at most `budget` bytes (or one sequence): the
+/// mean of their losses and gradients, which is the batch's up to rounding
+/// (each pass's loss is the mean over its tokens, and every pass has as
+/// many). `on_pass` hears of each pass done when there are several, and
+/// ends the work when it breaks.
+fn flat_gradient_within<B>(
     model: &Gpt,
     batch_size: usize,
     (inputs, targets): (&[u32], &[u32]),
     budget: usize,
-) -> Result<(f32, Vec<f32>)> {
+    on_pass: &mut impl FnMut(PassProgress) -> ControlFlow<B>,
+) -> Result<ControlFlow<B, (f32, Vec<f32>)>> {
     let time = inputs.len() / batch_size.max(1);
     let per_sequence = fused::pass_bytes_per_token(model.config(), time) * time;
     let sequences = sequences_per_pass(per_sequence, batch_size, budget);
     let whole = inputs.len() == batch_size * time && targets.len() == inputs.len();
     if sequences >= batch_size || !whole {
-        return pass_gradient(model, batch_size, inputs, targets);
+        return pass_gradient(model, batch_size, inputs, targets).map(ControlFlow::Continue);
     }
     let tokens = sequences * time;
     let passes = batch_size / sequences;
     let (mut loss_sum, mut sum) = (0.0f64, Vec::new());
-    for (inputs, targets) in inputs.chunks(tokens).zip(targets.chunks(tokens)) {
+    let chunks = inputs.chunks(tokens).zip(targets.chunks(tokens));
+    for (done, (inputs, targets)) in (1..).zip(chunks) {
         let (loss, grads) = pass_gradient(model, sequences, inputs, targets)?;
         loss_sum += f64::from(loss);
         if sum.is_empty() {
@@ -248,10 +324,20 @@ fn flat_gradient_within(
         } else {
             sum.iter_mut().zip(&grads).for_each(|(s, g)| *s += g);
         }
+        let progress = PassProgress {
+            done,
+            passes: u32::try_from(passes).unwrap_or(u32::MAX),
+        };
+        if let ControlFlow::Break(b) = on_pass(progress) {
+            return Ok(ControlFlow::Break(b));
+        }
     }
     let scale = 1.0 / passes as f32;
     sum.iter_mut().for_each(|s| *s *= scale);
-    Ok(((loss_sum / passes as f64) as f32, sum))
+    Ok(ControlFlow::Continue((
+        (loss_sum / passes as f64) as f32,
+        sum,
+    )))
 }
 
 /// Sequences per pass: the most that fit `budget` bytes at
@@ -328,23 +414,50 @@ mod tests {
         assert_eq!(sequences_per_pass(0, 4, 0), 4);
     }
 
+    /// A batch's loss and flat gradient.
+    type Gradient = (f32, Vec<f32>);
+
+    /// The gradient through `flat_gradient_within`, and the passes it
+    /// reported.
+    fn gradient_in_passes(
+        model: &Gpt,
+        batch: usize,
+        ids: (&[u32], &[u32]),
+        budget: usize,
+    ) -> Result<(Gradient, Vec<PassProgress>)> {
+        let mut passes = Vec::new();
+        let flow = flat_gradient_within(model, batch, ids, budget, &mut |pass| {
+            passes.push(pass);
+            ControlFlow::<()>::Continue(())
+        })?;
+        match flow {
+            ControlFlow::Continue(gradient) => Ok((gradient, passes)),
+            ControlFlow::Break(()) => panic!("nothing breaks"),
+        }
+    }
+
+    fn token_ids(count: usize, salt: u32) -> Vec<u32> {
+        (0..count as u32)
+            .map(|i| (i * 29 + salt * 11 + i / 7) % 256)
+            .collect()
+    }
+
     #[test]
     fn a_batch_cut_into_passes_has_the_whole_batch_loss_and_gradient() {
         let config = Preset::Tiny.config();
         let values = ParamLayout::gpt2(&config).initial_values(5);
         let model = Gpt::new(config, &values, &Device::Cpu).unwrap();
         let (batch, time) = (8, 32);
-        let ids = |salt: u32| -> Vec<u32> {
-            (0..(batch * time) as u32)
-                .map(|i| (i * 29 + salt * 11 + i / 7) % 256)
-                .collect()
-        };
-        let (inputs, targets) = (ids(1), ids(2));
-        let whole = flat_gradient_within(&model, batch, (&inputs, &targets), usize::MAX).unwrap();
+        let (inputs, targets) = (token_ids(batch * time, 1), token_ids(batch * time, 2));
+        let ids = (&inputs[..], &targets[..]);
+        let (whole, none) = gradient_in_passes(&model, batch, ids, usize::MAX).unwrap();
+        // One pass is not reported.
+        assert!(none.is_empty());
         // Room for three sequences: passes of two.
         let per_sequence = fused::pass_bytes_per_token(&config, time) * time;
-        let cut =
-            flat_gradient_within(&model, batch, (&inputs, &targets), 3 * per_sequence).unwrap();
+        let (cut, passes) = gradient_in_passes(&model, batch, ids, 3 * per_sequence).unwrap();
+        let done: Vec<_> = passes.iter().map(|p| (p.done, p.passes)).collect();
+        assert_eq!(done, [(1, 4), (2, 4), (3, 4), (4, 4)]);
         assert!((whole.0 - cut.0).abs() < 1e-5, "{} vs {}", whole.0, cut.0);
         let scale = whole.1.iter().fold(0.0f32, |m, g| m.max(g.abs()));
         for (a, b) in whole.1.iter().zip(&cut.1) {
@@ -353,6 +466,48 @@ mod tests {
         // The passes are not the whole batch's pass done again.
         assert_ne!(whole.1, cut.1);
         // A batch that does not split into whole sequences is refused.
-        assert!(flat_gradient_within(&model, 3, (&inputs[1..], &targets[1..]), 1).is_err());
+        let short = (&inputs[1..], &targets[1..]);
+        assert!(gradient_in_passes(&model, 3, short, 1).is_err());
+    }
+
+    #[test]
+    fn a_step_stopped_between_passes_leaves_the_replica_as_it_was() {
+        let config = Preset::Tiny.config();
+        let values = ParamLayout::gpt2(&config).initial_values(3);
+        let inner = InnerOptimizer {
+            batch_size: 4,
+            ..p2ptrain_protocol::RunManifest::default().inner
+        };
+        let trainer = || {
+            let mut t = LocalTrainer::new(config, values.clone(), inner, 10, &Device::Cpu).unwrap();
+            t.set_pass_bytes(1);
+            t
+        };
+        let time = config.context_len as usize;
+        let (inputs, targets) = (token_ids(4 * time, 3), token_ids(4 * time, 4));
+
+        let mut stopped = trainer();
+        let mut heard = Vec::new();
+        let flow = stopped
+            .step_watched(&inputs, &targets, &mut |pass| {
+                heard.push(pass);
+                if pass.done == 2 {
+                    ControlFlow::Break("asked to stop")
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!(flow, ControlFlow::Break("asked to stop"));
+        assert_eq!(heard, [1, 2].map(|done| PassProgress { done, passes: 4 }));
+        assert_eq!(stopped.params().unwrap().as_ref(), &values[..]);
+
+        // Its next step is a fresh replica's first, to the bit: the
+        // optimizer did not move either.
+        let next = stopped.step(&inputs, &targets).unwrap();
+        let mut fresh = trainer();
+        assert_eq!(fresh.step(&inputs, &targets).unwrap(), next);
+        assert_eq!(fresh.params().unwrap(), stopped.params().unwrap());
+        assert_ne!(fresh.params().unwrap().as_ref(), &values[..]);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use p2ptrain_node::engine::{Ban, BanReason, Rejection};
-use p2ptrain_node::swarm_loop::{NodeEvent, Status};
+use p2ptrain_node::swarm_loop::{NodeEvent, Phase, Status};
 use p2ptrain_protocol::{Digest, PeerKey};
 use serde_json::json;
 
@@ -80,7 +80,12 @@ impl Report {
                 indicatif::HumanBytes(held),
                 indicatif::HumanBytes(total)
             ),
-            None => status.phase.as_str().to_owned(),
+            None => match status.passes {
+                Some((done, passes)) if status.phase == Phase::Training => {
+                    format!("training, pass {done}/{passes} of the step")
+                }
+                _ => status.phase.as_str().to_owned(),
+            },
         };
         self.bar.set_message(format!(
             "{loss}· {doing} · {} · in {} out {}",

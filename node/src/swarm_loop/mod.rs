@@ -431,6 +431,7 @@ impl Node {
                         s.round = round;
                         s.checkpoint = base;
                         s.inner_step = 0;
+                        s.passes = None;
                     });
                     let stop = self.stop_training.clone();
                     tokio::task::spawn_blocking(move || {
@@ -438,7 +439,8 @@ impl Node {
                             status.send_modify(|s| {
                                 s.inner_step = p.step;
                                 s.inner_steps = p.steps;
-                                s.step_loss = Some(p.loss);
+                                s.passes = p.pass.map(|p| (p.done, p.passes));
+                                s.step_loss = p.loss.or(s.step_loss);
                             });
                             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                                 std::ops::ControlFlow::Break(())

@@ -103,12 +103,32 @@ impl Worker for Replica {
         let batch = self.trainer.batch_size();
         let context = self.manifest.model.context_len as usize;
         let steps = self.manifest.inner_steps;
-        let mut total = 0.0f64;
+        let (mut total, mut loss) = (0.0f64, None);
         for step in 1..=steps {
             let b = self.sampler.next_batch(batch, context)?;
-            let loss = self.trainer.step(&b.inputs, &b.targets)?.loss;
-            total += f64::from(loss);
-            if progress(StepProgress { step, steps, loss }).is_break() {
+            let mut on_pass = |pass| {
+                progress(StepProgress {
+                    step: step - 1,
+                    steps,
+                    pass: Some(pass),
+                    loss,
+                })
+            };
+            let ControlFlow::Continue(report) =
+                self.trainer
+                    .step_watched(&b.inputs, &b.targets, &mut on_pass)?
+            else {
+                return Err(ReplicaError::Stopped);
+            };
+            total += f64::from(report.loss);
+            loss = Some(report.loss);
+            let done = StepProgress {
+                step,
+                steps,
+                pass: None,
+                loss,
+            };
+            if progress(done).is_break() {
                 return Err(ReplicaError::Stopped);
             }
         }
@@ -180,5 +200,54 @@ mod tests {
             "{refused}"
         );
         assert!(replica(needed).is_ok());
+    }
+
+    #[test]
+    fn a_session_in_passes_reports_each_pass_and_stops_between_them() {
+        let mut replica = replica(4096).unwrap();
+        replica.manifest.inner_steps = 2;
+        let batch = replica.trainer.batch_size() as u32;
+        replica.trainer.set_pass_bytes(1);
+        let start = replica.trainer.params().unwrap().into_owned();
+
+        let mut heard = Vec::new();
+        let update = replica.session(&start, &mut |p| {
+            heard.push(p);
+            ControlFlow::Continue(())
+        });
+        assert!(update.is_ok());
+        let passes: Vec<_> = heard
+            .iter()
+            .map(|p| (p.step, p.pass.map(|p| p.done)))
+            .collect();
+        let expected: Vec<_> = (0..2u32)
+            .flat_map(|step| {
+                (1..=batch)
+                    .map(move |done| (step, Some(done)))
+                    .chain([(step + 1, None)])
+            })
+            .collect();
+        assert_eq!(passes, expected);
+        assert!(heard
+            .iter()
+            .all(|p| p.steps == 2 && p.pass.is_none_or(|p| p.passes == batch)));
+        // The loss is the last finished step's.
+        assert_eq!(heard[0].loss, None);
+        let first = heard[batch as usize].loss;
+        assert!(first.is_some());
+        assert_eq!(heard[batch as usize + 1].loss, first);
+
+        // Stopped in its first step's second pass: no update, the
+        // residual as it was.
+        let residual = replica.residual().unwrap();
+        let stopped = replica.session(&start, &mut |p| {
+            if p.pass.is_some_and(|p| p.done == 2) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(matches!(stopped, Err(ReplicaError::Stopped)));
+        assert_eq!(replica.residual().unwrap(), residual);
     }
 }

@@ -45,6 +45,10 @@ pub struct Status {
     pub inner_step: u32,
     /// Inner steps per session.
     pub inner_steps: u32,
+    /// The inner step under way, when it runs in passes (a large model's
+    /// batch on the CPU): passes done, and passes it takes.
+    #[serde(default)]
+    pub passes: Option<(u32, u32)>,
     /// Loss of the last inner step (nats per token).
     pub step_loss: Option<f32>,
     /// Mean loss of the last finished session.
@@ -97,6 +101,14 @@ impl Status {
             "Inner steps done in the current session.",
             self.inner_step.to_string(),
         );
+        if let Some((done, _)) = self.passes {
+            metric(
+                "p2ptrain_inner_pass",
+                "gauge",
+                "Passes done of the inner step under way, when it runs in passes.",
+                done.to_string(),
+            );
+        }
         if let Some(loss) = self.step_loss {
             metric(
                 "p2ptrain_step_loss",

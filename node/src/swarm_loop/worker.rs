@@ -6,18 +6,25 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+pub use p2ptrain_trainer::PassProgress;
+
 use super::ReplicaError;
 use crate::engine::LocalUpdate;
 
-/// How far a session has got, reported after every inner step.
+/// How far a session has got, reported after every inner step and, when a
+/// step runs in passes (a large model's batch on the CPU), after each pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepProgress {
     /// Steps done in this session.
     pub step: u32,
     /// Steps a session takes.
     pub steps: u32,
-    /// The loss of the step just taken (nats per token).
-    pub loss: f32,
+    /// The step under way, when it runs in passes: the passes it has done
+    /// and takes. `None` in the report of a finished step.
+    pub pass: Option<PassProgress>,
+    /// The loss of the last step done (nats per token); `None` before the
+    /// first.
+    pub loss: Option<f32>,
 }
 
 /// The source of a node's update for each round.
@@ -28,9 +35,9 @@ pub struct StepProgress {
 /// [`return_to_residual`](Worker::return_to_residual).
 pub trait Worker: Send + 'static {
     /// Produces the compressed update for one round from the parameters
-    /// `start`, calling `progress` after each inner step; when `progress`
-    /// breaks, the session ends at once with [`ReplicaError::Stopped`],
-    /// its residual untouched.
+    /// `start`, calling `progress` after each inner step (and each pass of
+    /// a step in passes); when `progress` breaks, the session ends at once
+    /// with [`ReplicaError::Stopped`], its residual untouched.
     ///
     /// # Errors
     ///
