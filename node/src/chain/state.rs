@@ -39,6 +39,17 @@ impl ChainState {
         Self { params, momentum }
     }
 
+    /// The length in bytes of the state of a model of `params` parameters:
+    /// its parameters and its momentum, 4 bytes a value.
+    pub fn len_of(params: usize) -> u64 {
+        8 * params as u64
+    }
+
+    /// The length of [`to_bytes`](Self::to_bytes).
+    pub fn byte_len(&self) -> u64 {
+        Self::len_of(self.params.len())
+    }
+
     /// The state's bytes (see the type's docs).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(8 * self.params.len());

@@ -39,7 +39,6 @@ pub(super) struct Download<K> {
     pub head: Head,
     /// The peer whose commit named it.
     pub from: PeerId,
-    total: u64,
     /// The checkpoint, filled in as slices arrive.
     content: ChainState,
     slices: Vec<(u64, u64)>,
@@ -66,14 +65,12 @@ impl<K: Hash + Eq + Copy> Download<K> {
         from: PeerId,
         peers: impl IntoIterator<Item = PeerId>,
     ) -> Self {
-        let total = 8 * params as u64;
-        let slices = slices::plan(total);
+        let slices = slices::plan(ChainState::len_of(params));
         let mut candidates = vec![from];
         candidates.extend(peers.into_iter().filter(|p| *p != from));
         Self {
             head,
             from,
-            total,
             content: ChainState {
                 params: vec![0.0; params],
                 momentum: vec![0.0; params],
@@ -95,8 +92,9 @@ impl<K: Hash + Eq + Copy> Download<K> {
 
     /// Bytes held, and the checkpoint's length.
     pub fn progress(&self) -> (u64, u64) {
+        let total = self.content.byte_len();
         let held = self.held as u64 * slices::SLICE_LEN;
-        (held.min(self.total), self.total)
+        (held.min(total), total)
     }
 
     /// Adds a peer that may hold the checkpoint (one that just connected).
@@ -149,7 +147,8 @@ impl<K: Hash + Eq + Copy> Download<K> {
             return Progress::Going;
         };
         let (start, len) = self.slices[index];
-        match slice.map(|s| slices::verify_slice(&self.head.base, self.total, start, len, s)) {
+        let total = self.content.byte_len();
+        match slice.map(|s| slices::verify_slice(&self.head.base, total, start, len, s)) {
             Some(Ok(bytes)) => {
                 if self.content.fill_stream_bytes(start, &bytes) {
                     self.held += 1;

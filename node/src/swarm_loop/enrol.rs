@@ -298,7 +298,7 @@ impl Enrolment<'_> {
         let arrived = body.is_some();
         match fetched.genesis.answer(answer.id, body.as_deref()) {
             Progress::Done(genesis) => {
-                let total = 8 * genesis.params.len() as u64;
+                let total = genesis.byte_len();
                 (self.progress)(Enrolling::Genesis { held: total, total });
                 let Some(fetched) = self.manifest.take() else {
                     return News::None;
@@ -351,7 +351,7 @@ impl Enrolment<'_> {
             Some(fetched) => fetched.genesis.add_peer(peer),
             None => {
                 let params = p2ptrain_trainer::ParamLayout::gpt2(&manifest.model).len();
-                let total = 8 * params as u64;
+                let total = ChainState::len_of(params);
                 let genesis = Head {
                     round: 0,
                     base: manifest.genesis,
