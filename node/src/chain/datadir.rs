@@ -230,12 +230,12 @@ impl DataDir {
         let io = |e| ChainError::io(path, e);
         let mut file = std::fs::File::open(path).map_err(io)?;
         let found = file.metadata().map_err(io)?.len();
-        let expected = len.saturating_mul(8);
-        if found != expected as u64 {
+        let expected = ChainState::len_of(len);
+        if found != expected {
             return Err(ChainError::CheckpointLength {
                 path: path.display().to_string(),
                 expected,
-                found: usize::try_from(found).unwrap_or(usize::MAX),
+                found,
             });
         }
         ChainState::read_from(&mut file, len).map_err(io)

@@ -63,9 +63,9 @@ pub enum ChainError {
     #[error("a checkpoint of this model is {expected} bytes, found {found}")]
     StateLength {
         /// Bytes expected.
-        expected: usize,
+        expected: u64,
         /// Bytes found.
-        found: usize,
+        found: u64,
     },
     /// A checkpoint file has the wrong size for the model.
     #[error("{path}: a checkpoint of this model is {expected} bytes, found {found}")]
@@ -73,9 +73,9 @@ pub enum ChainError {
         /// The file.
         path: String,
         /// Bytes expected.
-        expected: usize,
+        expected: u64,
         /// Bytes found.
-        found: usize,
+        found: u64,
     },
     /// A payload cannot be decoded or aggregated.
     #[error("kernels: {0}")]

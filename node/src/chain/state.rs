@@ -85,11 +85,9 @@ impl ChainState {
     ///
     /// [`ChainError::StateLength`] unless `bytes` is exactly `8 × len` long.
     pub fn from_bytes(bytes: &[u8], len: usize) -> Result<Self, ChainError> {
-        if bytes.len() != len.saturating_mul(8) {
-            return Err(ChainError::StateLength {
-                expected: len.saturating_mul(8),
-                found: bytes.len(),
-            });
+        let (expected, found) = (Self::len_of(len), bytes.len() as u64);
+        if found != expected {
+            return Err(ChainError::StateLength { expected, found });
         }
         let (params, momentum) = bytes.split_at(4 * len);
         Ok(Self {

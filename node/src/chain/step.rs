@@ -137,7 +137,7 @@ impl ChainState {
         let blocks = len.div_ceil(block_len).max(1);
         let spans = blocks.min(SPANS_PER_THREAD * rayon::current_num_threads());
         let span_len = blocks.div_ceil(spans) * block_len;
-        let stream_len = 8 * len as u64;
+        let stream_len = Self::len_of(len);
         let groups = GroupHashes::new(stream_len).filter(|_| cfg!(target_endian = "little"));
         let walk = Walk {
             step: OuterNesterov::new(outer.lr, outer.momentum, 0),
