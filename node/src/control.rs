@@ -19,6 +19,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -31,6 +32,15 @@ pub const STATUS_SOCKET: &str = "node.sock";
 
 /// Largest HTTP request head the metrics server reads.
 const MAX_REQUEST: usize = 8 * 1024;
+
+/// How long a metrics client has to send its request head: one that sends
+/// nothing, or a byte at a time, is disconnected rather than held open.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a server waits after a failed accept before the next: the
+/// failure may last (no file descriptors left), and an immediate retry
+/// would keep a core busy until it ends.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why the status or metrics endpoint failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +89,7 @@ pub fn bind_status(path: &Path) -> Result<tokio::net::UnixListener, ControlError
 #[cfg(unix)]
 pub async fn serve_status(listener: tokio::net::UnixListener, status: watch::Receiver<Status>) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Some(mut stream) = accepted(listener.accept().await).await else {
             continue;
         };
         if status.has_changed().is_err() {
@@ -133,9 +143,21 @@ pub async fn bind_metrics(address: SocketAddr) -> Result<TcpListener, ControlErr
 
 /// Serves `GET /metrics` (Prometheus text format) on `listener`, and 404
 /// for any other path, until the status' sender is dropped.
+///
+/// A client has [`REQUEST_TIMEOUT`] to send its request.
 pub async fn serve_metrics(listener: TcpListener, status: watch::Receiver<Status>) {
+    serve_metrics_within(listener, status, REQUEST_TIMEOUT).await;
+}
+
+/// [`serve_metrics`], closing a connection whose request head has not
+/// arrived within `request_timeout`.
+async fn serve_metrics_within(
+    listener: TcpListener,
+    status: watch::Receiver<Status>,
+    request_timeout: Duration,
+) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Some(mut stream) = accepted(listener.accept().await).await else {
             continue;
         };
         if status.has_changed().is_err() {
@@ -143,7 +165,8 @@ pub async fn serve_metrics(listener: TcpListener, status: watch::Receiver<Status
         }
         let body = status.borrow().prometheus();
         tokio::spawn(async move {
-            let Ok(head) = read_request_head(&mut stream).await else {
+            let read = tokio::time::timeout(request_timeout, read_request_head(&mut stream));
+            let Ok(Ok(head)) = read.await else {
                 return;
             };
             let response = match request_path(&head) {
@@ -157,6 +180,18 @@ pub async fn serve_metrics(listener: TcpListener, status: watch::Receiver<Status
             };
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+/// The connection an accept gave, or `None` after [`ACCEPT_BACKOFF`] when
+/// it failed.
+async fn accepted<S, A>(accept: std::io::Result<(S, A)>) -> Option<S> {
+    match accept {
+        Ok((stream, _)) => Some(stream),
+        Err(_) => {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            None
+        }
     }
 }
 
@@ -240,5 +275,35 @@ mod tests {
         assert!(metrics.starts_with("HTTP/1.1 200 OK"));
         assert!(metrics.contains("\np2ptrain_received_bytes_total 1234\n"));
         assert!(get("/").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_no_request_is_disconnected_and_others_are_served() {
+        let listener = bind_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (_tx, rx) = watch::channel(Status::default());
+        let request_timeout = Duration::from_millis(200);
+        tokio::spawn(serve_metrics_within(listener, rx, request_timeout));
+        let started = std::time::Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        // Half a request head, then nothing.
+        silent
+            .write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut other = tokio::net::TcpStream::connect(address).await.unwrap();
+        other
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        other.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"));
+        // The server closes the silent connection, unanswered.
+        let mut unanswered = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(30), silent.read_to_end(&mut unanswered));
+        assert_eq!(closed.await.unwrap().unwrap(), 0);
+        assert!(started.elapsed() >= request_timeout);
     }
 }
