@@ -33,17 +33,30 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{PeerId, Stream};
 use libp2p_stream::{AlreadyRegistered, Control, OpenStreamError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::codec::{self, FetchRequest, FetchResponse, FETCH_PROTOCOL, FETCH_PROTOCOL_V1};
 
 /// Answers waiting for the event loop, and requests waiting for it, at most.
 const QUEUE: usize = 64;
+
+/// Fetch streams one peer may have open to this node at once; a stream
+/// past them is closed as it arrives. A node asks over one stream per peer,
+/// and a version-1 node opens one per request, with a few requests in
+/// flight. Each stream holds at most one response (a payload, or a slice
+/// of a checkpoint) while the peer reads it, so a peer that opens streams
+/// and never reads holds this many, not as many as the multiplexer allows.
+pub const MAX_STREAMS_PER_PEER: usize = 16;
+
+/// Peers whose open streams are counted before the count of those with none
+/// open is dropped.
+const COUNTED_PEERS: usize = 1024;
 
 /// Names a request sent with [`Fetcher::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -283,8 +296,9 @@ impl InboundFetch {
 /// Starts accepting fetch streams through `control`, of
 /// [`FETCH_PROTOCOL`] and of version 1 (whose peers close the stream after
 /// one response): the receiver of the requests that arrive on them. A
-/// request dropped without a response closes its stream. Must be called
-/// inside a tokio runtime.
+/// request dropped without a response closes its stream. A peer has at
+/// most [`MAX_STREAMS_PER_PEER`] open at once. Must be called inside a
+/// tokio runtime.
 ///
 /// # Errors
 ///
@@ -294,12 +308,42 @@ pub fn serve(control: &mut Control) -> Result<mpsc::Receiver<InboundFetch>, Alre
     let mut incoming = futures::stream::select(current, control.accept(FETCH_PROTOCOL_V1)?);
     let (requests, receiver) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
+        let mut open = OpenStreams::default();
         while let Some((peer, mut stream)) = incoming.next().await {
+            // Over the peer's limit, the stream is dropped, which closes it.
+            let Some(slot) = open.take(peer) else {
+                continue;
+            };
             stream.ignore_for_keep_alive();
-            tokio::spawn(serve_stream(peer, stream, requests.clone()));
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                serve_stream(peer, stream, requests).await;
+                drop(slot);
+            });
         }
     });
     Ok(receiver)
+}
+
+/// Each peer's open fetch streams, as the permits of a semaphore of
+/// [`MAX_STREAMS_PER_PEER`].
+#[derive(Default)]
+struct OpenStreams(HashMap<PeerId, Arc<Semaphore>>);
+
+impl OpenStreams {
+    /// A slot for one more of `peer`'s streams, held while it is served;
+    /// `None` when the peer has all its slots.
+    fn take(&mut self, peer: PeerId) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if self.0.len() >= COUNTED_PEERS && !self.0.contains_key(&peer) {
+            self.0
+                .retain(|_, slots| slots.available_permits() < MAX_STREAMS_PER_PEER);
+        }
+        let slots = self
+            .0
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_STREAMS_PER_PEER)));
+        Arc::clone(slots).try_acquire_owned().ok()
+    }
 }
 
 /// Answers the requests of one stream, in order, until the peer closes it
@@ -326,8 +370,6 @@ async fn serve_stream(peer: PeerId, mut stream: Stream, requests: mpsc::Sender<I
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use futures::StreamExt;
     use libp2p::swarm::SwarmEvent;
     use libp2p::StreamProtocol;
@@ -467,6 +509,55 @@ mod tests {
             inbound.respond(found(n));
             assert_eq!(codec::read_response(&mut stream).await.unwrap(), found(n));
         }
+    }
+
+    /// Asks `Record(n)` on `stream` and answers it from `requests`.
+    async fn asked_and_answered(
+        stream: &mut Stream,
+        requests: &mut mpsc::Receiver<InboundFetch>,
+        n: u8,
+    ) -> io::Result<FetchResponse> {
+        codec::write_request(stream, &FetchRequest::Record(u64::from(n))).await?;
+        let inbound = requests.recv().await.unwrap();
+        assert_eq!(inbound.request, FetchRequest::Record(u64::from(n)));
+        inbound.respond(found(n));
+        codec::read_response(stream).await
+    }
+
+    #[tokio::test]
+    async fn a_peer_s_streams_past_its_limit_are_closed_as_they_arrive() {
+        let (mut ask, mut serve, server) = connected_pair().await;
+        let mut requests = super::serve(&mut serve).unwrap();
+        let mut open = Vec::new();
+        for _ in 0..MAX_STREAMS_PER_PEER {
+            open.push(ask.open_stream(server, FETCH_PROTOCOL).await.unwrap());
+        }
+        let mut over = ask.open_stream(server, FETCH_PROTOCOL).await.unwrap();
+        let _ = codec::write_request(&mut over, &FetchRequest::Record(0)).await;
+        let refused =
+            tokio::time::timeout(Duration::from_secs(10), codec::read_response(&mut over));
+        assert!(
+            refused
+                .await
+                .expect("the stream past the limit is open")
+                .is_err(),
+            "a stream past the limit was answered"
+        );
+        for (n, stream) in (1..).zip(&mut open) {
+            let answer = asked_and_answered(stream, &mut requests, n).await.unwrap();
+            assert_eq!(answer, found(n));
+        }
+        // A stream the peer closes gives its slot back once it has ended.
+        let mut closed = open.pop().unwrap();
+        futures::AsyncWriteExt::close(&mut closed).await.unwrap();
+        let mut rest = Vec::new();
+        futures::AsyncReadExt::read_to_end(&mut closed, &mut rest)
+            .await
+            .unwrap();
+        let mut fresh = ask.open_stream(server, FETCH_PROTOCOL).await.unwrap();
+        let answer = asked_and_answered(&mut fresh, &mut requests, 99).await;
+        assert_eq!(answer.unwrap(), found(99));
+        assert!(requests.try_recv().is_err());
     }
 
     #[tokio::test]
