@@ -5,8 +5,8 @@ use std::time::Duration;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, tcp,
-    Swarm,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise,
+    ping, relay, tcp, Swarm,
 };
 use p2ptrain_protocol::{Digest, PeerKey, SigningKey};
 
@@ -18,6 +18,16 @@ use super::tls::Tls;
 /// How often Kademlia refreshes its view of the swarm (libp2p's default
 /// is five minutes).
 const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Connections one peer may have with a node at once: enough for a direct
+/// connection over each transport, a relayed one, and two peers dialing each
+/// other at the same moment; each connection is a multiplexer with streams
+/// of its own, so a peer cannot open them without end.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 8;
+
+/// Incoming connections still in their handshake at once: each costs a
+/// key exchange, so a flood of them is cut off here, not at the CPU.
+pub const MAX_PENDING_INCOMING: u32 = 128;
 
 /// Why a swarm cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +77,9 @@ impl Default for NetConfig {
 /// Everything a node speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// At most [`MAX_CONNECTIONS_PER_PEER`] connections with a peer, and
+    /// [`MAX_PENDING_INCOMING`] incoming ones in their handshake.
+    pub limits: connection_limits::Behaviour,
     /// Connections only with the allow-list's peers, when there is one.
     pub allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     /// Announcements and commits.
@@ -232,7 +245,11 @@ fn behaviour(
     } else {
         None
     };
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
     Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
         allow: allow.into(),
         gossipsub,
         fetch: libp2p_stream::Behaviour::new(),
@@ -245,4 +262,57 @@ fn behaviour(
         relay_client,
         dcutr: dcutr::Behaviour::new(peer),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    use libp2p::swarm::{DialError, SwarmEvent};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_past_its_connections_is_denied() {
+        let config = NetConfig {
+            mdns: false,
+            ..NetConfig::default()
+        };
+        let mut asking = build_swarm(&SigningKey::from_bytes(&[31; 32]), &config).unwrap();
+        let mut serving = build_swarm(&SigningKey::from_bytes(&[32; 32]), &config).unwrap();
+        serving
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let server = *serving.local_peer_id();
+        let address = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = serving.select_next_some().await {
+                break address;
+            }
+        };
+        tokio::spawn(async move {
+            loop {
+                serving.select_next_some().await;
+            }
+        });
+        let dials = MAX_CONNECTIONS_PER_PEER + 1;
+        for _ in 0..dials {
+            let dial = DialOpts::peer_id(server)
+                .addresses(vec![address.clone()])
+                .condition(PeerCondition::Always)
+                .build();
+            asking.dial(dial).unwrap();
+        }
+        let (mut established, mut denied) = (0, 0);
+        while established + denied < dials {
+            match asking.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => established += 1,
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    assert!(matches!(error, DialError::Denied { .. }), "{error}");
+                    denied += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!((established, denied), (MAX_CONNECTIONS_PER_PEER, 1));
+    }
 }
