@@ -37,11 +37,14 @@ async fn an_announcement_crosses_gossip_and_its_payload_is_fetched() {
         .unwrap();
     a.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
-    let (mut fetcher, mut answers) =
-        Fetcher::new(a.behaviour().fetch.new_control(), config.fetch_timeout);
+    let payload = vec![7u8; 3 << 20];
+    let (mut fetcher, mut answers) = Fetcher::new(
+        a.behaviour().fetch.new_control(),
+        config.fetch_timeout,
+        payload.len() as u64,
+    );
     let mut requests = fetch::serve(&mut b.behaviour().fetch.new_control()).unwrap();
 
-    let payload = vec![7u8; 3 << 20];
     let id = Digest::of(b"a contribution");
     let announcement = id.as_bytes().to_vec();
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
@@ -150,8 +153,11 @@ async fn a_node_reached_only_through_a_relay_serves_a_fetch() {
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
     let body = vec![5u8; 4096];
-    let (mut fetcher, mut answers) =
-        Fetcher::new(dialer.behaviour().fetch.new_control(), config.fetch_timeout);
+    let (mut fetcher, mut answers) = Fetcher::new(
+        dialer.behaviour().fetch.new_control(),
+        config.fetch_timeout,
+        body.len() as u64,
+    );
     let mut requests = fetch::serve(&mut hidden.behaviour().fetch.new_control()).unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
         loop {

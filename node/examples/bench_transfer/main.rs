@@ -313,7 +313,8 @@ async fn fetch_runs(
     plan: Plan,
     timeout: Duration,
 ) -> Result<Vec<f64>, Error> {
-    let (mut fetcher, mut answers) = Fetcher::new(client.behaviour().fetch.new_control(), timeout);
+    let control = client.behaviour().fetch.new_control();
+    let (mut fetcher, mut answers) = Fetcher::new(control, timeout, payload.len() as u64);
     client.dial(address)?;
     let id = Digest::of(payload);
     let mut clock = Clock::new(plan);

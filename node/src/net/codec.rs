@@ -17,7 +17,10 @@
 //!
 //! Each message says where it ends, so a stream carries any number of
 //! request and response pairs; the asking side closes it when done.
-//! Lengths are checked against their limits before anything is allocated.
+//! Lengths are checked against their limits before anything is allocated:
+//! a response's body against the longest an honest answer to its request
+//! can be ([`FetchRequest::longest_body`]), so a peer cannot make the asker
+//! set aside more memory than the answer it asked for.
 //! A raw framing rather than CBOR: on large byte vectors it is several times
 //! faster, and payloads are hashed by the receiver anyway.
 
@@ -26,7 +29,7 @@ use std::sync::Arc;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use p2ptrain_protocol::Digest;
+use p2ptrain_protocol::{Digest, Message, RoundRecord, RunManifest};
 
 /// The protocol id: any number of requests per stream.
 pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2ptrain/fetch/2");
@@ -64,6 +67,32 @@ pub enum FetchRequest {
     /// The manifest of a run (by id), for a node that joins the run without
     /// holding it yet. Its blake3 is the id, so it checks itself.
     RunManifest(Digest),
+}
+
+impl FetchRequest {
+    /// The longest body an honest answer to this request has, given the
+    /// length of the run's payloads (one length for all of them, set by the
+    /// model's size and the compression settings).
+    ///
+    /// ```
+    /// use p2ptrain_node::net::codec::{FetchRequest, MAX_BODY};
+    /// use p2ptrain_protocol::Digest;
+    ///
+    /// let payload = FetchRequest::Payload(Digest::of(b"id"));
+    /// assert_eq!(payload.longest_body(653_105), 653_105);
+    /// let slice = FetchRequest::CheckpointSlice { hash: Digest::of(b"c"), start: 0, len: 1 << 20 };
+    /// assert!(slice.longest_body(0) > 1 << 20 && slice.longest_body(0) < 5 << 18);
+    /// assert_eq!(FetchRequest::StoredPayload(Digest::of(b"p")).longest_body(u64::MAX), MAX_BODY);
+    /// ```
+    pub fn longest_body(&self, payload_len: u64) -> u64 {
+        let longest = match self {
+            Self::Payload(_) | Self::StoredPayload(_) => payload_len,
+            Self::CheckpointSlice { len, .. } => super::slices::longest_slice(*len),
+            Self::Record(_) => RoundRecord::MAX_LEN as u64,
+            Self::RunManifest(_) => RunManifest::MAX_LEN as u64,
+        };
+        longest.min(MAX_BODY)
+    }
 }
 
 /// The answer.
@@ -134,14 +163,15 @@ where
     Ok(Some(request))
 }
 
-/// Reads a response, its body straight into the shared buffer the node
-/// keeps.
+/// Reads a response whose body is at most `longest_body` bytes long (see
+/// [`FetchRequest::longest_body`]), the body straight into the shared
+/// buffer the node keeps.
 ///
 /// # Errors
 ///
 /// An I/O error, or [`io::ErrorKind::InvalidData`] for an unknown response
-/// or a length over its limit.
-pub async fn read_response<T>(io: &mut T) -> io::Result<FetchResponse>
+/// or a length over its limit, refused before the body is read.
+pub async fn read_response<T>(io: &mut T, longest_body: u64) -> io::Result<FetchResponse>
 where
     T: AsyncRead + Unpin,
 {
@@ -160,8 +190,10 @@ where
             let mut len = [0u8; 8];
             io.read_exact(&mut len).await?;
             let body_len = u64::from_le_bytes(len);
-            if body_len > MAX_BODY {
-                return Err(invalid("fetch response body over the limit"));
+            if body_len > longest_body.min(MAX_BODY) {
+                return Err(invalid(
+                    "fetch response body longer than its request allows",
+                ));
             }
             let body_len = usize::try_from(body_len).map_err(|_| invalid("body too long"))?;
             let mut body = super::buffer::zeroed(body_len);
@@ -248,11 +280,14 @@ mod tests {
     use futures::executor::block_on;
     use futures::io::Cursor;
 
-    fn round_trip_response(response: &FetchResponse) -> io::Result<FetchResponse> {
+    fn round_trip_response(
+        response: &FetchResponse,
+        longest_body: u64,
+    ) -> io::Result<FetchResponse> {
         block_on(async {
             let mut wire = Cursor::new(Vec::new());
             write_response(&mut wire, response).await?;
-            read_response(&mut Cursor::new(wire.into_inner())).await
+            read_response(&mut Cursor::new(wire.into_inner()), longest_body).await
         })
     }
 
@@ -290,11 +325,24 @@ mod tests {
             header: vec![1, 2, 3],
             body: Arc::from(vec![7; 100_000]),
         };
-        assert_eq!(round_trip_response(&found).unwrap(), found);
+        assert_eq!(round_trip_response(&found, 100_000).unwrap(), found);
         assert_eq!(
-            round_trip_response(&FetchResponse::Missing).unwrap(),
+            round_trip_response(&FetchResponse::Missing, 0).unwrap(),
             FetchResponse::Missing
         );
+    }
+
+    #[test]
+    fn a_body_longer_than_its_request_allows_is_refused() {
+        let found = FetchResponse::Found {
+            header: Vec::new(),
+            body: Arc::from(vec![7; 1_001]),
+        };
+        let refused = round_trip_response(&found, 1_000).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidData);
+        let payload = FetchRequest::Payload(Digest::of(b"a"));
+        assert!(round_trip_response(&found, payload.longest_body(1_000)).is_err());
+        assert!(round_trip_response(&found, payload.longest_body(1_001)).is_ok());
     }
 
     #[test]
@@ -302,10 +350,10 @@ mod tests {
         let mut wire = vec![1u8];
         wire.extend_from_slice(&0u32.to_le_bytes());
         wire.extend_from_slice(&u64::MAX.to_le_bytes());
-        let read = block_on(read_response(&mut Cursor::new(wire)));
+        let read = block_on(read_response(&mut Cursor::new(wire), u64::MAX));
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
         let truncated = vec![1u8, 3, 0, 0, 0, 9];
-        assert!(block_on(read_response(&mut Cursor::new(truncated))).is_err());
+        assert!(block_on(read_response(&mut Cursor::new(truncated), MAX_BODY)).is_err());
         let read = block_on(read_request(&mut Cursor::new(vec![9u8; 33])));
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
     }

@@ -23,7 +23,8 @@
 //!
 //! let mut control = swarm.behaviour().fetch.new_control();
 //! let mut inbound = fetch::serve(&mut control).expect("served once");
-//! let (mut fetcher, mut answers) = Fetcher::new(control, Duration::from_secs(120));
+//! let payload_len = 653_105; // every payload of the run is this long
+//! let (mut fetcher, mut answers) = Fetcher::new(control, Duration::from_secs(120), payload_len);
 //! let id = fetcher.send(peer, FetchRequest::Record(3));
 //! // ... drive the swarm; answer `inbound.recv()`s; then:
 //! let answer = answers.recv().await.expect("the fetcher is alive");
@@ -99,20 +100,29 @@ pub struct Fetcher {
     links: HashMap<PeerId, mpsc::UnboundedSender<(FetchId, FetchRequest)>>,
     answers: mpsc::Sender<FetchAnswer>,
     timeout: Duration,
+    payload_len: u64,
     next: u64,
 }
 
 impl Fetcher {
     /// A fetcher that opens its streams through `control`, and the
     /// receiver of its answers. A request with no response within
-    /// `timeout` fails.
-    pub fn new(control: Control, timeout: Duration) -> (Self, mpsc::Receiver<FetchAnswer>) {
+    /// `timeout` fails, and so does one whose response says its body is
+    /// longer than an honest answer's ([`FetchRequest::longest_body`],
+    /// with the run's payloads `payload_len` bytes long; 0 for a fetcher
+    /// that asks for no payloads).
+    pub fn new(
+        control: Control,
+        timeout: Duration,
+        payload_len: u64,
+    ) -> (Self, mpsc::Receiver<FetchAnswer>) {
         let (answers, receiver) = mpsc::channel(QUEUE);
         let fetcher = Self {
             control,
             links: HashMap::new(),
             answers,
             timeout,
+            payload_len,
             next: 0,
         };
         (fetcher, receiver)
@@ -142,6 +152,7 @@ impl Fetcher {
             stream: None,
             one_per_stream: false,
             timeout: self.timeout,
+            payload_len: self.payload_len,
         };
         tokio::spawn(task.run(requests, self.answers.clone()));
         id
@@ -173,6 +184,8 @@ struct Link {
     /// The peer speaks only [`FETCH_PROTOCOL_V1`]: a stream per request.
     one_per_stream: bool,
     timeout: Duration,
+    /// The run's payload length ([`FetchRequest::longest_body`]).
+    payload_len: u64,
 }
 
 impl Link {
@@ -254,7 +267,7 @@ impl Link {
             }
         };
         let result = match codec::write_request(stream, request).await {
-            Ok(()) => codec::read_response(stream).await,
+            Ok(()) => codec::read_response(stream, request.longest_body(self.payload_len)).await,
             Err(e) => Err(e),
         };
         if result.is_err() || self.one_per_stream {
@@ -419,10 +432,13 @@ mod tests {
         (ask, serve, server)
     }
 
+    /// The body of each answer in these tests.
+    const BODY: u64 = 300_000;
+
     fn found(tag: u8) -> FetchResponse {
         FetchResponse::Found {
             header: vec![tag],
-            body: Arc::from(vec![tag; 300_000]),
+            body: Arc::from(vec![tag; BODY as usize]),
         }
     }
 
@@ -457,7 +473,7 @@ mod tests {
     async fn a_peer_s_requests_go_one_after_another_over_one_stream() {
         let (ask, mut serve, server) = connected_pair().await;
         let mut streams = answer_records(serve.accept(FETCH_PROTOCOL).unwrap(), usize::MAX);
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
         let first = fetcher.send(server, FetchRequest::Record(1));
         let answer = answers.recv().await.unwrap();
         assert_eq!((answer.id, answer.peer), (first, server));
@@ -480,7 +496,7 @@ mod tests {
     async fn answered_on_a_stream_each(protocol: StreamProtocol) {
         let (ask, mut serve, server) = connected_pair().await;
         let mut streams = answer_records(serve.accept(protocol).unwrap(), 1);
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
         for n in 1..=3 {
             fetcher.send(server, FetchRequest::Record(n));
             let answer = answers.recv().await.unwrap();
@@ -507,7 +523,10 @@ mod tests {
             let inbound = requests.recv().await.unwrap();
             assert_eq!(inbound.request, request);
             inbound.respond(found(n));
-            assert_eq!(codec::read_response(&mut stream).await.unwrap(), found(n));
+            assert_eq!(
+                codec::read_response(&mut stream, BODY).await.unwrap(),
+                found(n)
+            );
         }
     }
 
@@ -521,7 +540,7 @@ mod tests {
         let inbound = requests.recv().await.unwrap();
         assert_eq!(inbound.request, FetchRequest::Record(u64::from(n)));
         inbound.respond(found(n));
-        codec::read_response(stream).await
+        codec::read_response(stream, BODY).await
     }
 
     #[tokio::test]
@@ -534,8 +553,10 @@ mod tests {
         }
         let mut over = ask.open_stream(server, FETCH_PROTOCOL).await.unwrap();
         let _ = codec::write_request(&mut over, &FetchRequest::Record(0)).await;
-        let refused =
-            tokio::time::timeout(Duration::from_secs(10), codec::read_response(&mut over));
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            codec::read_response(&mut over, BODY),
+        );
         assert!(
             refused
                 .await
@@ -561,6 +582,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_payload_longer_than_the_run_s_is_refused_unread_and_not_asked_again() {
+        let (ask, mut serve, server) = connected_pair().await;
+        let mut requests = super::serve(&mut serve).unwrap();
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY - 1);
+        let id = p2ptrain_protocol::Digest::of(b"a");
+        fetcher.send(server, FetchRequest::Payload(id));
+        requests.recv().await.unwrap().respond(found(1));
+        let answer = answers.recv().await.unwrap();
+        assert!(
+            matches!(&answer.result, Err(FetchError::Io(e)) if e.kind() == io::ErrorKind::InvalidData),
+            "{:?}",
+            answer.result
+        );
+        // The same body answers a request that allows it, on a fresh stream.
+        fetcher.send(server, FetchRequest::Record(2));
+        requests.recv().await.unwrap().respond(found(2));
+        assert_eq!(answers.recv().await.unwrap().result.unwrap(), found(2));
+        assert!(requests.try_recv().is_err(), "the payload was asked twice");
+    }
+
+    #[tokio::test]
     async fn a_request_on_a_stream_that_closed_goes_again_on_a_fresh_one() {
         answered_on_a_stream_each(FETCH_PROTOCOL).await;
     }
@@ -579,7 +621,7 @@ mod tests {
                 held.push(stream);
             }
         });
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_millis(300));
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_millis(300), BODY);
         for n in 1..=3 {
             fetcher.send(server, FetchRequest::Record(n));
         }
@@ -599,7 +641,7 @@ mod tests {
     async fn requests_queued_for_a_peer_that_left_are_not_sent() {
         let (ask, mut serve, server) = connected_pair().await;
         let mut requests = super::serve(&mut serve).unwrap();
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
         let first = fetcher.send(server, FetchRequest::Record(1));
         let held = requests.recv().await.unwrap();
         let queued = [2, 3].map(|n| fetcher.send(server, FetchRequest::Record(n)));
@@ -627,7 +669,7 @@ mod tests {
     async fn a_request_left_unanswered_by_the_node_is_tried_twice_then_fails() {
         let (ask, mut serve, server) = connected_pair().await;
         let mut requests = super::serve(&mut serve).unwrap();
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30));
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
         fetcher.send(server, FetchRequest::Record(4));
         for _ in 0..2 {
             let inbound = requests.recv().await.unwrap();

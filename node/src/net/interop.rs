@@ -101,8 +101,10 @@ async fn exchange(security: Security) -> (Seen, Seen) {
     let mut stock_control = stock.behaviour().new_control();
     let mut node_requests = fetch::serve(&mut node_control).unwrap();
     let mut stock_requests = fetch::serve(&mut stock_control).unwrap();
-    let (mut node_fetcher, mut node_answers) = Fetcher::new(node_control, config.fetch_timeout);
-    let (mut stock_fetcher, mut stock_answers) = Fetcher::new(stock_control, config.fetch_timeout);
+    let (mut node_fetcher, mut node_answers) =
+        Fetcher::new(node_control, config.fetch_timeout, PAYLOAD_BYTES as u64);
+    let (mut stock_fetcher, mut stock_answers) =
+        Fetcher::new(stock_control, config.fetch_timeout, PAYLOAD_BYTES as u64);
     let (node_payload, stock_payload) = (payload(1), payload(2));
     let (mut node_seen, mut stock_seen) = (Seen::default(), Seen::default());
     let wanted = FetchRequest::Payload(Digest::of(b"any"));

@@ -34,6 +34,23 @@ use p2ptrain_protocol::Digest;
 /// 1 KiB chunk, so a slice carries no partial chunk).
 pub const SLICE_LEN: u64 = 1 << 20;
 
+/// The longest a slice of `len` checkpoint bytes can be, wherever it
+/// starts and however long the checkpoint: what a fetch of one may receive.
+///
+/// A Bao slice is the content's 8-byte length, the chunks the range
+/// touches (at most two more than it covers whole), and the parent nodes
+/// (64 bytes each) of those chunks' subtree and of the two paths down to
+/// its ends, each at most 64 levels deep.
+pub fn longest_slice(len: u64) -> u64 {
+    const CHUNK: u64 = blake3::CHUNK_LEN as u64;
+    const PARENT: u64 = 64;
+    let chunks = (len / CHUNK).saturating_add(2);
+    let parents = chunks.saturating_add(2 * 64);
+    (chunks.saturating_mul(CHUNK))
+        .saturating_add(parents.saturating_mul(PARENT))
+        .saturating_add(8)
+}
+
 /// Why a slice was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SliceError {
@@ -183,6 +200,29 @@ mod tests {
         assert_eq!(slices.len(), 4);
         assert_eq!(slices[3], (3 * SLICE_LEN, 5));
         assert_eq!(slices.iter().map(|s| s.1).sum::<u64>(), total);
+    }
+
+    #[test]
+    fn no_slice_is_longer_than_its_bound() {
+        for total in [1, 1_024, 5_000, 3 * SLICE_LEN + 5] {
+            let served = Outboard::new(content(total as usize));
+            let ranges = [
+                (0, total),
+                (0, 1),
+                (total - 1, 1),
+                (total / 3, total / 3 + 1),
+                (
+                    1_023.min(total - 1),
+                    (total - 1_023.min(total - 1)).min(2_050),
+                ),
+            ];
+            for (start, len) in ranges {
+                let slice = served.slice(start, len).unwrap();
+                let bound = longest_slice(len);
+                assert!(slice.len() as u64 <= bound, "{total}: {start}+{len}");
+            }
+        }
+        assert_eq!(longest_slice(u64::MAX), u64::MAX);
     }
 
     #[test]

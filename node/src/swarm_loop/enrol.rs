@@ -184,8 +184,10 @@ pub async fn fetch_run(
             )));
         }
     }
+    // Enrolment asks for the run's manifest and checkpoint slices, never a
+    // payload: no payload answer is taken.
     let (fetcher, mut answers) =
-        Fetcher::new(swarm.behaviour().fetch.new_control(), net.fetch_timeout);
+        Fetcher::new(swarm.behaviour().fetch.new_control(), net.fetch_timeout, 0);
     let mut enrolment = Enrolment {
         run,
         fetcher,

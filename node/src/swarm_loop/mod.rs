@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{gossipsub, Multiaddr, PeerId, Swarm};
+use p2ptrain_kernels::Payload;
 use p2ptrain_protocol::{codec, Commit, Digest, PeerKey, RunManifest, Signed, SigningKey};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -249,7 +250,8 @@ impl Node {
         let (trained_tx, trained_rx) = mpsc::channel(1);
         let (stepped_tx, stepped_rx) = mpsc::channel(4);
         let control = swarm.behaviour().fetch.new_control();
-        let (fetcher, fetch_answers) = Fetcher::new(control, setup.net.fetch_timeout);
+        let payload_len = Payload::encoded_len_for(params, &manifest.compression) as u64;
+        let (fetcher, fetch_answers) = Fetcher::new(control, setup.net.fetch_timeout, payload_len);
         let private = setup.net.psk.is_some();
         Ok(Self {
             swarm,
