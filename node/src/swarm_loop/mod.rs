@@ -504,6 +504,7 @@ impl Node {
                     self.buffers.spare = Arc::try_unwrap(unused).ok().or(self.buffers.spare.take());
                 }
                 self.round_done(head, Some(contributions));
+                self.slicing.round_ended();
                 self.wake_backfill();
                 let _ = self
                     .events

@@ -8,7 +8,11 @@
 //! answered when it is ready. The last checkpoint built is kept for the
 //! next requests. Besides its head and the current round's outer-step
 //! results, a node serves its run's genesis checkpoint (read from its data
-//! directory), which a node joining the run without holding it fetches.
+//! directory), which a node joining the run without holding it fetches
+//! before the head. Genesis is kept apart from the last checkpoint built,
+//! so that a joiner's fetch of it does not cost the head a rebuild (nor
+//! can a peer asking for the two in turn make the node rebuild each
+//! without end), until a round ends in which no one asked for it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +28,12 @@ use crate::net::slices::Outboard;
 
 /// The checkpoints served in slices.
 pub(super) struct Slicing {
-    /// The last one built.
+    /// The last one built, genesis apart.
     ready: Option<Arc<Outboard>>,
+    /// The run's genesis checkpoint, once asked for.
+    genesis: Option<Arc<Outboard>>,
+    /// Whether genesis was asked for since the last round ended.
+    genesis_asked: bool,
     /// Those being built, with the requests that wait for each.
     building: HashMap<Digest, Vec<InboundFetch>>,
     built_tx: mpsc::Sender<(Digest, Option<Outboard>)>,
@@ -57,6 +65,8 @@ impl Slicing {
         let (built_tx, built_rx) = mpsc::channel(2);
         Self {
             ready: None,
+            genesis: None,
+            genesis_asked: false,
             building: HashMap::new(),
             built_tx,
             built_rx,
@@ -67,6 +77,36 @@ impl Slicing {
     /// hash it was asked by, for [`Node::on_sliced`].
     pub(super) async fn built(&mut self) -> Option<(Digest, Option<Outboard>)> {
         self.built_rx.recv().await
+    }
+
+    /// Checkpoint `hash`, if it is built; `genesis` is the run's.
+    fn served(&mut self, hash: Digest, genesis: Digest) -> Option<Arc<Outboard>> {
+        if hash == genesis {
+            self.genesis_asked = true;
+        }
+        [&self.ready, &self.genesis]
+            .into_iter()
+            .flatten()
+            .find(|served| served.hash() == hash)
+            .cloned()
+    }
+
+    /// Keeps a checkpoint just built for the next requests: in the genesis
+    /// slot if it is the run's `genesis`, else in place of the last built.
+    fn keep(&mut self, served: Arc<Outboard>, genesis: Digest) {
+        if served.hash() == genesis {
+            self.genesis = Some(served);
+        } else {
+            self.ready = Some(served);
+        }
+    }
+
+    /// A round ended: genesis is dropped if no one asked for it during the
+    /// round.
+    pub(super) fn round_ended(&mut self) {
+        if !std::mem::take(&mut self.genesis_asked) {
+            self.genesis = None;
+        }
     }
 }
 
@@ -90,8 +130,8 @@ impl Node {
             return;
         };
         let slicing = &mut self.slicing;
-        if let Some(served) = slicing.ready.as_ref().filter(|s| s.hash() == hash) {
-            let response = slice(served, start, len);
+        if let Some(served) = slicing.served(hash, self.manifest.genesis) {
+            let response = slice(&served, start, len);
             return self.respond(inbound, response);
         }
         if let Some(waiting) = slicing.building.get_mut(&hash) {
@@ -130,8 +170,44 @@ impl Node {
             };
             self.respond(inbound, response);
         }
-        if served.is_some() {
-            self.slicing.ready = served;
+        if let Some(served) = served {
+            self.slicing.keep(served, self.manifest.genesis);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(seed: u8) -> Arc<Outboard> {
+        Arc::new(Outboard::new(vec![seed; 5_000]))
+    }
+
+    #[test]
+    fn genesis_is_kept_apart_from_the_head_until_a_round_ends_unasked() {
+        let (genesis, head, next) = (built(1), built(2), built(3));
+        let mut slicing = Slicing::new();
+        slicing.keep(head.clone(), genesis.hash());
+        assert!(slicing.served(genesis.hash(), genesis.hash()).is_none());
+        slicing.keep(genesis.clone(), genesis.hash());
+        // A joiner fetches genesis, then the head: neither is rebuilt.
+        for hash in [genesis.hash(), head.hash(), genesis.hash()] {
+            let served = slicing.served(hash, genesis.hash()).unwrap();
+            assert_eq!(served.hash(), hash);
+        }
+        // A newer head takes the head's place, not genesis'.
+        slicing.keep(next.clone(), genesis.hash());
+        assert!(slicing.served(head.hash(), genesis.hash()).is_none());
+        assert!(slicing.served(next.hash(), genesis.hash()).is_some());
+        // Asked for in a round: kept through its end, and asked for again.
+        slicing.round_ended();
+        assert!(slicing.served(genesis.hash(), genesis.hash()).is_some());
+        slicing.round_ended();
+        // A round in which only the head is asked for: genesis is dropped.
+        assert!(slicing.served(next.hash(), genesis.hash()).is_some());
+        slicing.round_ended();
+        assert!(slicing.served(genesis.hash(), genesis.hash()).is_none());
+        assert!(slicing.served(next.hash(), genesis.hash()).is_some());
     }
 }
