@@ -543,6 +543,25 @@ mod tests {
         codec::read_response(stream, BODY).await
     }
 
+    #[test]
+    fn the_count_of_open_streams_forgets_peers_with_none_open_once_it_is_long() {
+        let mut open = OpenStreams::default();
+        let busy = PeerId::random();
+        let held = open.take(busy).unwrap();
+        for _ in 1..COUNTED_PEERS {
+            // Each served and done: its slot is back at once.
+            drop(open.take(PeerId::random()).unwrap());
+        }
+        assert_eq!(open.0.len(), COUNTED_PEERS);
+        // A new peer past the count: only the peer with a stream open stays.
+        let newcomer = PeerId::random();
+        let _slot = open.take(newcomer).unwrap();
+        assert_eq!(open.0.len(), 2);
+        let busy_slots = &open.0[&busy];
+        assert_eq!(busy_slots.available_permits(), MAX_STREAMS_PER_PEER - 1);
+        drop(held);
+    }
+
     #[tokio::test]
     async fn a_peer_s_streams_past_its_limit_are_closed_as_they_arrive() {
         let (mut ask, mut serve, server) = connected_pair().await;
