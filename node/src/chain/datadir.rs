@@ -23,6 +23,7 @@ use p2ptrain_protocol::{
     codec, CodecError, Contribution, Digest, RoundRecord, RunManifest, Signed,
 };
 use p2ptrain_trainer::checkpoint::{write_atomically, write_atomically_with};
+use p2ptrain_trainer::TrainerError;
 
 use super::{ChainError, ChainState};
 
@@ -82,10 +83,7 @@ impl DataDir {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ChainError::io(dir, e))?;
         }
-        write_atomically(path, bytes).map_err(|e| ChainError::Write {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        write_atomically(path, bytes).map_err(|e| write_error(path, e))
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, ChainError> {
@@ -185,10 +183,7 @@ impl DataDir {
     fn write_state(&self, name: &str, state: &ChainState) -> Result<(), ChainError> {
         let path = self.file(name);
         std::fs::create_dir_all(&self.root).map_err(|e| ChainError::io(&self.root, e))?;
-        write_atomically_with(&path, |out| state.write_to(out)).map_err(|e| ChainError::Write {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        write_atomically_with(&path, |out| state.write_to(out)).map_err(|e| write_error(&path, e))
     }
 
     /// Reads the genesis checkpoint of a `len`-parameter model.
@@ -473,6 +468,18 @@ fn is_temporary(path: &Path) -> bool {
     name.rsplit_once(".tmp").is_some_and(|(stem, pid)| {
         !stem.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())
     })
+}
+
+/// The error of an atomic write of `path` that failed.
+fn write_error(path: &Path, error: TrainerError) -> ChainError {
+    let error = match error {
+        TrainerError::Io { error, .. } => error,
+        other => std::io::Error::other(other),
+    };
+    ChainError::Write {
+        path: path.display().to_string(),
+        error,
+    }
 }
 
 #[cfg(test)]

@@ -35,12 +35,12 @@ pub enum ChainError {
         error: std::io::Error,
     },
     /// A file cannot be written atomically.
-    #[error("writing {path}: {reason}")]
+    #[error("writing {path}: {error}")]
     Write {
         /// The file.
         path: String,
         /// What went wrong.
-        reason: String,
+        error: std::io::Error,
     },
     /// A stored message does not decode.
     #[error("{path}: {error}")]
@@ -113,6 +113,16 @@ pub enum ChainError {
 }
 
 impl ChainError {
+    /// Whether a file could not be written for want of disk space: once
+    /// some is freed, a node goes on from what its directory holds.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            Self::Io { error, .. } | Self::Write { error, .. }
+                if error.kind() == std::io::ErrorKind::StorageFull
+        )
+    }
+
     fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.display().to_string(),

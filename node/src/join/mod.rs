@@ -21,7 +21,7 @@ use p2ptrain_node::chain::{DataDir, ResumedFrom};
 use p2ptrain_node::control;
 use p2ptrain_node::keyfile;
 use p2ptrain_node::net::{self, access, NetConfig};
-use p2ptrain_node::swarm_loop::{Command, Node, NodeSetup, Status, Training};
+use p2ptrain_node::swarm_loop::{Command, Node, NodeError, NodeSetup, Status, Training};
 use p2ptrain_protocol::{Digest, ModelConfig, PeerKey, RunManifest};
 use p2ptrain_trainer::device::RESIDUAL_DECAY;
 use p2ptrain_trainer::{Corpus, Sampler};
@@ -262,7 +262,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     report.finish();
     let _ = commands.send(Command::Shutdown).await;
     let socket = data.root().join(control::STATUS_SOCKET);
-    if asked_to_stop {
+    let stopped = if asked_to_stop {
         // On a large model an inner step on the CPU takes minutes.
         report.note(
             "stopping",
@@ -272,7 +272,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         );
         let mut running = std::pin::pin!(running);
         tokio::select! {
-            stopped = &mut running => stopped?.context("the node stopped with an error")?,
+            stopped = &mut running => stopped,
             () = stop_requested() => {
                 let _ = std::fs::remove_file(&socket);
                 report.note(
@@ -287,9 +287,10 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
             }
         }
     } else {
-        running.await?.context("the node stopped with an error")?;
-    }
+        running.await
+    };
     let _ = std::fs::remove_file(&socket);
+    stopped?.map_err(|error| stop_error(error, &args.dir))?;
     let last = status.borrow();
     let held = format!(
         "{} holds {}, up to checkpoint {}",
@@ -315,6 +316,21 @@ fn residual_decay(text: &str) -> Result<f32, String> {
         .map_err(|_| format!("{text:?} is not a number"))?;
     p2ptrain_kernels::validate_residual_decay(factor).map_err(|e| e.to_string())?;
     Ok(factor)
+}
+
+/// The error a node stopped with, for its user: when the disk is full,
+/// what to do about it first.
+fn stop_error(error: NodeError, dir: &Path) -> anyhow::Error {
+    let disk_full = error.is_disk_full();
+    let error = anyhow::Error::new(error).context("the node stopped with an error");
+    if !disk_full {
+        return error;
+    }
+    error.context(format!(
+        "the disk holding {} is full: free some space, and the same command goes on \
+         from what the directory holds (no file in it is half-written)",
+        dir.display()
+    ))
 }
 
 /// Resolves when the node is asked to stop: Ctrl-C, or SIGTERM (what
@@ -508,4 +524,39 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<p2ptrain_protocol::SigningK
     keyfile::save(path, &key).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("created key {}", path.display());
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use p2ptrain_node::chain::ChainError;
+
+    use super::*;
+
+    fn write_failed(kind: std::io::ErrorKind) -> NodeError {
+        NodeError::Chain(ChainError::Write {
+            path: "d/head.ckpt".to_owned(),
+            error: std::io::Error::from(kind),
+        })
+    }
+
+    #[test]
+    fn a_full_disk_is_told_with_what_to_do() {
+        let dir = Path::new("d");
+        let full = format!(
+            "{:#}",
+            stop_error(write_failed(std::io::ErrorKind::StorageFull), dir)
+        );
+        let told = "the disk holding d is full: free some space, and the same command goes on \
+                    from what the directory holds (no file in it is half-written): \
+                    the node stopped with an error: writing d/head.ckpt";
+        assert!(full.starts_with(told), "{full}");
+        let denied = format!(
+            "{:#}",
+            stop_error(write_failed(std::io::ErrorKind::PermissionDenied), dir)
+        );
+        assert!(
+            denied.starts_with("the node stopped with an error: writing d/head.ckpt"),
+            "{denied}"
+        );
+    }
 }

@@ -29,6 +29,14 @@ pub enum NodeError {
     Address(Multiaddr, String),
 }
 
+impl NodeError {
+    /// Whether the node stopped for want of disk space
+    /// ([`ChainError::is_disk_full`]).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Chain(error) if error.is_disk_full())
+    }
+}
+
 /// `error` and what caused it, each message once: libp2p's transport
 /// errors leave their own message empty and put it in their source.
 pub(super) fn with_causes(error: &dyn std::error::Error) -> String {

@@ -119,7 +119,7 @@ impl Node {
         if let Some(write) = self.head.pending.take() {
             let cost = write.await.map_err(|e| ChainError::Write {
                 path: self.data.root().join("head.ckpt").display().to_string(),
-                reason: e.to_string(),
+                error: std::io::Error::other(e),
             })??;
             self.head.last_cost = cost;
             self.head.last_done = std::time::Instant::now();
@@ -233,7 +233,7 @@ fn joined<T>(
     result.unwrap_or_else(|e| {
         Err(ChainError::Write {
             path: data.root().display().to_string(),
-            reason: e.to_string(),
+            error: std::io::Error::other(e),
         })
     })
 }
