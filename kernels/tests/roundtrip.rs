@@ -60,10 +60,6 @@ proptest! {
             expected.kept.iter().map(|&(i, v)| (i, v.to_bits())).collect();
         prop_assert_eq!(entries, want_entries);
     }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
 
     /// A peer may send any bytes as a payload: decoding refuses them or
     /// gives a payload that re-encodes to exactly those bytes, and that

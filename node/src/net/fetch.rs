@@ -387,23 +387,15 @@ mod tests {
     use libp2p::swarm::SwarmEvent;
     use libp2p::StreamProtocol;
     use libp2p_stream::IncomingStreams;
-    use p2ptrain_protocol::SigningKey;
 
     use super::*;
-    use crate::net::{build_swarm, NetConfig};
+    use crate::net::loopback::swarm_pair;
 
     /// Two swarms on loopback, connected, each driven by a task of its
     /// own: the asking side's control, the serving side's and its id.
     async fn connected_pair() -> (Control, Control, PeerId) {
-        let config = NetConfig {
-            mdns: false,
-            ..NetConfig::default()
-        };
-        let mut asking = build_swarm(&SigningKey::from_bytes(&[21; 32]), &config).unwrap();
-        let mut serving = build_swarm(&SigningKey::from_bytes(&[22; 32]), &config).unwrap();
-        serving
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-            .unwrap();
+        let (mut asking, mut serving, address) = swarm_pair([21, 22]).await;
+        asking.dial(address).unwrap();
         let server = *serving.local_peer_id();
         let (ask, serve) = (
             asking.behaviour().fetch.new_control(),
@@ -412,11 +404,7 @@ mod tests {
         let mut connected = false;
         while !connected {
             tokio::select! {
-                event = serving.select_next_some() => {
-                    if let SwarmEvent::NewListenAddr { address, .. } = event {
-                        asking.dial(address).unwrap();
-                    }
-                }
+                _ = serving.select_next_some() => {}
                 event = asking.select_next_some() => {
                     connected = matches!(event, SwarmEvent::ConnectionEstablished { .. });
                 }

@@ -1,8 +1,34 @@
-//! Loopback sockets for the transport's tests.
+//! Loopback sockets and swarms for the network's tests.
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
 use libp2p::tcp::tokio::TcpStream;
+use libp2p::{Multiaddr, Swarm};
+use p2ptrain_protocol::SigningKey;
 use tokio::net::TcpListener;
+
+use super::{build_swarm, Behaviour, NetConfig};
+
+/// Two node swarms without mDNS, keyed by `seeds`: (asking, serving), the
+/// serving one listening on 127.0.0.1 at the address returned.
+pub(crate) async fn swarm_pair(seeds: [u8; 2]) -> (Swarm<Behaviour>, Swarm<Behaviour>, Multiaddr) {
+    let config = NetConfig {
+        mdns: false,
+        ..NetConfig::default()
+    };
+    let [asking, serving] =
+        seeds.map(|seed| build_swarm(&SigningKey::from_bytes(&[seed; 32]), &config).unwrap());
+    let mut serving = serving;
+    serving
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let address = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = serving.select_next_some().await {
+            break address;
+        }
+    };
+    (asking, serving, address)
+}
 
 /// Two ends of a loopback TCP connection: (dialer, listener).
 pub(crate) async fn socket_pair() -> (TcpStream, TcpStream) {

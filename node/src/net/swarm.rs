@@ -271,24 +271,12 @@ mod tests {
     use libp2p::swarm::{DialError, SwarmEvent};
 
     use super::*;
+    use crate::net::loopback::swarm_pair;
 
     #[tokio::test]
     async fn a_peer_past_its_connections_is_denied() {
-        let config = NetConfig {
-            mdns: false,
-            ..NetConfig::default()
-        };
-        let mut asking = build_swarm(&SigningKey::from_bytes(&[31; 32]), &config).unwrap();
-        let mut serving = build_swarm(&SigningKey::from_bytes(&[32; 32]), &config).unwrap();
-        serving
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-            .unwrap();
+        let (mut asking, mut serving, address) = swarm_pair([31, 32]).await;
         let server = *serving.local_peer_id();
-        let address = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = serving.select_next_some().await {
-                break address;
-            }
-        };
         tokio::spawn(async move {
             loop {
                 serving.select_next_some().await;
