@@ -34,7 +34,7 @@ fn contribution(engine: &Engine, author: &SigningKey) -> Signed<Contribution> {
         tokens: 1_000,
         payload: PayloadRef {
             hash: Digest::of(b"payload"),
-            len: 7,
+            len: engine.config.payload_len(),
         },
         compression: manifest.compression,
     };

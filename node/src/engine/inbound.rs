@@ -192,7 +192,9 @@ impl<C: Checker> Engine<C> {
             Some(RejectReason::WrongRun)
         } else if !self.config.allows(&c.author) || self.banned.contains(&c.author) {
             Some(RejectReason::NotAllowed)
-        } else if c.compression != self.config.manifest.compression {
+        } else if c.compression != self.config.manifest.compression
+            || c.payload.len != self.config.payload_len()
+        {
             Some(RejectReason::SettingsMismatch)
         } else if c.tokens == 0 || c.tokens > self.config.max_tokens {
             Some(RejectReason::TokensOutOfRange)

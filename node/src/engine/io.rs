@@ -51,6 +51,20 @@ impl EngineConfig {
         }
     }
 
+    /// The length of every payload of the run: set by the model's size and
+    /// the compression settings alone.
+    ///
+    /// ```
+    /// use p2ptrain_node::engine::EngineConfig;
+    /// use p2ptrain_protocol::{RunManifest, SigningKey};
+    ///
+    /// let config = EngineConfig::new(RunManifest::default(), SigningKey::from_bytes(&[1; 32]), 25_000_000);
+    /// assert!((600_000..700_000).contains(&config.payload_len()));
+    /// ```
+    pub fn payload_len(&self) -> u64 {
+        p2ptrain_kernels::Payload::encoded_len_for(self.params, &self.manifest.compression) as u64
+    }
+
     /// Whether `peer` may take part: on the run's allow-list and on this
     /// peer's own, where either exists.
     ///

@@ -749,3 +749,43 @@ fn a_contribution_signed_with_its_own_key_but_not_its_own_is_reported() {
     );
     assert!(swarm.banned.iter().all(|(i, _, _)| *i != 0));
 }
+
+#[test]
+fn a_contribution_naming_a_payload_of_another_length_is_rejected_unfetched() {
+    let mut engine = Engine::new(EngineConfig::new(manifest(), key(0), PARAMS)).unwrap();
+    let author = key(1);
+    let announced = |engine: &Engine, len: u64| {
+        let c = Contribution {
+            run: engine.run(),
+            round: 0,
+            base: manifest().genesis,
+            author: PeerKey::from(&author),
+            tokens: 1_000,
+            payload: PayloadRef {
+                hash: Digest::of(&len.to_le_bytes()),
+                len,
+            },
+            compression: manifest().compression,
+        };
+        Signed::sign(&c, &author).unwrap()
+    };
+    let expected = engine.config.payload_len();
+    for len in [expected - 1, expected + 1, 1 << 30] {
+        let signed = announced(&engine, len);
+        let outputs = engine.handle(0, Input::Announced(signed.clone()));
+        assert!(
+            matches!(outputs[..], [Output::Rejected(Rejection {
+                id,
+                reason: RejectReason::SettingsMismatch,
+                ..
+            })] if id == signed.id()),
+            "{len}: {outputs:?}"
+        );
+    }
+    let signed = announced(&engine, expected);
+    let outputs = engine.handle(0, Input::Announced(signed.clone()));
+    assert!(
+        matches!(outputs[..], [Output::Fetch { id, .. }] if id == signed.id()),
+        "{outputs:?}"
+    );
+}

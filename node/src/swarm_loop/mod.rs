@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{gossipsub, Multiaddr, PeerId, Swarm};
-use p2ptrain_kernels::Payload;
 use p2ptrain_protocol::{codec, Commit, Digest, PeerKey, RunManifest, Signed, SigningKey};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -246,11 +245,11 @@ impl Node {
         });
         let mut config = EngineConfig::new(manifest.clone(), setup.key, params);
         config.allow_list = setup.net.allow_list.map(|keys| keys.into_iter().collect());
+        let payload_len = config.payload_len();
         let engine = Engine::with_checker(config, head, Verify)?;
         let (trained_tx, trained_rx) = mpsc::channel(1);
         let (stepped_tx, stepped_rx) = mpsc::channel(4);
         let control = swarm.behaviour().fetch.new_control();
-        let payload_len = Payload::encoded_len_for(params, &manifest.compression) as u64;
         let (fetcher, fetch_answers) = Fetcher::new(control, setup.net.fetch_timeout, payload_len);
         let private = setup.net.psk.is_some();
         Ok(Self {
