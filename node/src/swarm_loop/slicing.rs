@@ -24,7 +24,7 @@ use super::Node;
 use crate::chain::{ChainState, DataDir};
 use crate::net::codec::{FetchRequest, FetchResponse};
 use crate::net::fetch::InboundFetch;
-use crate::net::slices::Outboard;
+use crate::net::slices::{Outboard, SLICE_LEN};
 
 /// The checkpoints served in slices.
 pub(super) struct Slicing {
@@ -110,8 +110,14 @@ impl Slicing {
     }
 }
 
-/// The answer to a slice request from `served`.
+/// The answer to a slice request from `served`: `Missing` for a range
+/// outside it, or longer than [`SLICE_LEN`], the slice nodes ask for (a
+/// longer one would make this node build an answer as large as the whole
+/// checkpoint, one per request).
 fn slice(served: &Outboard, start: u64, len: u64) -> FetchResponse {
+    if len > SLICE_LEN {
+        return FetchResponse::Missing;
+    }
     match served.slice(start, len) {
         Ok(body) => FetchResponse::Found {
             header: Vec::new(),
@@ -182,6 +188,17 @@ mod tests {
 
     fn built(seed: u8) -> Arc<Outboard> {
         Arc::new(Outboard::new(vec![seed; 5_000]))
+    }
+
+    #[test]
+    fn a_slice_longer_than_nodes_ask_for_is_not_served() {
+        let served = Outboard::new(vec![7; 3 * SLICE_LEN as usize]);
+        let found = |response| matches!(response, FetchResponse::Found { .. });
+        assert!(found(slice(&served, 0, SLICE_LEN)));
+        assert!(found(slice(&served, 2 * SLICE_LEN, SLICE_LEN)));
+        assert!(!found(slice(&served, 0, SLICE_LEN + 1)));
+        assert!(!found(slice(&served, 0, 3 * SLICE_LEN)));
+        assert!(!found(slice(&served, 3 * SLICE_LEN, 1)));
     }
 
     #[test]
