@@ -503,7 +503,8 @@ impl Node {
                     self.buffers.spare = Arc::try_unwrap(unused).ok().or(self.buffers.spare.take());
                 }
                 self.round_done(head, Some(contributions));
-                self.slicing.round_ended();
+                let held = self.state_hash;
+                self.slicing.round_ended(|hash| *hash == held);
                 self.wake_backfill();
                 let _ = self
                     .events

@@ -5,14 +5,17 @@
 //! hashing to build: about a third of a second for a 25M-parameter model's
 //! 200 MB, seconds for larger ones. They are built on a worker thread when a
 //! peer first asks for a checkpoint; requests for it wait meanwhile and are
-//! answered when it is ready. The last checkpoint built is kept for the
-//! next requests. Besides its head and the current round's outer-step
-//! results, a node serves its run's genesis checkpoint (read from its data
-//! directory), which a node joining the run without holding it fetches
-//! before the head. Genesis is kept apart from the last checkpoint built,
-//! so that a joiner's fetch of it does not cost the head a rebuild (nor
-//! can a peer asking for the two in turn make the node rebuild each
-//! without end), until a round ends in which no one asked for it.
+//! answered when it is ready. A checkpoint built is kept for the next
+//! requests while the node holds its state: its head, or an outer-step
+//! result of the current round. So each is built at most once, and a peer
+//! asking for two of them in turn cannot make the node rebuild each without
+//! end; the cost is a copy of each state asked for, beside the state itself.
+//!
+//! Besides those, a node serves its run's genesis checkpoint (read from its
+//! data directory), which a node joining the run without holding it fetches
+//! before the head. Genesis is kept apart, so that a joiner's fetch of it
+//! does not cost the head a rebuild, until a round ends in which no one
+//! asked for it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,8 +31,9 @@ use crate::net::slices::{Outboard, SLICE_LEN};
 
 /// The checkpoints served in slices.
 pub(super) struct Slicing {
-    /// The last one built, genesis apart.
-    ready: Option<Arc<Outboard>>,
+    /// Those built from states the node held when each was kept, genesis
+    /// apart.
+    held: HashMap<Digest, Arc<Outboard>>,
     /// The run's genesis checkpoint, once asked for.
     genesis: Option<Arc<Outboard>>,
     /// Whether genesis was asked for since the last round ended.
@@ -64,7 +68,7 @@ impl Slicing {
     pub(super) fn new() -> Self {
         let (built_tx, built_rx) = mpsc::channel(2);
         Self {
-            ready: None,
+            held: HashMap::new(),
             genesis: None,
             genesis_asked: false,
             building: HashMap::new(),
@@ -84,26 +88,28 @@ impl Slicing {
         if hash == genesis {
             self.genesis_asked = true;
         }
-        [&self.ready, &self.genesis]
-            .into_iter()
-            .flatten()
-            .find(|served| served.hash() == hash)
+        self.held
+            .get(&hash)
+            .or(self.genesis.as_ref().filter(|served| served.hash() == hash))
             .cloned()
     }
 
     /// Keeps a checkpoint just built for the next requests: in the genesis
-    /// slot if it is the run's `genesis`, else in place of the last built.
-    fn keep(&mut self, served: Arc<Outboard>, genesis: Digest) {
+    /// slot if it is the run's `genesis`, else beside the others whose
+    /// states the node still `holds` (those it no longer holds are dropped).
+    fn keep(&mut self, served: Arc<Outboard>, genesis: Digest, holds: impl Fn(&Digest) -> bool) {
         if served.hash() == genesis {
             self.genesis = Some(served);
         } else {
-            self.ready = Some(served);
+            self.held.retain(|hash, _| holds(hash));
+            self.held.insert(served.hash(), served);
         }
     }
 
-    /// A round ended: genesis is dropped if no one asked for it during the
-    /// round.
-    pub(super) fn round_ended(&mut self) {
+    /// A round ended: the checkpoints of states the node no longer `holds`
+    /// are dropped, and genesis if no one asked for it during the round.
+    pub(super) fn round_ended(&mut self, holds: impl Fn(&Digest) -> bool) {
+        self.held.retain(|hash, _| holds(hash));
         if !std::mem::take(&mut self.genesis_asked) {
             self.genesis = None;
         }
@@ -177,7 +183,9 @@ impl Node {
             self.respond(inbound, response);
         }
         if let Some(served) = served {
-            self.slicing.keep(served, self.manifest.genesis);
+            let (head, tentative) = (self.state_hash, &self.tentative);
+            let holds = |hash: &Digest| *hash == head || tentative.contains_key(hash);
+            self.slicing.keep(served, self.manifest.genesis, holds);
         }
     }
 }
@@ -205,26 +213,57 @@ mod tests {
     fn genesis_is_kept_apart_from_the_head_until_a_round_ends_unasked() {
         let (genesis, head, next) = (built(1), built(2), built(3));
         let mut slicing = Slicing::new();
-        slicing.keep(head.clone(), genesis.hash());
+        let holds = |held: Digest| move |hash: &Digest| *hash == held;
+        slicing.keep(head.clone(), genesis.hash(), holds(head.hash()));
         assert!(slicing.served(genesis.hash(), genesis.hash()).is_none());
-        slicing.keep(genesis.clone(), genesis.hash());
+        slicing.keep(genesis.clone(), genesis.hash(), holds(head.hash()));
         // A joiner fetches genesis, then the head: neither is rebuilt.
         for hash in [genesis.hash(), head.hash(), genesis.hash()] {
             let served = slicing.served(hash, genesis.hash()).unwrap();
             assert_eq!(served.hash(), hash);
         }
-        // A newer head takes the head's place, not genesis'.
-        slicing.keep(next.clone(), genesis.hash());
+        // A newer head takes the place of one no longer held, not genesis'.
+        slicing.keep(next.clone(), genesis.hash(), holds(next.hash()));
         assert!(slicing.served(head.hash(), genesis.hash()).is_none());
         assert!(slicing.served(next.hash(), genesis.hash()).is_some());
         // Asked for in a round: kept through its end, and asked for again.
-        slicing.round_ended();
+        slicing.round_ended(holds(next.hash()));
         assert!(slicing.served(genesis.hash(), genesis.hash()).is_some());
-        slicing.round_ended();
+        slicing.round_ended(holds(next.hash()));
         // A round in which only the head is asked for: genesis is dropped.
         assert!(slicing.served(next.hash(), genesis.hash()).is_some());
-        slicing.round_ended();
+        slicing.round_ended(holds(next.hash()));
         assert!(slicing.served(genesis.hash(), genesis.hash()).is_none());
         assert!(slicing.served(next.hash(), genesis.hash()).is_some());
+    }
+
+    #[test]
+    fn each_state_held_is_built_once_and_dropped_when_no_longer_held() {
+        let (genesis, head, result, other) = (built(1), built(2), built(3), built(4));
+        let (head_hash, result_hash) = (head.hash(), result.hash());
+        let mut slicing = Slicing::new();
+        // The head and two results of the round are held.
+        let in_round = |hash: &Digest| *hash != genesis.hash();
+        for served in [&head, &result, &other] {
+            slicing.keep(served.clone(), genesis.hash(), in_round);
+        }
+        // Asked for in turn, each is served as built, none rebuilt.
+        for _ in 0..3 {
+            for served in [&head, &result, &other] {
+                let hash = served.hash();
+                assert!(Arc::ptr_eq(&slicing.served(hash, genesis.hash()).unwrap(), served));
+            }
+        }
+        // The round ends on `result`: the others' are dropped.
+        slicing.round_ended(|hash| *hash == result_hash);
+        assert!(slicing.served(result_hash, genesis.hash()).is_some());
+        assert!(slicing.served(head_hash, genesis.hash()).is_none());
+        assert!(slicing.served(other.hash(), genesis.hash()).is_none());
+        // Keeping one drops those no longer held, without a round's end.
+        let next = built(5);
+        let next_hash = next.hash();
+        slicing.keep(next, genesis.hash(), |hash| *hash == next_hash);
+        assert!(slicing.served(result_hash, genesis.hash()).is_none());
+        assert!(slicing.served(next_hash, genesis.hash()).is_some());
     }
 }
