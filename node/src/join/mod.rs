@@ -266,7 +266,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         // On a large model an inner step on the CPU takes minutes.
         report.note(
             "stopping",
-            "stopping: the inner step under way ends first (a step trained in passes, \
+            "stopping: an inner step under way ends first (a step trained in passes, \
              at the end of its pass), then head.ckpt and the residual are written \
              (Ctrl-C again stops at once: that step's training is lost, nothing on disk is)",
         );

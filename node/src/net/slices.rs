@@ -110,7 +110,8 @@ impl Outboard {
     /// [`SliceError::OutOfRange`] unless the range lies in the content.
     pub fn slice(&self, start: u64, len: u64) -> Result<Vec<u8>, SliceError> {
         check_range(start, len, self.len())?;
-        let mut slice = Vec::new();
+        let longest = usize::try_from(longest_slice(len)).unwrap_or(0);
+        let mut slice = Vec::with_capacity(longest);
         bao::encode::SliceExtractor::new_outboard(
             Cursor::new(&self.content),
             Cursor::new(&self.tree),

@@ -250,8 +250,8 @@ mod tests {
         // Asked for in turn, each is served as built, none rebuilt.
         for _ in 0..3 {
             for served in [&head, &result, &other] {
-                let hash = served.hash();
-                assert!(Arc::ptr_eq(&slicing.served(hash, genesis.hash()).unwrap(), served));
+                let kept = slicing.served(served.hash(), genesis.hash()).unwrap();
+                assert!(Arc::ptr_eq(&kept, served));
             }
         }
         // The round ends on `result`: the others' are dropped.

@@ -447,7 +447,7 @@ fn a_second_sigterm_stops_a_node_at_once_and_it_resumes_from_disk() {
     });
     node.terminate();
     node.wait_for("the line that says the step ends first", |s, line| {
-        (s == Stream::Err && line.starts_with("stopping: the inner step under way")).then_some(())
+        (s == Stream::Err && line.starts_with("stopping: an inner step under way")).then_some(())
     });
     node.terminate();
     assert_eq!(node.exit().code(), Some(130));
