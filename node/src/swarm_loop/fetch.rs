@@ -16,14 +16,25 @@ use crate::net::fetch::{FetchAnswer, FetchId, InboundFetch};
 use crate::net::{peer_id, peer_key};
 
 impl Node {
-    /// Answers a peer's request from what this node holds (a checkpoint
-    /// slice, perhaps later: see [`super::slicing`]).
+    /// Answers a peer's request from what this node holds: at once from
+    /// memory, later for a checkpoint slice (see [`super::slicing`]) or
+    /// for what is read from disk (see [`super::stored`]).
     pub(super) fn on_inbound_fetch(&mut self, inbound: InboundFetch) {
-        if let FetchRequest::CheckpointSlice { .. } = inbound.request {
-            return self.serve_slice(inbound);
+        match inbound.request {
+            FetchRequest::CheckpointSlice { .. } => self.serve_slice(inbound),
+            FetchRequest::Record(_) | FetchRequest::StoredPayload(_) => {
+                let request = inbound.request;
+                self.stored.start(self.data.clone(), request, inbound);
+            }
+            FetchRequest::Payload(id) => {
+                let response = self.serve_payload(id);
+                self.respond(inbound, response);
+            }
+            FetchRequest::RunManifest(run) => {
+                let response = self.serve_manifest(run);
+                self.respond(inbound, response);
+            }
         }
-        let response = self.serve(inbound.request);
-        self.respond(inbound, response);
     }
 
     /// Sends `response` to the peer that asked, counting its bytes.
@@ -66,49 +77,26 @@ impl Node {
         }
     }
 
-    /// The answer to a request for a payload, a record or the run's
-    /// manifest.
-    fn serve(&mut self, request: FetchRequest) -> FetchResponse {
-        match request {
-            FetchRequest::Payload(id) => match self.engine.payload(&id) {
-                Some((signed, bytes)) => match codec::encode(&signed) {
-                    Ok(header) => FetchResponse::Found {
-                        header,
-                        body: bytes,
-                    },
-                    Err(_) => FetchResponse::Missing,
-                },
-                None => FetchResponse::Missing,
+    /// The answer to a request for payload `id` of the current round,
+    /// with its signed contribution.
+    fn serve_payload(&self, id: Digest) -> FetchResponse {
+        let found = self.engine.payload(&id).and_then(|(signed, body)| {
+            let header = codec::encode(&signed).ok()?;
+            Some(FetchResponse::Found { header, body })
+        });
+        found.unwrap_or(FetchResponse::Missing)
+    }
+
+    /// The answer to a request for run manifest `run`: this node's, if it
+    /// is that one.
+    fn serve_manifest(&self, run: Digest) -> FetchResponse {
+        let manifest = codec::encode(&self.manifest).ok();
+        match manifest.filter(|bytes| Digest::of(bytes) == run) {
+            Some(bytes) => FetchResponse::Found {
+                header: Vec::new(),
+                body: Arc::from(bytes),
             },
-            FetchRequest::Record(round) => match self.data.record(round) {
-                Ok(Some(record)) => match codec::encode(&record) {
-                    Ok(body) => FetchResponse::Found {
-                        header: Vec::new(),
-                        body: Arc::from(body),
-                    },
-                    Err(_) => FetchResponse::Missing,
-                },
-                _ => FetchResponse::Missing,
-            },
-            FetchRequest::StoredPayload(hash) => match self.data.payload(&hash) {
-                Ok(body) => FetchResponse::Found {
-                    header: Vec::new(),
-                    body: Arc::from(body),
-                },
-                Err(_) => FetchResponse::Missing,
-            },
-            FetchRequest::RunManifest(run) => {
-                let manifest = codec::encode(&self.manifest).ok();
-                match manifest.filter(|bytes| Digest::of(bytes) == run) {
-                    Some(bytes) => FetchResponse::Found {
-                        header: Vec::new(),
-                        body: Arc::from(bytes),
-                    },
-                    None => FetchResponse::Missing,
-                }
-            }
-            // Served by `serve_slice`.
-            FetchRequest::CheckpointSlice { .. } => FetchResponse::Missing,
+            None => FetchResponse::Missing,
         }
     }
 

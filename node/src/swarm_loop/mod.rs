@@ -17,6 +17,7 @@ mod repeat;
 mod replica;
 mod slicing;
 mod status;
+mod stored;
 mod swarm_events;
 mod worker;
 
@@ -148,6 +149,8 @@ pub struct Node {
     circuits: discovery::Circuits,
     /// Checkpoints served in slices.
     slicing: slicing::Slicing,
+    /// Records and payloads of past rounds being read to serve peers.
+    stored: stored::StoredReads<fetching::InboundFetch>,
     events: mpsc::Sender<NodeEvent>,
     epoch: Instant,
     resumed_from: ResumedFrom,
@@ -289,6 +292,7 @@ impl Node {
             relayed: false,
             circuits: discovery::Circuits::new(),
             slicing: slicing::Slicing::new(),
+            stored: stored::StoredReads::new(),
             events,
             epoch: Instant::now(),
             resumed_from: resumed.from,
@@ -372,6 +376,7 @@ impl Node {
                 Some(inbound) = inbound_fetches.recv() => self.on_inbound_fetch(inbound),
                 Some(answer) = self.fetch_answers.recv() => self.on_fetch_answer(answer).await?,
                 Some((hash, served)) = self.slicing.built() => self.on_sliced(hash, served),
+                Some((inbound, response)) = self.stored.answered() => self.respond(inbound, response),
                 Some(stepped) = self.stepped_rx.recv() => self.on_stepped(stepped).await?,
                 Some((worker, update)) = self.trained_rx.recv() => {
                     self.train_loss = worker.last_loss().or(self.train_loss);

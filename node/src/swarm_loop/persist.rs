@@ -239,13 +239,14 @@ fn joined<T>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use p2ptrain_protocol::{Commit, IdSet, PeerKey, Signed, SigningKey};
 
     use super::*;
     use crate::scratch::scratch_dir;
 
-    fn record(round: u64) -> RoundRecord {
+    /// A record of `round` with no contributions, signed by a fixed key.
+    pub(in crate::swarm_loop) fn record(round: u64) -> RoundRecord {
         let key = SigningKey::from_bytes(&[4; 32]);
         let commit = Commit {
             run: Digest::of(b"run"),
