@@ -7,6 +7,7 @@ use std::sync::Arc;
 use libp2p::PeerId;
 use p2ptrain_protocol::{codec, Digest};
 
+use super::answers;
 use super::download::{Download, Progress};
 use super::{Node, NodeError, NodeEvent};
 use crate::chain::ChainState;
@@ -17,14 +18,15 @@ use crate::net::{peer_id, peer_key};
 
 impl Node {
     /// Answers a peer's request from what this node holds: at once from
-    /// memory, later for a checkpoint slice (see [`super::slicing`]) or
-    /// for what is read from disk (see [`super::stored`]).
+    /// memory, off the event loop for what is read from disk or cut from a
+    /// checkpoint (see [`super::answers`] and [`super::slicing`]).
     pub(super) fn on_inbound_fetch(&mut self, inbound: InboundFetch) {
         match inbound.request {
             FetchRequest::CheckpointSlice { .. } => self.serve_slice(inbound),
             FetchRequest::Record(_) | FetchRequest::StoredPayload(_) => {
-                let request = inbound.request;
-                self.stored.start(self.data.clone(), request, inbound);
+                let (data, request) = (self.data.clone(), inbound.request);
+                self.answers
+                    .start(inbound, move || answers::stored_answer(&data, request));
             }
             FetchRequest::Payload(id) => {
                 let response = self.serve_payload(id);

@@ -3,6 +3,7 @@
 //! asks — train, announce, fetch, apply, commit, record. Everything else
 //! talks to it through bounded channels ([`Command`] in, [`NodeEvent`] out).
 
+mod answers;
 mod backfill;
 mod discovery;
 mod download;
@@ -17,7 +18,6 @@ mod repeat;
 mod replica;
 mod slicing;
 mod status;
-mod stored;
 mod swarm_events;
 mod worker;
 
@@ -149,8 +149,8 @@ pub struct Node {
     circuits: discovery::Circuits,
     /// Checkpoints served in slices.
     slicing: slicing::Slicing,
-    /// Records and payloads of past rounds being read to serve peers.
-    stored: stored::StoredReads<fetching::InboundFetch>,
+    /// Answers to peers being made off the event loop.
+    answers: answers::Answers<fetching::InboundFetch>,
     events: mpsc::Sender<NodeEvent>,
     epoch: Instant,
     resumed_from: ResumedFrom,
@@ -292,7 +292,7 @@ impl Node {
             relayed: false,
             circuits: discovery::Circuits::new(),
             slicing: slicing::Slicing::new(),
-            stored: stored::StoredReads::new(),
+            answers: answers::Answers::new(),
             events,
             epoch: Instant::now(),
             resumed_from: resumed.from,
@@ -376,7 +376,7 @@ impl Node {
                 Some(inbound) = inbound_fetches.recv() => self.on_inbound_fetch(inbound),
                 Some(answer) = self.fetch_answers.recv() => self.on_fetch_answer(answer).await?,
                 Some((hash, served)) = self.slicing.built() => self.on_sliced(hash, served),
-                Some((inbound, response)) = self.stored.answered() => self.respond(inbound, response),
+                Some((inbound, response)) = self.answers.made() => self.respond(inbound, response),
                 Some(stepped) = self.stepped_rx.recv() => self.on_stepped(stepped).await?,
                 Some((worker, update)) = self.trained_rx.recv() => {
                     self.train_loss = worker.last_loss().or(self.train_loss);

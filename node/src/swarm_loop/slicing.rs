@@ -4,8 +4,9 @@
 //! ([`Outboard`]), which take a copy of the whole state and a pass of
 //! hashing to build: about a third of a second for a 25M-parameter model's
 //! 200 MB, seconds for larger ones. They are built on a worker thread when a
-//! peer first asks for a checkpoint; requests for it wait meanwhile and are
-//! answered when it is ready. A checkpoint built is kept for the next
+//! peer first asks for a checkpoint; requests for it wait meanwhile. Each
+//! slice is then cut off the event loop too ([`super::answers`]).
+//! A checkpoint built is kept for the next
 //! requests while the node holds its state: its head, or an outer-step
 //! result of the current round. So each is built at most once, and a peer
 //! asking for two of them in turn cannot make the node rebuild each without
@@ -143,8 +144,9 @@ impl Node {
         };
         let slicing = &mut self.slicing;
         if let Some(served) = slicing.served(hash, self.manifest.genesis) {
-            let response = slice(&served, start, len);
-            return self.respond(inbound, response);
+            return self
+                .answers
+                .start(inbound, move || slice(&served, start, len));
         }
         if let Some(waiting) = slicing.building.get_mut(&hash) {
             waiting.push(inbound);
@@ -174,13 +176,14 @@ impl Node {
         // (a genesis file changed on disk), nothing is served from it.
         let served = served.map(Arc::new).filter(|s| s.hash() == hash);
         for inbound in waiting {
-            let response = match (&served, inbound.request) {
+            match (&served, inbound.request) {
                 (Some(served), FetchRequest::CheckpointSlice { start, len, .. }) => {
-                    slice(served, start, len)
+                    let served = served.clone();
+                    self.answers
+                        .start(inbound, move || slice(&served, start, len));
                 }
-                _ => FetchResponse::Missing,
-            };
-            self.respond(inbound, response);
+                _ => self.respond(inbound, FetchResponse::Missing),
+            }
         }
         if let Some(served) = served {
             let (head, tentative) = (self.state_hash, &self.tentative);
