@@ -195,15 +195,11 @@ impl DataDir {
         self.checkpoint(&self.file("genesis.ckpt"), len)
     }
 
-    /// The genesis checkpoint's bytes as they lie on disk, unchecked (to
-    /// serve them: a peer checks what it receives against the run's
-    /// genesis hash).
-    ///
-    /// # Errors
-    ///
-    /// [`ChainError::Io`] if it cannot be read.
-    pub fn genesis_bytes(&self) -> Result<Vec<u8>, ChainError> {
-        self.read(&self.file("genesis.ckpt"))
+    /// The genesis checkpoint's file, to serve its bytes as they lie on
+    /// disk (a peer checks what it receives against the run's genesis
+    /// hash).
+    pub fn genesis_path(&self) -> PathBuf {
+        self.file("genesis.ckpt")
     }
 
     /// Reads the latest checkpoint, if one was written.

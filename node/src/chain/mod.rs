@@ -19,7 +19,7 @@ use p2ptrain_protocol::{CodecError, Digest};
 pub use datadir::{Announcement, DataDir, DirLock};
 pub use history::history;
 pub use resume::{latest, resume, Resumed, ResumedFrom};
-pub use state::ChainState;
+pub use state::{ChainState, StateReader};
 pub use step::{Buffers, StepInput};
 pub use verify::{replay, replay_with_progress, Verified};
 

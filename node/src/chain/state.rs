@@ -57,6 +57,25 @@ impl ChainState {
         bytes
     }
 
+    /// A reader of the state's bytes where they lie, which seeks too: what
+    /// [`to_bytes`](Self::to_bytes) returns, without the copy.
+    ///
+    /// ```
+    /// use std::io::{Read, Seek, SeekFrom};
+    /// use p2ptrain_node::chain::ChainState;
+    ///
+    /// let state = ChainState::genesis(vec![0.5, -2.0, 7.25]);
+    /// let mut reader = state.reader();
+    /// reader.seek(SeekFrom::Start(10))?;
+    /// let mut rest = Vec::new();
+    /// reader.read_to_end(&mut rest)?;
+    /// assert_eq!(rest, state.to_bytes()[10..]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn reader(&self) -> StateReader<'_> {
+        StateReader { state: self, at: 0 }
+    }
+
     /// Writes the state's bytes to `out`, a block at a time.
     ///
     /// # Errors
@@ -206,6 +225,65 @@ fn for_each_byte_block(values: &[f32], f: &mut impl FnMut(&[u8])) {
     }
 }
 
+/// Reads a [`ChainState`]'s bytes in place: see [`ChainState::reader`].
+#[derive(Debug)]
+pub struct StateReader<'a> {
+    state: &'a ChainState,
+    /// The next byte read.
+    at: u64,
+}
+
+impl std::io::Read for StateReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let params_len = 4 * self.state.params.len() as u64;
+        let read = if self.at < params_len {
+            copy_le_bytes(&self.state.params, self.at, out)
+        } else {
+            copy_le_bytes(&self.state.momentum, self.at - params_len, out)
+        };
+        self.at += read as u64;
+        Ok(read)
+    }
+}
+
+impl std::io::Seek for StateReader<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        use std::io::SeekFrom;
+        let at = match to {
+            SeekFrom::Start(at) => Some(at),
+            SeekFrom::End(by) => self.state.byte_len().checked_add_signed(by),
+            SeekFrom::Current(by) => self.at.checked_add_signed(by),
+        };
+        self.at = at.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a seek before the first byte",
+            )
+        })?;
+        Ok(self.at)
+    }
+}
+
+/// Copies the little-endian bytes of `values` from byte `from` into `out`,
+/// as many as fit; how many (0 from the end on).
+fn copy_le_bytes(values: &[f32], from: u64, out: &mut [u8]) -> usize {
+    let len = 4 * values.len();
+    let Some(from) = usize::try_from(from).ok().filter(|from| *from < len) else {
+        return 0;
+    };
+    let copied = out.len().min(len - from);
+    if cfg!(target_endian = "little") {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        out[..copied].copy_from_slice(&bytes[from..from + copied]);
+    } else {
+        for (i, byte) in out[..copied].iter_mut().enumerate() {
+            let at = from + i;
+            *byte = values[at / 4].to_le_bytes()[at % 4];
+        }
+    }
+    copied
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +294,46 @@ mod tests {
             params: (0..len).map(|i| i as f32 * 0.5 - 3.0).collect(),
             momentum: (0..len).map(|i| -(i as f32) * 1e-3).collect(),
         }
+    }
+
+    #[test]
+    fn the_reader_reads_the_bytes_from_anywhere_in_any_pieces() {
+        use std::io::{Read, Seek, SeekFrom};
+        let state = varied(1_000);
+        let bytes = state.to_bytes();
+        let total = bytes.len() as u64;
+        for (from, piece) in [
+            (0, 1),
+            (0, 7),
+            (3_998, 5),
+            (4_000, 3),
+            (7_990, 64),
+            (5, 8_000),
+        ] {
+            let mut reader = state.reader();
+            assert_eq!(reader.seek(SeekFrom::Start(from)).unwrap(), from);
+            let mut read = Vec::new();
+            let mut buffer = vec![0; piece];
+            loop {
+                let n = reader.read(&mut buffer).unwrap();
+                if n == 0 {
+                    break;
+                }
+                read.extend_from_slice(&buffer[..n]);
+            }
+            assert_eq!(
+                read,
+                bytes[from as usize..],
+                "from {from} in pieces of {piece}"
+            );
+        }
+        let mut reader = state.reader();
+        assert_eq!(reader.seek(SeekFrom::End(-3)).unwrap(), total - 3);
+        assert_eq!(reader.seek(SeekFrom::Current(1)).unwrap(), total - 2);
+        assert!(reader.seek(SeekFrom::Current(-(total as i64))).is_err());
+        // Past the end reads nothing.
+        reader.seek(SeekFrom::Start(total + 10)).unwrap();
+        assert_eq!(reader.read(&mut [0; 4]).unwrap(), 0);
     }
 
     #[test]

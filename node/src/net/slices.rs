@@ -5,8 +5,9 @@
 //! The checkpoint hash is the BLAKE3 of the state's bytes, and BLAKE3 is a
 //! tree: a slice sent with the hashes of the subtrees beside its path (the
 //! Bao slice format) proves itself against the root alone. A server keeps
-//! the tree's inner nodes (the outboard, about 6% of the state) beside the
-//! bytes and cuts slices from them.
+//! the tree's inner nodes (the outboard, about 6% of the state) and cuts
+//! slices from them and the bytes, wherever those lie ([`Content`]: in
+//! memory, in a state held, in a file).
 //!
 //! ```
 //! use p2ptrain_node::net::slices::{plan, verify_slice, Outboard};
@@ -26,7 +27,9 @@
 //! # Ok::<(), p2ptrain_node::net::slices::SliceError>(())
 //! ```
 
-use std::io::{Cursor, Read};
+use std::fs::File;
+use std::io::{BufReader, Cursor, Read, Seek};
+use std::path::PathBuf;
 
 use p2ptrain_protocol::Digest;
 
@@ -57,6 +60,9 @@ pub enum SliceError {
     /// The slice does not prove itself against the hash.
     #[error("the slice does not match the checkpoint hash: {0}")]
     Invalid(std::io::Error),
+    /// The checkpoint's bytes could not be read to cut the slice.
+    #[error("the checkpoint's bytes cannot be read: {0}")]
+    Read(std::io::Error),
     /// The slice asked for lies outside the checkpoint.
     #[error("slice {start}+{len} is outside a checkpoint of {total} bytes")]
     OutOfRange {
@@ -69,23 +75,125 @@ pub enum SliceError {
     },
 }
 
-/// A checkpoint's bytes with its BLAKE3 tree, ready to serve slices.
-#[derive(Debug, Clone)]
+/// Bytes that slices are cut from, wherever they lie.
+pub trait Content: Send + Sync {
+    /// How many there are.
+    fn len(&self) -> u64;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A reader of them from the first, which slicing seeks.
+    ///
+    /// # Errors
+    ///
+    /// Why they cannot be read.
+    fn reader(&self) -> std::io::Result<Box<dyn ReadSeek + '_>>;
+}
+
+/// What [`Content::reader`] gives.
+pub trait ReadSeek: Read + Seek {}
+
+impl<T: Read + Seek> ReadSeek for T {}
+
+impl Content for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+
+    fn reader(&self) -> std::io::Result<Box<dyn ReadSeek + '_>> {
+        Ok(Box::new(Cursor::new(self.as_slice())))
+    }
+}
+
+/// A file's bytes, read from disk for each slice rather than held in
+/// memory.
+#[derive(Debug)]
+pub struct OnDisk {
+    path: PathBuf,
+    len: u64,
+}
+
+impl OnDisk {
+    /// The bytes of the file at `path`, as long as it is now.
+    ///
+    /// # Errors
+    ///
+    /// Why its length cannot be read.
+    pub fn new(path: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let path = path.into();
+        let len = std::fs::metadata(&path)?.len();
+        Ok(Self { path, len })
+    }
+}
+
+impl Content for OnDisk {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn reader(&self) -> std::io::Result<Box<dyn ReadSeek + '_>> {
+        let file = File::open(&self.path)?;
+        Ok(Box::new(BufReader::with_capacity(64 * 1024, file)))
+    }
+}
+
+/// A checkpoint's bytes ([`Content`]) with its BLAKE3 tree, ready to serve
+/// slices.
 pub struct Outboard {
-    content: Vec<u8>,
+    content: Box<dyn Content>,
     tree: Vec<u8>,
     hash: Digest,
 }
 
+impl std::fmt::Debug for Outboard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outboard")
+            .field("len", &self.len())
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Outboard {
-    /// Hashes `content` and keeps its tree.
+    /// Hashes `content`, held in memory, and keeps its tree.
     pub fn new(content: Vec<u8>) -> Self {
         let (tree, hash) = bao::encode::outboard(&content);
         Self {
-            content,
+            content: Box::new(content),
             tree,
             hash: Digest::from_bytes(*hash.as_bytes()),
         }
+    }
+
+    /// Hashes `content`, read once through, and keeps its tree; the bytes
+    /// are read again for each slice.
+    ///
+    /// # Errors
+    ///
+    /// Why `content` cannot be read; a short read is one (the tree would
+    /// not be `content`'s).
+    pub fn of(content: impl Content + 'static) -> std::io::Result<Self> {
+        let len = content.len();
+        let tree_len = usize::try_from(bao::encode::outboard_size(len)).unwrap_or(0);
+        let mut tree = Vec::with_capacity(tree_len);
+        let mut encoder = bao::encode::Encoder::new_outboard(Cursor::new(&mut tree));
+        let read = std::io::copy(&mut content.reader()?.take(len), &mut encoder)?;
+        if read != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{read} bytes read of {len}"),
+            ));
+        }
+        let hash = encoder.finalize()?;
+        drop(encoder);
+        Ok(Self {
+            content: Box::new(content),
+            tree,
+            hash: Digest::from_bytes(*hash.as_bytes()),
+        })
     }
 
     /// The BLAKE3 of the content: the checkpoint hash.
@@ -95,12 +203,12 @@ impl Outboard {
 
     /// The content's length in bytes.
     pub fn len(&self) -> u64 {
-        self.content.len() as u64
+        self.content.len()
     }
 
     /// Whether the content is empty.
     pub fn is_empty(&self) -> bool {
-        self.content.is_empty()
+        self.len() == 0
     }
 
     /// The slice of `len` bytes from `start`, with the hashes that prove it.
@@ -113,13 +221,13 @@ impl Outboard {
         let longest = usize::try_from(longest_slice(len)).unwrap_or(0);
         let mut slice = Vec::with_capacity(longest);
         bao::encode::SliceExtractor::new_outboard(
-            Cursor::new(&self.content),
+            self.content.reader().map_err(SliceError::Read)?,
             Cursor::new(&self.tree),
             start,
             len,
         )
         .read_to_end(&mut slice)
-        .map_err(SliceError::Invalid)?;
+        .map_err(SliceError::Read)?;
         Ok(slice)
     }
 }
@@ -249,5 +357,46 @@ mod tests {
             served.slice(total, 1),
             Err(SliceError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn a_file_or_a_reader_serves_the_slices_its_bytes_in_memory_do() {
+        let bytes = content(2 * SLICE_LEN as usize + 5_000);
+        let path = crate::scratch::scratch_dir("slices-on-disk").join("genesis.ckpt");
+        std::fs::write(&path, &bytes).unwrap();
+        let in_memory = Outboard::new(bytes.clone());
+        let on_disk = Outboard::of(OnDisk::new(&path).unwrap()).unwrap();
+        assert_eq!(on_disk.hash(), in_memory.hash());
+        assert_eq!(on_disk.len(), in_memory.len());
+        for (start, len) in [
+            (0, SLICE_LEN),
+            (SLICE_LEN, SLICE_LEN),
+            (2 * SLICE_LEN, 5_000),
+            (1_023, 2_050),
+        ] {
+            assert_eq!(
+                on_disk.slice(start, len).unwrap(),
+                in_memory.slice(start, len).unwrap()
+            );
+        }
+        // A file cut short after it was hashed serves no slice of what is gone.
+        std::fs::write(&path, &bytes[..SLICE_LEN as usize]).unwrap();
+        assert!(on_disk.slice(0, SLICE_LEN).is_ok());
+        assert!(matches!(
+            on_disk.slice(SLICE_LEN, SLICE_LEN),
+            Err(SliceError::Read(_))
+        ));
+        // Content shorter than it says is refused when hashed.
+        struct Short;
+        impl Content for Short {
+            fn len(&self) -> u64 {
+                10
+            }
+            fn reader(&self) -> std::io::Result<Box<dyn ReadSeek + '_>> {
+                Ok(Box::new(Cursor::new(&[1u8; 4][..])))
+            }
+        }
+        assert!(Outboard::of(Short).is_err());
+        std::fs::remove_file(&path).unwrap();
     }
 }

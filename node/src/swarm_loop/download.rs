@@ -16,7 +16,7 @@ use p2ptrain_protocol::Digest;
 
 use crate::chain::ChainState;
 use crate::engine::Head;
-use crate::net::slices::{self, SliceError};
+use crate::net::slices;
 
 /// Slice requests in flight per peer at most.
 const IN_FLIGHT_PER_PEER: usize = 4;
@@ -154,7 +154,7 @@ impl<K: Hash + Eq + Copy> Download<K> {
                     self.held += 1;
                 }
             }
-            Some(Err(SliceError::Invalid(_) | SliceError::OutOfRange { .. })) => {
+            Some(Err(_)) => {
                 // A wrong slice: this peer is asked nothing more.
                 self.peers.retain(|p| *p != peer);
                 self.waiting.insert(index);

@@ -1,24 +1,27 @@
 //! Serving a checkpoint in slices without stopping the event loop.
 //!
 //! A slice is cut from the checkpoint's bytes and its BLAKE3 tree
-//! ([`Outboard`]), which take a copy of the whole state and a pass of
-//! hashing to build: about a third of a second for a 25M-parameter model's
-//! 200 MB, seconds for larger ones. They are built on a worker thread when a
-//! peer first asks for a checkpoint; requests for it wait meanwhile. Each
-//! slice is then cut off the event loop too ([`super::answers`]).
-//! A checkpoint built is kept for the next
-//! requests while the node holds its state: its head, or an outer-step
-//! result of the current round. So each is built at most once, and a peer
-//! asking for two of them in turn cannot make the node rebuild each without
-//! end; the cost is a copy of each state asked for, beside the state itself.
+//! ([`Outboard`]). The tree takes a pass of hashing over the bytes to build
+//! (about a third of a second for a 25M-parameter model's 200 MB, seconds
+//! for larger ones), and is about 6% of their size. It is built on a worker
+//! thread when a peer first asks for a checkpoint; requests for it wait
+//! meanwhile. Each slice is then cut off the event loop too
+//! ([`super::answers`]), from the bytes where they lie: a state the node
+//! holds is read in place, not copied.
 //!
-//! Besides those, a node serves its run's genesis checkpoint (read from its
-//! data directory), which a node joining the run without holding it fetches
-//! before the head. Genesis is kept apart, so that a joiner's fetch of it
-//! does not cost the head a rebuild, until a round ends in which no one
-//! asked for it.
+//! A checkpoint's tree is kept for the next requests while the node holds
+//! its state: its head, or an outer-step result of the current round. So
+//! each is built at most once, and a peer asking for two of them in turn
+//! cannot make the node rebuild each without end.
+//!
+//! Besides those, a node serves its run's genesis checkpoint, read from its
+//! data directory for each slice, which a node joining the run without
+//! holding it fetches before the head. Its tree is kept apart, so that a
+//! joiner's fetch of it does not cost the head a rebuild, until a round ends
+//! in which no one asked for it.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 
 use p2ptrain_protocol::Digest;
@@ -28,7 +31,7 @@ use super::Node;
 use crate::chain::{ChainState, DataDir};
 use crate::net::codec::{FetchRequest, FetchResponse};
 use crate::net::fetch::InboundFetch;
-use crate::net::slices::{Outboard, SLICE_LEN};
+use crate::net::slices::{Content, OnDisk, Outboard, ReadSeek, SLICE_LEN};
 
 /// The checkpoints served in slices.
 pub(super) struct Slicing {
@@ -57,11 +60,23 @@ impl Source {
     /// The checkpoint's bytes, with their tree; `None` if they cannot be
     /// read.
     fn build(self) -> Option<Outboard> {
-        let bytes = match self {
-            Source::Held(state) => state.to_bytes(),
-            Source::Genesis(data) => data.genesis_bytes().ok()?,
-        };
-        Some(Outboard::new(bytes))
+        match self {
+            Source::Held(state) => Outboard::of(HeldState(state)).ok(),
+            Source::Genesis(data) => Outboard::of(OnDisk::new(data.genesis_path()).ok()?).ok(),
+        }
+    }
+}
+
+/// A state the node holds, served where it lies.
+struct HeldState(Arc<ChainState>);
+
+impl Content for HeldState {
+    fn len(&self) -> u64 {
+        self.0.byte_len()
+    }
+
+    fn reader(&self) -> io::Result<Box<dyn ReadSeek + '_>> {
+        Ok(Box::new(self.0.reader()))
     }
 }
 
@@ -107,10 +122,17 @@ impl Slicing {
         }
     }
 
-    /// A round ended: the checkpoints of states the node no longer `holds`
-    /// are dropped, and genesis if no one asked for it during the round.
-    pub(super) fn round_ended(&mut self, holds: impl Fn(&Digest) -> bool) {
+    /// The node keeps only the states it `holds`: the others' checkpoints
+    /// are dropped (and with them the states they read).
+    pub(super) fn let_go(&mut self, holds: impl Fn(&Digest) -> bool) {
         self.held.retain(|hash, _| holds(hash));
+    }
+
+    /// A round ends, after which the node `holds` only what it says: the
+    /// other states' checkpoints are dropped (see [`Self::let_go`]), and
+    /// genesis if no one asked for it during the round.
+    pub(super) fn round_ended(&mut self, holds: impl Fn(&Digest) -> bool) {
+        self.let_go(holds);
         if !std::mem::take(&mut self.genesis_asked) {
             self.genesis = None;
         }
