@@ -112,12 +112,15 @@ impl Slicing {
 
     /// Keeps a checkpoint just built for the next requests: in the genesis
     /// slot if it is the run's `genesis`, else beside the others whose
-    /// states the node still `holds` (those it no longer holds are dropped).
+    /// states the node still `holds`, if it holds this one (those it no
+    /// longer holds are dropped).
     fn keep(&mut self, served: Arc<Outboard>, genesis: Digest, holds: impl Fn(&Digest) -> bool) {
         if served.hash() == genesis {
             self.genesis = Some(served);
-        } else {
-            self.held.retain(|hash, _| holds(hash));
+            return;
+        }
+        self.held.retain(|hash, _| holds(hash));
+        if holds(&served.hash()) {
             self.held.insert(served.hash(), served);
         }
     }
@@ -289,6 +292,12 @@ mod tests {
         let next_hash = next.hash();
         slicing.keep(next, genesis.hash(), |hash| *hash == next_hash);
         assert!(slicing.served(result_hash, genesis.hash()).is_none());
+        assert!(slicing.served(next_hash, genesis.hash()).is_some());
+        // One built from a state let go meanwhile is not kept.
+        let gone = built(6);
+        let gone_hash = gone.hash();
+        slicing.keep(gone, genesis.hash(), |hash| *hash == next_hash);
+        assert!(slicing.served(gone_hash, genesis.hash()).is_none());
         assert!(slicing.served(next_hash, genesis.hash()).is_some());
     }
 }
