@@ -204,9 +204,6 @@ impl Node {
             }
             return Ok(());
         }
-        // The old head served in slices is let go first, so that its
-        // memory serves the next outer step.
-        self.slicing.let_go(|hash| *hash == head.base);
         self.set_state(Arc::new(state), head.base, true).await?;
         self.round_done(head, None);
         // This node's records from the adopted round on are of the branch

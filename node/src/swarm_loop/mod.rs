@@ -501,18 +501,13 @@ impl Node {
                     .collect();
                 let contributions = record.contributions.len();
                 self.write_round(head.round - 1, record, payloads).await?;
-                // The states served in slices that the node lets go are
-                // dropped first, so that their memory serves the next outer
-                // step.
-                let kept = if self.tentative.contains_key(&head.base) {
-                    head.base
-                } else {
-                    self.state_hash
-                };
-                self.slicing.round_ended(|hash| *hash == kept);
                 if let Some(next) = self.tentative.remove(&head.base) {
                     self.set_state(next, head.base, false).await?;
                 }
+                // Before the results are let go, so that their memory is
+                // free for the next outer step.
+                let held = self.state_hash;
+                self.slicing.round_ended(|hash| *hash == held);
                 for (_, unused) in self.tentative.drain() {
                     self.buffers.spare = Arc::try_unwrap(unused).ok().or(self.buffers.spare.take());
                 }

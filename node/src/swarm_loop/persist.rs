@@ -57,6 +57,9 @@ impl Node {
         hash: Digest,
         must_write: bool,
     ) -> Result<(), NodeError> {
+        // Checkpoints served of the states let go are dropped first, with
+        // the states they read, so that the old state's memory is free.
+        self.slicing.let_go(|held| *held == hash);
         let old = std::mem::replace(&mut self.state, state);
         // Nothing else holds the old state (no session, write or fetch
         // uses it): its memory serves the next outer step.
