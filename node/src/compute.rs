@@ -23,6 +23,8 @@
 //! # Ok::<(), rayon::ThreadPoolBuildError>(())
 //! ```
 
+use std::sync::OnceLock;
+
 /// How much a compute thread's nice value is raised (19 at most).
 pub const NICE_INCREMENT: i32 = 10;
 
@@ -42,6 +44,22 @@ pub fn start_compute_pool() -> Result<bool, rayon::ThreadPoolBuildError> {
         })
         .build_global()?;
     Ok(cfg!(target_os = "linux"))
+}
+
+/// The pool for work a peer waits on while the node trains: the tree of a
+/// checkpoint a joiner asked for, built before its first slice is served.
+/// One thread per core, at the priority of the thread that first asks for
+/// it (not lowered like the compute pool's), so it runs ahead of training.
+/// Started on first use; `None` if its threads cannot be started.
+pub fn serving_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("serving-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
 }
 
 /// Raises the calling thread's nice value by [`NICE_INCREMENT`] (Linux
@@ -91,5 +109,14 @@ mod tests {
         assert_eq!(in_pool, (before + NICE_INCREMENT).min(19));
         // The thread that started the pool keeps its priority.
         assert_eq!(nice_of_this_thread(), before);
+    }
+
+    #[test]
+    fn the_serving_pool_runs_at_the_priority_of_the_thread_that_starts_it() {
+        let before = nice_of_this_thread();
+        let pool = serving_pool().unwrap();
+        assert_eq!(pool.current_num_threads(), rayon::current_num_threads());
+        assert_eq!(pool.install(nice_of_this_thread), before);
+        assert!(std::ptr::eq(pool, serving_pool().unwrap()));
     }
 }

@@ -234,7 +234,7 @@ mod tests {
             params: (0..params).map(|i| (i % 249) as f32 - 0.5).collect(),
             momentum: (0..params).map(|i| (i % 13) as f32 * 1e-3).collect(),
         };
-        let served = Outboard::new(state.to_bytes());
+        let served = Outboard::of(state.to_bytes()).unwrap();
         let [a, b, liar] = [PeerId::random(), PeerId::random(), PeerId::random()];
         let mut download = Download::new(head(served.hash()), params, a, [b, liar]);
         let (fetched, log) = run(&mut download, |peer, start, len| {
@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn a_slice_nobody_has_fails_the_download() {
         let params = 3 * SLICE_LEN as usize / 8;
-        let served = Outboard::new(ChainState::genesis(vec![7.0; params]).to_bytes());
+        let served = Outboard::of(ChainState::genesis(vec![7.0; params]).to_bytes()).unwrap();
         let [a, b] = [PeerId::random(), PeerId::random()];
         let mut download = Download::new(head(served.hash()), params, a, [b]);
         let (fetched, _) = run(&mut download, |_, start, len| {

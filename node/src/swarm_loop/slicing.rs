@@ -57,12 +57,17 @@ enum Source {
 }
 
 impl Source {
-    /// The checkpoint's bytes, with their tree; `None` if they cannot be
+    /// The checkpoint's bytes, with their tree (built on the serving pool,
+    /// ahead of training: a joiner waits for it); `None` if they cannot be
     /// read.
     fn build(self) -> Option<Outboard> {
-        match self {
+        let build = || match self {
             Source::Held(state) => Outboard::of(HeldState(state)).ok(),
             Source::Genesis(data) => Outboard::of(OnDisk::new(data.genesis_path()).ok()?).ok(),
+        };
+        match crate::compute::serving_pool() {
+            Some(pool) => pool.install(build),
+            None => build(),
         }
     }
 }
@@ -223,12 +228,12 @@ mod tests {
     use super::*;
 
     fn built(seed: u8) -> Arc<Outboard> {
-        Arc::new(Outboard::new(vec![seed; 5_000]))
+        Arc::new(Outboard::of(vec![seed; 5_000]).unwrap())
     }
 
     #[test]
     fn a_slice_longer_than_nodes_ask_for_is_not_served() {
-        let served = Outboard::new(vec![7; 3 * SLICE_LEN as usize]);
+        let served = Outboard::of(vec![7; 3 * SLICE_LEN as usize]).unwrap();
         let found = |response| matches!(response, FetchResponse::Found { .. });
         assert!(found(slice(&served, 0, SLICE_LEN)));
         assert!(found(slice(&served, 2 * SLICE_LEN, SLICE_LEN)));
