@@ -33,7 +33,9 @@ use std::path::PathBuf;
 
 use p2ptrain_protocol::Digest;
 
+mod chunks;
 mod tree;
+mod verify;
 
 /// Checkpoint bytes per slice request: 1 MiB (a multiple of BLAKE3's
 /// 1 KiB chunk, so a slice carries no partial chunk).
@@ -247,30 +249,9 @@ pub fn verify_slice(
     slice: &[u8],
 ) -> Result<Vec<u8>, SliceError> {
     check_range(start, len, total)?;
-    // The slice's first 8 bytes are the content length, covered by the
-    // root hash; a server's claim of another length is a mismatch.
-    let claimed = slice
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes);
-    if claimed != Some(total) {
-        return Err(SliceError::Invalid(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the slice is for a checkpoint of another length",
-        )));
-    }
-    let root = bao::Hash::from(*hash.as_bytes());
-    let mut bytes = Vec::with_capacity(len as usize);
-    bao::decode::SliceDecoder::new(slice, &root, start, len)
-        .read_to_end(&mut bytes)
-        .map_err(SliceError::Invalid)?;
-    if bytes.len() as u64 != len {
-        return Err(SliceError::Invalid(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the slice is short",
-        )));
-    }
-    Ok(bytes)
+    verify::verify(hash, total, start..start + len, slice).map_err(|why| {
+        SliceError::Invalid(std::io::Error::new(std::io::ErrorKind::InvalidData, why))
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use blake3::hazmat::{
 };
 use p2ptrain_protocol::Digest;
 
+use super::chunks::{self, Chunks, LANES};
 use super::Content;
 
 const CHUNK_LEN: u64 = blake3::CHUNK_LEN as u64;
@@ -30,11 +31,14 @@ const PIECE_LEN: u64 = 1 << 20;
 thread_local! {
     /// A task's piece of the content, kept for the thread's next.
     static PIECE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The chaining values of a piece's chunks, likewise.
+    static VALUES: RefCell<Vec<ChainingValue>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The outboard of `content` and its BLAKE3 hash, the same bytes as
-/// `bao::encode::outboard` gives. Pieces are hashed on rayon's pool, each
-/// read through a reader of its own.
+/// `bao::encode::outboard` gives. Pieces are hashed on the rayon pool this
+/// runs in (the global one unless installed in another), each read through
+/// a reader of its own.
 ///
 /// # Errors
 ///
@@ -54,7 +58,7 @@ pub(super) fn build(content: &dyn Content) -> io::Result<(Vec<u8>, Digest)> {
     let hash = if chunks == 1 {
         with_piece(content, 0, len, blake3::hash)?
     } else {
-        let (left, right) = halves(content, nodes, 0, len)?;
+        let (left, right) = halves(content, nodes, 0, len, chunks::best())?;
         merge_subtrees_root(&left, &right, Mode::Hash)
     };
     Ok((tree, Digest::from_bytes(*hash.as_bytes())))
@@ -67,11 +71,14 @@ fn subtree(
     nodes: &mut [u8],
     start: u64,
     len: u64,
+    kernel: Chunks,
 ) -> io::Result<ChainingValue> {
     if len <= PIECE_LEN {
-        return with_piece(content, start, len, |bytes| in_memory(nodes, bytes, start));
+        return with_piece(content, start, len, |bytes| {
+            in_memory(nodes, bytes, start, kernel)
+        });
     }
-    let (left, right) = halves(content, nodes, start, len)?;
+    let (left, right) = halves(content, nodes, start, len, kernel)?;
     Ok(merge_subtrees_non_root(&left, &right, Mode::Hash))
 }
 
@@ -83,13 +90,22 @@ fn halves(
     nodes: &mut [u8],
     start: u64,
     len: u64,
+    kernel: Chunks,
 ) -> io::Result<(ChainingValue, ChainingValue)> {
     let left_len = left_subtree_len(len);
     let (node, children) = nodes.split_at_mut(PARENT_LEN);
     let (left_nodes, right_nodes) = children.split_at_mut(nodes_len(left_len));
     let (left, right) = rayon::join(
-        || subtree(content, left_nodes, start, left_len),
-        || subtree(content, right_nodes, start + left_len, len - left_len),
+        || subtree(content, left_nodes, start, left_len, kernel),
+        || {
+            subtree(
+                content,
+                right_nodes,
+                start + left_len,
+                len - left_len,
+                kernel,
+            )
+        },
     );
     let (left, right) = (left?, right?);
     node[..blake3::OUT_LEN].copy_from_slice(&left);
@@ -99,26 +115,74 @@ fn halves(
 
 /// The chaining value of `bytes`, a subtree starting at byte `offset`; its
 /// parent nodes written to `nodes`.
-fn in_memory(nodes: &mut [u8], bytes: &[u8], offset: u64) -> ChainingValue {
-    if bytes.len() as u64 <= CHUNK_LEN {
-        return blake3::Hasher::new()
-            .set_input_offset(offset)
-            .update(bytes)
-            .finalize_non_root();
-    }
-    let left_len = left_subtree_len(bytes.len() as u64);
-    let (node, children) = nodes.split_at_mut(PARENT_LEN);
-    let (left_nodes, right_nodes) = children.split_at_mut(nodes_len(left_len));
-    let (left_bytes, right_bytes) = bytes.split_at(left_len as usize);
-    let left = in_memory(left_nodes, left_bytes, offset);
-    let right = in_memory(right_nodes, right_bytes, offset + left_len);
-    node[..blake3::OUT_LEN].copy_from_slice(&left);
-    node[blake3::OUT_LEN..].copy_from_slice(&right);
-    merge_subtrees_non_root(&left, &right, Mode::Hash)
+fn in_memory(nodes: &mut [u8], bytes: &[u8], offset: u64, kernel: Chunks) -> ChainingValue {
+    VALUES.with_borrow_mut(|values| {
+        chunk_values(bytes, offset, kernel, values);
+        parents(nodes, values)
+    })
 }
 
-/// The bytes of the parent nodes of a subtree of `len` bytes, part of a
-/// tree whose length [`build`] checked.
+/// The chaining value of `bytes`, a subtree starting at byte `offset`,
+/// and its parent nodes in pre-order: what a slice carries of a subtree it
+/// covers whole.
+pub(super) fn subtree_nodes(bytes: &[u8], offset: u64, kernel: Chunks) -> (ChainingValue, Vec<u8>) {
+    let mut nodes = vec![0; nodes_len(bytes.len() as u64)];
+    let value = in_memory(&mut nodes, bytes, offset, kernel);
+    (value, nodes)
+}
+
+/// Sets `values` to the chaining values of the chunks of `bytes`, which
+/// start at byte `offset` of their content (a multiple of a chunk).
+fn chunk_values(bytes: &[u8], offset: u64, kernel: Chunks, values: &mut Vec<ChainingValue>) {
+    values.clear();
+    let first = offset / CHUNK_LEN;
+    let (groups, rest) = bytes.as_chunks::<{ LANES * blake3::CHUNK_LEN }>();
+    for (group, chunks) in (first..).step_by(LANES).zip(groups) {
+        let mut group_values = [[0; blake3::OUT_LEN]; LANES];
+        kernel(chunks, group, &mut group_values);
+        values.extend_from_slice(&group_values);
+    }
+    let rest_first = first + (groups.len() * LANES) as u64;
+    for (chunk, bytes) in (rest_first..).zip(rest.chunks(blake3::CHUNK_LEN)) {
+        values.push(chunk_value(bytes, chunk * CHUNK_LEN));
+    }
+}
+
+/// The chaining value of one chunk (or the last, shorter one) starting at
+/// byte `offset`, not the root.
+pub(super) fn chunk_value(bytes: &[u8], offset: u64) -> ChainingValue {
+    blake3::Hasher::new()
+        .set_input_offset(offset)
+        .update(bytes)
+        .finalize_non_root()
+}
+
+/// The chaining value of the subtree over the chunks whose `values` are
+/// given, its parent nodes written to `nodes`.
+fn parents(nodes: &mut [u8], values: &[ChainingValue]) -> ChainingValue {
+    match values {
+        // An empty content's one chunk.
+        [] => chunk_value(&[], 0),
+        [value] => *value,
+        _ => {
+            // The left subtree holds the largest power of two of the
+            // chunks short of all.
+            let left_count = 1 << (values.len() - 1).ilog2();
+            let (node, children) = nodes.split_at_mut(PARENT_LEN);
+            let (left_nodes, right_nodes) = children.split_at_mut((left_count - 1) * PARENT_LEN);
+            let (left_values, right_values) = values.split_at(left_count);
+            let left = parents(left_nodes, left_values);
+            let right = parents(right_nodes, right_values);
+            node[..blake3::OUT_LEN].copy_from_slice(&left);
+            node[blake3::OUT_LEN..].copy_from_slice(&right);
+            merge_subtrees_non_root(&left, &right, Mode::Hash)
+        }
+    }
+}
+
+/// The bytes of the parent nodes of a subtree of `len` bytes: part of a
+/// tree whose length [`build`] checked, or of bytes in memory (the nodes
+/// are a sixteenth of them).
 fn nodes_len(len: u64) -> usize {
     (len.div_ceil(CHUNK_LEN).max(1) - 1) as usize * PARENT_LEN
 }
