@@ -258,7 +258,8 @@ pub fn verify_slice(
 mod tests {
     use super::*;
 
-    fn content(len: usize) -> Vec<u8> {
+    /// `len` bytes of a content that repeats only every 253 bytes.
+    pub(super) fn content(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 253) as u8).collect()
     }
 

@@ -207,10 +207,7 @@ fn with_piece<R>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn content(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 31 % 251) as u8).collect()
-    }
+    use crate::net::slices::tests::content;
 
     #[test]
     fn the_tree_is_bao_s_outboard_at_every_shape() {

@@ -172,10 +172,7 @@ mod tests {
     use std::io::{Cursor, Read};
 
     use super::*;
-
-    fn content(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 13 % 251) as u8).collect()
-    }
+    use crate::net::slices::tests::content;
 
     /// `bao`'s slice of `range` and its decoder's bytes.
     fn bao_slice(bytes: &[u8], range: &Range<u64>) -> (Vec<u8>, Vec<u8>) {
