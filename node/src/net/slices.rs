@@ -162,9 +162,9 @@ impl std::fmt::Debug for Outboard {
 }
 
 impl Outboard {
-    /// Hashes `content`, read once through (a piece at a time, on every
-    /// core of rayon's pool), and keeps its tree; the bytes are read again
-    /// for each slice.
+    /// Hashes `content`, read once through (a piece at a time, on the
+    /// threads of the rayon pool this runs in), and keeps its tree; the
+    /// bytes are read again for each slice.
     ///
     /// # Errors
     ///
