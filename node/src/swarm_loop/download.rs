@@ -3,10 +3,9 @@
 //! signed commits name ([`crate::net::slices`]).
 //!
 //! The download itself does no I/O: it says which slice to ask of which
-//! peer, and takes the answers. A slice that a peer lacks or sends wrong
-//! goes to another peer, and so does one it fails to send once it has
-//! failed a few requests; a peer that sent a wrong slice is asked nothing
-//! more. The download fails when some slice is left with no peer
+//! peer, and takes the answers. A slice that a peer lacks, fails to send or
+//! sends wrong goes to another peer; a peer that sent a wrong slice is asked
+//! nothing more. The download fails when some slice is left with no peer
 //! to ask.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -17,42 +16,12 @@ use p2ptrain_protocol::Digest;
 
 use crate::chain::ChainState;
 use crate::engine::Head;
-use crate::net::codec::FetchResponse;
 use crate::net::slices;
 
 /// Slice requests in flight per peer at most, each on a lane of its own
 /// ([`crate::net::fetch::Fetcher::send_on`]): while one slice is on the
-/// wire, the peer cuts the next. A peer starts with one lane and gains one
-/// per slice it sends, so its streams open one at a time (a peer drops a
-/// new stream it cannot take at once).
+/// wire, the peer cuts the next.
 const IN_FLIGHT_PER_PEER: usize = 8;
-
-/// Failed requests (a dropped stream, a timeout) a peer is forgiven before
-/// it is asked nothing more that it failed.
-const FAILURES_PER_PEER: usize = 3;
-
-/// A peer's answer to a slice request.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Answer<'a> {
-    /// The slice, with its proof.
-    Slice(&'a [u8]),
-    /// The peer does not hold the checkpoint.
-    Missing,
-    /// The request failed on the way: the peer may be asked again.
-    Failed,
-}
-
-impl<'a> Answer<'a> {
-    /// The answer a fetch brought: its response, `None` for a request that
-    /// failed.
-    pub(super) fn of(response: Option<&'a FetchResponse>) -> Self {
-        match response {
-            Some(FetchResponse::Found { body, .. }) => Answer::Slice(body),
-            Some(FetchResponse::Missing) => Answer::Missing,
-            None => Answer::Failed,
-        }
-    }
-}
 
 /// What became of an answer.
 #[derive(Debug)]
@@ -83,10 +52,6 @@ pub(super) struct Download<K> {
     peers: Vec<PeerId>,
     /// Peers that could not give a slice.
     tried: HashMap<usize, HashSet<PeerId>>,
-    /// Lanes each peer may use now (one to start with).
-    lanes: HashMap<PeerId, usize>,
-    /// Failed requests per peer.
-    failures: HashMap<PeerId, usize>,
     held: usize,
     next_peer: usize,
 }
@@ -117,8 +82,6 @@ impl<K: Hash + Eq + Copy> Download<K> {
             asked: HashMap::new(),
             peers: candidates,
             tried: HashMap::new(),
-            lanes: HashMap::new(),
-            failures: HashMap::new(),
             held: 0,
             next_peer: 0,
         }
@@ -160,21 +123,11 @@ impl<K: Hash + Eq + Copy> Download<K> {
         }
     }
 
-    /// Counts a failed request of `peer`'s and takes it down to one lane;
-    /// whether it may still be asked what it failed.
-    fn forgive(&mut self, peer: PeerId) -> bool {
-        self.lanes.insert(peer, 1);
-        let failures = self.failures.entry(peer).or_default();
-        *failures += 1;
-        *failures <= FAILURES_PER_PEER
-    }
-
     /// A peer for `slice`, and its free lane: round robin over those with
     /// one that have not failed it.
     fn pick_peer(&mut self, slice: usize) -> Option<(PeerId, usize)> {
         let free_lane = |peer: &PeerId| {
-            let lanes = self.lanes.get(peer).copied().unwrap_or(1);
-            (0..lanes).find(|lane| {
+            (0..IN_FLIGHT_PER_PEER).find(|lane| {
                 !self
                     .asked
                     .values()
@@ -200,34 +153,26 @@ impl<K: Hash + Eq + Copy> Download<K> {
         self.asked.contains_key(key)
     }
 
-    /// Takes the answer to request `key`.
-    pub fn answer(&mut self, key: K, answer: Answer<'_>) -> Progress {
+    /// Takes the answer to request `key`: the slice, or `None` when the
+    /// peer lacked it or the request failed.
+    pub fn answer(&mut self, key: K, slice: Option<&[u8]>) -> Progress {
         let Some((index, peer, _)) = self.asked.remove(&key) else {
             return Progress::Going;
         };
         let (start, len) = self.slices[index];
         let total = self.content.byte_len();
-        match answer {
-            Answer::Slice(slice) => {
-                match slices::verify_slice(&self.head.base, total, start, len, slice) {
-                    Ok(bytes) => {
-                        if self.content.fill_stream_bytes(start, &bytes) {
-                            self.held += 1;
-                        }
-                        let lanes = self.lanes.entry(peer).or_insert(1);
-                        *lanes = (*lanes + 1).min(IN_FLIGHT_PER_PEER);
-                    }
-                    Err(_) => {
-                        // A wrong slice: this peer is asked nothing more.
-                        self.peers.retain(|p| *p != peer);
-                        self.waiting.insert(index);
-                    }
+        match slice.map(|s| slices::verify_slice(&self.head.base, total, start, len, s)) {
+            Some(Ok(bytes)) => {
+                if self.content.fill_stream_bytes(start, &bytes) {
+                    self.held += 1;
                 }
             }
-            Answer::Failed if self.forgive(peer) => {
+            Some(Err(_)) => {
+                // A wrong slice: this peer is asked nothing more.
+                self.peers.retain(|p| *p != peer);
                 self.waiting.insert(index);
             }
-            Answer::Missing | Answer::Failed => {
+            None => {
                 self.tried.entry(index).or_default().insert(peer);
                 self.waiting.insert(index);
             }
@@ -263,18 +208,11 @@ mod tests {
         }
     }
 
-    /// What a peer does with a slice request.
-    enum Says {
-        Slice(Vec<u8>),
-        Missing,
-        Fails,
-    }
-
-    /// Answers each batch of requests: `answer` says what a peer does with
+    /// Answers each batch of requests: `answer` says what a peer sends for
     /// a slice. Returns the result and who was asked, by batch.
     fn run(
         download: &mut Download<u64>,
-        mut answer: impl FnMut(PeerId, u64, u64) -> Says,
+        mut answer: impl FnMut(PeerId, u64, u64) -> Option<Vec<u8>>,
     ) -> (Option<ChainState>, Vec<(PeerId, usize)>) {
         let mut next = 0u64;
         let mut log = Vec::new();
@@ -292,13 +230,7 @@ mod tests {
             }
             for (key, peer, _, start, len) in sent {
                 log.push((peer, batch));
-                let says = answer(peer, start, len);
-                let answer = match &says {
-                    Says::Slice(slice) => Answer::Slice(slice),
-                    Says::Missing => Answer::Missing,
-                    Says::Fails => Answer::Failed,
-                };
-                match download.answer(key, answer) {
+                match download.answer(key, answer(peer, start, len).as_deref()) {
                     Progress::Done(state) => return (Some(state), log),
                     Progress::Failed => return (None, log),
                     Progress::Going => {}
@@ -321,12 +253,12 @@ mod tests {
         let [a, b, liar] = [PeerId::random(), PeerId::random(), PeerId::random()];
         let mut download = Download::new(head(served.hash()), params, a, [b, liar]);
         let (fetched, log) = run(&mut download, |peer, start, len| {
-            let mut slice = served.slice(start, len).unwrap();
+            let mut slice = served.slice(start, len).ok()?;
             if peer == liar {
                 let last = slice.len() - 1;
                 slice[last] ^= 1;
             }
-            Says::Slice(slice)
+            Some(slice)
         });
         assert_eq!(fetched, Some(state));
         let asked: HashSet<PeerId> = log.iter().map(|(p, _)| *p).collect();
@@ -343,46 +275,10 @@ mod tests {
         let served = Outboard::of(ChainState::genesis(vec![7.0; params]).to_bytes()).unwrap();
         let [a, b] = [PeerId::random(), PeerId::random()];
         let mut download = Download::new(head(served.hash()), params, a, [b]);
-        let (fetched, _) = run(&mut download, |_, start, len| match start {
-            SLICE_LEN => Says::Missing,
-            _ => Says::Slice(served.slice(start, len).unwrap()),
-        });
-        assert_eq!(fetched, None);
-    }
-
-    #[test]
-    fn a_peer_s_lanes_open_one_per_slice_and_its_failures_are_forgiven_a_few_times() {
-        let params = 12 * SLICE_LEN as usize / 8;
-        let state = ChainState::genesis((0..params).map(|i| i as f32).collect());
-        let served = Outboard::of(state.to_bytes()).unwrap();
-        let only = PeerId::random();
-        // Each slice fails once, three in all, then comes.
-        let mut failed = HashSet::new();
-        let mut download = Download::new(head(served.hash()), params, only, []);
-        let (fetched, log) = run(&mut download, |_, start, len| {
-            if failed.len() < FAILURES_PER_PEER && failed.insert(start) {
-                return Says::Fails;
-            }
-            Says::Slice(served.slice(start, len).unwrap())
-        });
-        assert_eq!(fetched, Some(state));
-        let per_batch: Vec<usize> = (0..=log.last().unwrap().1)
-            .map(|batch| log.iter().filter(|(_, b)| *b == batch).count())
-            .collect();
-        // One lane at first, and again after each failure; one more for
-        // each slice that comes. Slice 0 fails, then comes; 1 and 2 fail
-        // together (the third failure, still forgiven), then come on one
-        // lane and two; the rest come on four lanes a batch.
-        assert_eq!(per_batch, [1, 1, 2, 1, 2, 4, 4]);
-        // One failure more and the peer is not asked that slice again.
-        let mut download = Download::new(head(served.hash()), params, only, []);
-        let mut failures = 0;
         let (fetched, _) = run(&mut download, |_, start, len| {
-            if failures <= FAILURES_PER_PEER {
-                failures += 1;
-                return Says::Fails;
-            }
-            Says::Slice(served.slice(start, len).unwrap())
+            (start != SLICE_LEN)
+                .then(|| served.slice(start, len).ok())
+                .flatten()
         });
         assert_eq!(fetched, None);
     }

@@ -19,7 +19,7 @@ use libp2p::{mdns, Multiaddr, PeerId, Swarm};
 use p2ptrain_protocol::{codec, Digest, RunManifest, SigningKey};
 use tokio::time::Instant;
 
-use super::download::{Answer, Download, Progress};
+use super::download::{Download, Progress};
 use super::error::{dial_failure, with_causes};
 use crate::chain::ChainState;
 use crate::engine::Head;
@@ -287,17 +287,18 @@ impl Enrolment<'_> {
         if let Some(peer) = self.asked.remove(&answer.id) {
             return self.on_manifest(peer, answer.result);
         }
+        let body = match answer.result {
+            Ok(FetchResponse::Found { body, .. }) => Some(body),
+            Ok(FetchResponse::Missing) | Err(_) => None,
+        };
         let Some(fetched) = &mut self.manifest else {
             return News::None;
         };
         if !fetched.genesis.owns(&answer.id) {
             return News::None;
         }
-        let arrived = matches!(answer.result, Ok(FetchResponse::Found { .. }));
-        match fetched
-            .genesis
-            .answer(answer.id, Answer::of(answer.result.as_ref().ok()))
-        {
+        let arrived = body.is_some();
+        match fetched.genesis.answer(answer.id, body.as_deref()) {
             Progress::Done(genesis) => {
                 let total = genesis.byte_len();
                 (self.progress)(Enrolling::Genesis { held: total, total });

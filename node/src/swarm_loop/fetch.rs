@@ -8,7 +8,7 @@ use libp2p::PeerId;
 use p2ptrain_protocol::{codec, Digest};
 
 use super::answers;
-use super::download::{Answer, Download, Progress};
+use super::download::{Download, Progress};
 use super::{Node, NodeError, NodeEvent};
 use crate::chain::ChainState;
 use crate::engine::{Head, Input};
@@ -68,15 +68,14 @@ impl Node {
             };
             return self.feed(input).await;
         }
+        let body = match &response {
+            Some(FetchResponse::Found { body, .. }) => Some(&body[..]),
+            Some(FetchResponse::Missing) | None => None,
+        };
         if self.backfill_asks.contains_key(&answer.id) {
-            let body = match &response {
-                Some(FetchResponse::Found { body, .. }) => Some(&body[..]),
-                Some(FetchResponse::Missing) | None => None,
-            };
             self.on_backfill(answer.id, body).await
         } else {
-            self.on_slice(answer.id, Answer::of(response.as_ref()))
-                .await
+            self.on_slice(answer.id, body).await
         }
     }
 
@@ -157,8 +156,8 @@ impl Node {
         self.status.send_modify(|s| s.downloading = Some(progress));
     }
 
-    /// Takes a peer's answer to a slice request for the download.
-    async fn on_slice(&mut self, request: FetchId, slice: Answer<'_>) -> Result<(), NodeError> {
+    /// Takes a slice (or the lack of one) for the download.
+    async fn on_slice(&mut self, request: FetchId, slice: Option<&[u8]>) -> Result<(), NodeError> {
         let Some(download) = self.download.as_mut().filter(|d| d.owns(&request)) else {
             return Ok(());
         };
