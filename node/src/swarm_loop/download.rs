@@ -21,7 +21,7 @@ use crate::net::slices;
 /// Slice requests in flight per peer at most, each on a lane of its own
 /// ([`crate::net::fetch::Fetcher::send_on`]): while one slice is on the
 /// wire, the peer cuts the next.
-const IN_FLIGHT_PER_PEER: usize = 8;
+const IN_FLIGHT_PER_PEER: usize = 4;
 
 /// What became of an answer.
 #[derive(Debug)]
