@@ -1,6 +1,6 @@
-//! Fetching over streams kept open: one stream per peer (or per lane of a
-//! peer, for requests under way at once), over which requests go one
-//! after another ([`codec`] is the wire format).
+//! Fetching over streams kept open: one stream per peer, over which
+//! requests go one after another ([`codec`] is the wire
+//! format).
 //!
 //! A stream is opened (and its protocol negotiated) on a peer's first
 //! request and kept for the next ones, so a fetch costs one request and one
@@ -48,9 +48,9 @@ use super::codec::{self, FetchRequest, FetchResponse, FETCH_PROTOCOL, FETCH_PROT
 const QUEUE: usize = 64;
 
 /// Fetch streams one peer may have open to this node at once; a stream
-/// past them is closed as it arrives. A node asks over one stream per peer
-/// and lane (a few lanes while it downloads a checkpoint), and a version-1
-/// node opens one per request, with a few requests in flight. Each stream holds at most one response (a payload, or a slice
+/// past them is closed as it arrives. A node asks over one stream per peer,
+/// and a version-1 node opens one per request, with a few requests in
+/// flight. Each stream holds at most one response (a payload, or a slice
 /// of a checkpoint) while the peer reads it, so a peer that opens streams
 /// and never reads holds this many, not as many as the multiplexer allows.
 pub const MAX_STREAMS_PER_PEER: usize = 16;
@@ -94,10 +94,10 @@ pub struct FetchAnswer {
     pub result: Result<FetchResponse, FetchError>,
 }
 
-/// The asking side: a task per peer (and lane), each with its stream.
+/// The asking side: a task per peer, each with its stream.
 pub struct Fetcher {
     control: Control,
-    links: HashMap<(PeerId, usize), mpsc::UnboundedSender<(FetchId, FetchRequest)>>,
+    links: HashMap<PeerId, mpsc::UnboundedSender<(FetchId, FetchRequest)>>,
     answers: mpsc::Sender<FetchAnswer>,
     timeout: Duration,
     payload_len: u64,
@@ -132,19 +132,10 @@ impl Fetcher {
     /// Must be called inside a tokio runtime (the peer's first request
     /// starts its task).
     pub fn send(&mut self, peer: PeerId, request: FetchRequest) -> FetchId {
-        self.send_on(peer, 0, request)
-    }
-
-    /// Queues `request` for `peer` on `lane`: each lane of a peer is a
-    /// task and a stream of its own, its requests in order, so requests on
-    /// different lanes are under way at once (one served while another's
-    /// response is on the wire). [`Self::send`] uses lane 0. A peer serves
-    /// at most [`MAX_STREAMS_PER_PEER`] streams of another.
-    pub fn send_on(&mut self, peer: PeerId, lane: usize, request: FetchRequest) -> FetchId {
         self.next += 1;
         let id = FetchId(self.next);
         let mut queued = (id, request);
-        if let Some(link) = self.links.get(&(peer, lane)) {
+        if let Some(link) = self.links.get(&peer) {
             match link.send(queued) {
                 Ok(()) => return id,
                 // The task ended (its answers' receiver went away); start
@@ -154,7 +145,7 @@ impl Fetcher {
         }
         let (link, requests) = mpsc::unbounded_channel();
         let _ = link.send(queued);
-        self.links.insert((peer, lane), link);
+        self.links.insert(peer, link);
         let task = Link {
             peer,
             control: self.control.clone(),
@@ -167,25 +158,25 @@ impl Fetcher {
         id
     }
 
-    /// Ends `peer`'s tasks and closes its streams, for a peer that left: a
+    /// Ends `peer`'s task and closes its stream, for a peer that left: a
     /// request under way is answered, those queued behind it fail with
     /// [`FetchError::Left`].
     pub fn forget(&mut self, peer: &PeerId) {
-        self.links.retain(|(linked, _), _| linked != peer);
+        self.links.remove(peer);
     }
 }
 
 impl std::fmt::Debug for Fetcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fetcher")
-            .field("links", &self.links.len())
+            .field("peers", &self.links.len())
             .field("timeout", &self.timeout)
             .field("sent", &self.next)
             .finish_non_exhaustive()
     }
 }
 
-/// One peer's task (on one lane): its requests, in order, over one stream.
+/// One peer's task: its requests, in order, over one stream.
 struct Link {
     peer: PeerId,
     control: Control,
@@ -486,30 +477,6 @@ mod tests {
         }
         assert_eq!(streams.recv().await, Some(1));
         assert!(streams.try_recv().is_err(), "a second stream was opened");
-    }
-
-    #[tokio::test]
-    async fn requests_on_two_lanes_are_under_way_at_once_each_answered_as_it_comes() {
-        let (ask, mut serve, server) = connected_pair().await;
-        let mut requests = super::serve(&mut serve).unwrap();
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
-        let first = fetcher.send_on(server, 0, FetchRequest::Record(1));
-        let second = fetcher.send_on(server, 1, FetchRequest::Record(2));
-        // Both reach the serving side before either is answered: a stream
-        // carries its next request only once the last is answered.
-        let mut held = Vec::new();
-        for _ in 0..2 {
-            let arrived = tokio::time::timeout(Duration::from_secs(10), requests.recv());
-            held.push(arrived.await.expect("both requests arrive").unwrap());
-        }
-        held.sort_by_key(|inbound| inbound.request != FetchRequest::Record(1));
-        let [asked_first, asked_second] = <[InboundFetch; 2]>::try_from(held).unwrap();
-        asked_second.respond(found(2));
-        let answer = answers.recv().await.unwrap();
-        assert_eq!((answer.id, answer.result.unwrap()), (second, found(2)));
-        asked_first.respond(found(1));
-        let answer = answers.recv().await.unwrap();
-        assert_eq!((answer.id, answer.result.unwrap()), (first, found(1)));
     }
 
     /// The serving side speaks only `protocol` and closes each stream after

@@ -18,9 +18,7 @@ use crate::chain::ChainState;
 use crate::engine::Head;
 use crate::net::slices;
 
-/// Slice requests in flight per peer at most, each on a lane of its own
-/// ([`crate::net::fetch::Fetcher::send_on`]): while one slice is on the
-/// wire, the peer cuts the next.
+/// Slice requests in flight per peer at most.
 const IN_FLIGHT_PER_PEER: usize = 4;
 
 /// What became of an answer.
@@ -46,8 +44,8 @@ pub(super) struct Download<K> {
     slices: Vec<(u64, u64)>,
     /// Slices not held and not asked for.
     waiting: BTreeSet<usize>,
-    /// Requests in flight: slice, peer and lane.
-    asked: HashMap<K, (usize, PeerId, usize)>,
+    /// Requests in flight: slice and peer.
+    asked: HashMap<K, (usize, PeerId)>,
     /// Peers that may be asked, in order.
     peers: Vec<PeerId>,
     /// Peers that could not give a slice.
@@ -106,43 +104,32 @@ impl<K: Hash + Eq + Copy> Download<K> {
         }
     }
 
-    /// The next requests to send: `(peer, lane, start, len)`, no two in
-    /// flight on one peer's lane. `send` returns the request's key (its
-    /// id), by which its answer comes back.
-    pub fn pump(&mut self, mut send: impl FnMut(PeerId, usize, u64, u64) -> Option<K>) {
+    /// The next requests to send: `(peer, start, len)`. `send` returns the
+    /// request's key (its id), by which its answer comes back.
+    pub fn pump(&mut self, mut send: impl FnMut(PeerId, u64, u64) -> Option<K>) {
         let waiting: Vec<usize> = self.waiting.iter().copied().collect();
         for slice in waiting {
-            let Some((peer, lane)) = self.pick_peer(slice) else {
+            let Some(peer) = self.pick_peer(slice) else {
                 continue;
             };
             let (start, len) = self.slices[slice];
-            if let Some(key) = send(peer, lane, start, len) {
+            if let Some(key) = send(peer, start, len) {
                 self.waiting.remove(&slice);
-                self.asked.insert(key, (slice, peer, lane));
+                self.asked.insert(key, (slice, peer));
             }
         }
     }
 
-    /// A peer for `slice`, and its free lane: round robin over those with
-    /// one that have not failed it.
-    fn pick_peer(&mut self, slice: usize) -> Option<(PeerId, usize)> {
-        let free_lane = |peer: &PeerId| {
-            (0..IN_FLIGHT_PER_PEER).find(|lane| {
-                !self
-                    .asked
-                    .values()
-                    .any(|(_, asked, busy)| asked == peer && busy == lane)
-            })
-        };
+    /// A peer for `slice`: round robin over those with room that have not
+    /// failed it.
+    fn pick_peer(&mut self, slice: usize) -> Option<PeerId> {
+        let busy = |peer: &PeerId| self.asked.values().filter(|(_, p)| p == peer).count();
         let tried = self.tried.get(&slice);
         for offset in 0..self.peers.len() {
             let peer = self.peers[(self.next_peer + offset) % self.peers.len()];
-            if tried.is_some_and(|t| t.contains(&peer)) {
-                continue;
-            }
-            if let Some(lane) = free_lane(&peer) {
+            if busy(&peer) < IN_FLIGHT_PER_PEER && !tried.is_some_and(|t| t.contains(&peer)) {
                 self.next_peer = (self.next_peer + offset + 1) % self.peers.len();
-                return Some((peer, lane));
+                return Some(peer);
             }
         }
         None
@@ -156,7 +143,7 @@ impl<K: Hash + Eq + Copy> Download<K> {
     /// Takes the answer to request `key`: the slice, or `None` when the
     /// peer lacked it or the request failed.
     pub fn answer(&mut self, key: K, slice: Option<&[u8]>) -> Progress {
-        let Some((index, peer, _)) = self.asked.remove(&key) else {
+        let Some((index, peer)) = self.asked.remove(&key) else {
             return Progress::Going;
         };
         let (start, len) = self.slices[index];
@@ -218,17 +205,15 @@ mod tests {
         let mut log = Vec::new();
         for batch in 0..1000 {
             let mut sent = Vec::new();
-            download.pump(|peer, lane, start, len| {
+            download.pump(|peer, start, len| {
                 next += 1;
-                // No two requests in flight on one peer's lane.
-                assert!(!sent.iter().any(|&(_, p, l, _, _)| p == peer && l == lane));
-                sent.push((next, peer, lane, start, len));
+                sent.push((next, peer, start, len));
                 Some(next)
             });
             if sent.is_empty() {
                 return (None, log);
             }
-            for (key, peer, _, start, len) in sent {
+            for (key, peer, start, len) in sent {
                 log.push((peer, batch));
                 match download.answer(key, answer(peer, start, len).as_deref()) {
                     Progress::Done(state) => return (Some(state), log),

@@ -382,9 +382,8 @@ impl Enrolment<'_> {
         };
         let fetcher = &mut self.fetcher;
         let hash = fetched.manifest.genesis;
-        fetched.genesis.pump(|peer, lane, start, len| {
-            let request = FetchRequest::CheckpointSlice { hash, start, len };
-            Some(fetcher.send_on(peer, lane, request))
+        fetched.genesis.pump(|peer, start, len| {
+            Some(fetcher.send(peer, FetchRequest::CheckpointSlice { hash, start, len }))
         });
     }
 

@@ -148,9 +148,8 @@ impl Node {
         };
         let fetcher = &mut self.fetcher;
         let hash = download.hash();
-        download.pump(|peer, lane, start, len| {
-            let request = FetchRequest::CheckpointSlice { hash, start, len };
-            Some(fetcher.send_on(peer, lane, request))
+        download.pump(|peer, start, len| {
+            Some(fetcher.send(peer, FetchRequest::CheckpointSlice { hash, start, len }))
         });
         let progress = download.progress();
         self.status.send_modify(|s| s.downloading = Some(progress));
