@@ -112,11 +112,12 @@ mod tests {
     }
 
     #[test]
-    fn the_serving_pool_runs_at_the_priority_of_the_thread_that_starts_it() {
+    fn the_serving_pool_runs_at_the_priority_of_the_thread_that_starts_it() -> crate::TestResult {
         let before = nice_of_this_thread();
-        let pool = serving_pool().unwrap();
+        let pool = serving_pool().ok_or("the serving pool did not start")?;
         assert_eq!(pool.current_num_threads(), rayon::current_num_threads());
         assert_eq!(pool.install(nice_of_this_thread), before);
-        assert!(std::ptr::eq(pool, serving_pool().unwrap()));
+        assert!(serving_pool().is_some_and(|again| std::ptr::eq(pool, again)));
+        Ok(())
     }
 }

@@ -44,3 +44,7 @@ pub mod swarm_loop;
 
 #[cfg(test)]
 mod scratch;
+
+/// What a unit test returns that stops at its first error.
+#[cfg(test)]
+type TestResult = Result<(), Box<dyn std::error::Error>>;

@@ -275,9 +275,9 @@ mod tests {
     }
 
     #[test]
-    fn no_slice_is_longer_than_its_bound() {
+    fn no_slice_is_longer_than_its_bound() -> crate::TestResult {
         for total in [1, 1_024, 5_000, 3 * SLICE_LEN + 5] {
-            let served = Outboard::of(content(total as usize)).unwrap();
+            let served = Outboard::of(content(total as usize))?;
             // One byte short of a chunk boundary, across two boundaries.
             let unaligned = 1_023.min(total - 1);
             let ranges = [
@@ -288,7 +288,7 @@ mod tests {
                 (unaligned, (total - unaligned).min(2_050)),
             ];
             for (start, len) in ranges {
-                let slice = served.slice(start, len).unwrap();
+                let slice = served.slice(start, len)?;
                 let bound = longest_slice(len);
                 assert!(slice.len() as u64 <= bound, "{total}: {start}+{len}");
             }
@@ -296,14 +296,15 @@ mod tests {
         // The bound is close: for a slice of 1 MiB, 8% over its bytes.
         assert!(longest_slice(SLICE_LEN) < SLICE_LEN * 108 / 100);
         assert_eq!(longest_slice(u64::MAX), u64::MAX);
+        Ok(())
     }
 
     #[test]
-    fn a_flipped_byte_or_a_wrong_hash_or_length_is_refused() {
+    fn a_flipped_byte_or_a_wrong_hash_or_length_is_refused() -> crate::TestResult {
         let bytes = content(2 * SLICE_LEN as usize + 100);
         let total = bytes.len() as u64;
-        let served = Outboard::of(bytes).unwrap();
-        let slice = served.slice(SLICE_LEN, SLICE_LEN).unwrap();
+        let served = Outboard::of(bytes)?;
+        let slice = served.slice(SLICE_LEN, SLICE_LEN)?;
         assert!(verify_slice(&served.hash(), total, SLICE_LEN, SLICE_LEN, &slice).is_ok());
         for at in [20, slice.len() / 2, slice.len() - 1] {
             let mut bad = slice.clone();
@@ -320,15 +321,16 @@ mod tests {
             served.slice(total, 1),
             Err(SliceError::OutOfRange { .. })
         ));
+        Ok(())
     }
 
     #[test]
-    fn a_file_or_a_reader_serves_the_slices_its_bytes_in_memory_do() {
+    fn a_file_or_a_reader_serves_the_slices_its_bytes_in_memory_do() -> crate::TestResult {
         let bytes = content(2 * SLICE_LEN as usize + 5_000);
         let path = crate::scratch::scratch_dir("slices-on-disk").join("genesis.ckpt");
-        std::fs::write(&path, &bytes).unwrap();
-        let in_memory = Outboard::of(bytes.clone()).unwrap();
-        let on_disk = Outboard::of(OnDisk::new(&path).unwrap()).unwrap();
+        std::fs::write(&path, &bytes)?;
+        let in_memory = Outboard::of(bytes.clone())?;
+        let on_disk = Outboard::of(OnDisk::new(&path)?)?;
         assert_eq!(on_disk.hash(), in_memory.hash());
         assert_eq!(on_disk.len(), in_memory.len());
         for (start, len) in [
@@ -337,18 +339,16 @@ mod tests {
             (2 * SLICE_LEN, 5_000),
             (1_023, 2_050),
         ] {
-            assert_eq!(
-                on_disk.slice(start, len).unwrap(),
-                in_memory.slice(start, len).unwrap()
-            );
+            assert_eq!(on_disk.slice(start, len)?, in_memory.slice(start, len)?);
         }
         // A file cut short after it was hashed serves no slice of what is gone.
-        std::fs::write(&path, &bytes[..SLICE_LEN as usize]).unwrap();
+        std::fs::write(&path, &bytes[..SLICE_LEN as usize])?;
         assert!(on_disk.slice(0, SLICE_LEN).is_ok());
         assert!(matches!(
             on_disk.slice(SLICE_LEN, SLICE_LEN),
             Err(SliceError::Read(_))
         ));
-        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&path)?;
+        Ok(())
     }
 }

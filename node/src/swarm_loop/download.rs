@@ -226,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn slices_come_from_every_peer_and_a_liar_is_dropped() {
+    fn slices_come_from_every_peer_and_a_liar_is_dropped() -> crate::TestResult {
         // The parameters end inside a slice, so one slice fills both
         // halves.
         let params = (5 * SLICE_LEN as usize + 40) / 8;
@@ -234,7 +234,7 @@ mod tests {
             params: (0..params).map(|i| (i % 249) as f32 - 0.5).collect(),
             momentum: (0..params).map(|i| (i % 13) as f32 * 1e-3).collect(),
         };
-        let served = Outboard::of(state.to_bytes()).unwrap();
+        let served = Outboard::of(state.to_bytes())?;
         let [a, b, liar] = [PeerId::random(), PeerId::random(), PeerId::random()];
         let mut download = Download::new(head(served.hash()), params, a, [b, liar]);
         let (fetched, log) = run(&mut download, |peer, start, len| {
@@ -252,12 +252,13 @@ mod tests {
         // never again.
         assert!(log.iter().any(|(p, _)| *p == liar));
         assert!(log.iter().all(|(p, batch)| *p != liar || *batch == 0));
+        Ok(())
     }
 
     #[test]
-    fn a_slice_nobody_has_fails_the_download() {
+    fn a_slice_nobody_has_fails_the_download() -> crate::TestResult {
         let params = 3 * SLICE_LEN as usize / 8;
-        let served = Outboard::of(ChainState::genesis(vec![7.0; params]).to_bytes()).unwrap();
+        let served = Outboard::of(ChainState::genesis(vec![7.0; params]).to_bytes())?;
         let [a, b] = [PeerId::random(), PeerId::random()];
         let mut download = Download::new(head(served.hash()), params, a, [b]);
         let (fetched, _) = run(&mut download, |_, start, len| {
@@ -266,5 +267,6 @@ mod tests {
                 .flatten()
         });
         assert_eq!(fetched, None);
+        Ok(())
     }
 }

@@ -227,24 +227,25 @@ impl Node {
 mod tests {
     use super::*;
 
-    fn built(seed: u8) -> Arc<Outboard> {
-        Arc::new(Outboard::of(vec![seed; 5_000]).unwrap())
+    fn built(seed: u8) -> io::Result<Arc<Outboard>> {
+        Outboard::of(vec![seed; 5_000]).map(Arc::new)
     }
 
     #[test]
-    fn a_slice_longer_than_nodes_ask_for_is_not_served() {
-        let served = Outboard::of(vec![7; 3 * SLICE_LEN as usize]).unwrap();
+    fn a_slice_longer_than_nodes_ask_for_is_not_served() -> crate::TestResult {
+        let served = Outboard::of(vec![7; 3 * SLICE_LEN as usize])?;
         let found = |response| matches!(response, FetchResponse::Found { .. });
         assert!(found(slice(&served, 0, SLICE_LEN)));
         assert!(found(slice(&served, 2 * SLICE_LEN, SLICE_LEN)));
         assert!(!found(slice(&served, 0, SLICE_LEN + 1)));
         assert!(!found(slice(&served, 0, 3 * SLICE_LEN)));
         assert!(!found(slice(&served, 3 * SLICE_LEN, 1)));
+        Ok(())
     }
 
     #[test]
-    fn genesis_is_kept_apart_from_the_head_until_a_round_ends_unasked() {
-        let (genesis, head, next) = (built(1), built(2), built(3));
+    fn genesis_is_kept_apart_from_the_head_until_a_round_ends_unasked() -> crate::TestResult {
+        let (genesis, head, next) = (built(1)?, built(2)?, built(3)?);
         let mut slicing = Slicing::new();
         let holds = |held: Digest| move |hash: &Digest| *hash == held;
         slicing.keep(head.clone(), genesis.hash(), holds(head.hash()));
@@ -268,11 +269,12 @@ mod tests {
         slicing.round_ended(holds(next.hash()));
         assert!(slicing.served(genesis.hash(), genesis.hash()).is_none());
         assert!(slicing.served(next.hash(), genesis.hash()).is_some());
+        Ok(())
     }
 
     #[test]
-    fn each_state_held_is_built_once_and_dropped_when_no_longer_held() {
-        let (genesis, head, result, other) = (built(1), built(2), built(3), built(4));
+    fn each_state_held_is_built_once_and_dropped_when_no_longer_held() -> crate::TestResult {
+        let (genesis, head, result, other) = (built(1)?, built(2)?, built(3)?, built(4)?);
         let (head_hash, result_hash) = (head.hash(), result.hash());
         let mut slicing = Slicing::new();
         // The head and two results of the round are held.
@@ -293,16 +295,17 @@ mod tests {
         assert!(slicing.served(head_hash, genesis.hash()).is_none());
         assert!(slicing.served(other.hash(), genesis.hash()).is_none());
         // Keeping one drops those no longer held, without a round's end.
-        let next = built(5);
+        let next = built(5)?;
         let next_hash = next.hash();
         slicing.keep(next, genesis.hash(), |hash| *hash == next_hash);
         assert!(slicing.served(result_hash, genesis.hash()).is_none());
         assert!(slicing.served(next_hash, genesis.hash()).is_some());
         // One built from a state let go meanwhile is not kept.
-        let gone = built(6);
+        let gone = built(6)?;
         let gone_hash = gone.hash();
         slicing.keep(gone, genesis.hash(), |hash| *hash == next_hash);
         assert!(slicing.served(gone_hash, genesis.hash()).is_none());
         assert!(slicing.served(next_hash, genesis.hash()).is_some());
+        Ok(())
     }
 }

@@ -210,7 +210,7 @@ mod tests {
     use crate::net::slices::tests::content;
 
     #[test]
-    fn the_tree_is_bao_s_outboard_at_every_shape() {
+    fn the_tree_is_bao_s_outboard_at_every_shape() -> crate::TestResult {
         let piece = PIECE_LEN as usize;
         let chunk = CHUNK_LEN as usize;
         for len in [
@@ -230,7 +230,7 @@ mod tests {
             8 * piece + 1,
         ] {
             let bytes = content(len);
-            let (tree, hash) = build(&bytes).unwrap();
+            let (tree, hash) = build(&bytes)?;
             let (expected, expected_hash) = bao::encode::outboard(&bytes);
             assert_eq!(tree, expected, "{len} bytes");
             assert_eq!(
@@ -240,6 +240,7 @@ mod tests {
             );
             assert_eq!(hash, Digest::of(&bytes), "{len} bytes");
         }
+        Ok(())
     }
 
     #[test]

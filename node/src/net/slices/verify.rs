@@ -175,7 +175,7 @@ mod tests {
     use crate::net::slices::tests::content;
 
     /// `bao`'s slice of `range` and its decoder's bytes.
-    fn bao_slice(bytes: &[u8], range: &Range<u64>) -> (Vec<u8>, Vec<u8>) {
+    fn bao_slice(bytes: &[u8], range: &Range<u64>) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
         let (tree, hash) = bao::encode::outboard(bytes);
         let len = range.end - range.start;
         let mut slice = Vec::new();
@@ -185,17 +185,15 @@ mod tests {
             range.start,
             len,
         )
-        .read_to_end(&mut slice)
-        .unwrap();
+        .read_to_end(&mut slice)?;
         let mut decoded = Vec::new();
         bao::decode::SliceDecoder::new(&slice[..], &hash, range.start, len)
-            .read_to_end(&mut decoded)
-            .unwrap();
-        (slice, decoded)
+            .read_to_end(&mut decoded)?;
+        Ok((slice, decoded))
     }
 
     #[test]
-    fn bao_s_slices_of_every_shape_pass_with_the_bytes_bao_decodes() {
+    fn bao_s_slices_of_every_shape_pass_with_the_bytes_bao_decodes() -> crate::TestResult {
         let chunk = CHUNK_LEN;
         for total in [
             1,
@@ -217,15 +215,16 @@ mod tests {
                 ]);
             }
             for range in ranges {
-                let (slice, decoded) = bao_slice(&bytes, &range);
+                let (slice, decoded) = bao_slice(&bytes, &range)?;
                 let verified = verify(&hash, total, range.clone(), &slice);
                 assert_eq!(verified, Ok(decoded), "{total}: {range:?}");
             }
         }
+        Ok(())
     }
 
     #[test]
-    fn any_flipped_byte_a_short_or_long_slice_or_another_range_is_refused() {
+    fn any_flipped_byte_a_short_or_long_slice_or_another_range_is_refused() -> crate::TestResult {
         let total = 20 * CHUNK_LEN + 7;
         let bytes = content(total as usize);
         let hash = Digest::of(&bytes);
@@ -235,7 +234,7 @@ mod tests {
             2 * CHUNK_LEN..18 * CHUNK_LEN,
             3 * CHUNK_LEN - 5..13 * CHUNK_LEN + 9,
         ] {
-            let (slice, _) = bao_slice(&bytes, &range);
+            let (slice, _) = bao_slice(&bytes, &range)?;
             for at in (0..slice.len()).step_by(3) {
                 let mut bad = slice.clone();
                 bad[at] ^= 0x40;
@@ -258,5 +257,6 @@ mod tests {
             let shifted = range.start + CHUNK_LEN..range.end;
             assert!(verify(&hash, total, shifted, &slice).is_err(), "{range:?}");
         }
+        Ok(())
     }
 }
