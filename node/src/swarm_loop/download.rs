@@ -18,8 +18,10 @@ use crate::chain::ChainState;
 use crate::engine::Head;
 use crate::net::slices;
 
-/// Slice requests in flight per peer at most.
-const IN_FLIGHT_PER_PEER: usize = 4;
+/// Slice requests in flight per peer at most: as many as the peer's
+/// stream carries before the first is answered, so that over a long round
+/// trip the peer always has the next request at hand.
+const IN_FLIGHT_PER_PEER: usize = crate::net::fetch::PIPELINE_DEPTH;
 
 /// What became of an answer.
 #[derive(Debug)]

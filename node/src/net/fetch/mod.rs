@@ -1,12 +1,14 @@
 //! Fetching over streams kept open: one stream per peer, over which
-//! requests go one after another ([`codec`] is the wire
+//! requests go in order, several under way at once ([`codec`] is the wire
 //! format).
 //!
 //! A stream is opened (and its protocol negotiated) on a peer's first
 //! request and kept for the next ones, so a fetch costs one request and one
-//! response on the wire, with no negotiation and no new stream. The
-//! swarm's [`libp2p_stream::Behaviour`] hands the streams out; everything
-//! here runs in tasks of its own, beside the event loop:
+//! response on the wire, with no negotiation and no new stream. Up to
+//! [`PIPELINE_DEPTH`] requests are written before the first is answered
+//! (`fetch/link.rs`). The swarm's [`libp2p_stream::Behaviour`] hands the
+//! streams out; everything here runs in tasks of its own, beside the event
+//! loop:
 //!
 //! - [`Fetcher::send`] queues a request for a peer and returns its
 //!   [`FetchId`]; the answer comes back on the receiver that
@@ -43,6 +45,11 @@ use libp2p_stream::{AlreadyRegistered, Control, OpenStreamError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::codec::{self, FetchRequest, FetchResponse, FETCH_PROTOCOL, FETCH_PROTOCOL_V1};
+
+mod link;
+
+use link::Link;
+pub use link::PIPELINE_DEPTH;
 
 /// Answers waiting for the event loop, and requests waiting for it, at most.
 const QUEUE: usize = 64;
@@ -146,20 +153,13 @@ impl Fetcher {
         let (link, requests) = mpsc::unbounded_channel();
         let _ = link.send(queued);
         self.links.insert(peer, link);
-        let task = Link {
-            peer,
-            control: self.control.clone(),
-            stream: None,
-            one_per_stream: false,
-            timeout: self.timeout,
-            payload_len: self.payload_len,
-        };
+        let task = Link::new(peer, self.control.clone(), self.timeout, self.payload_len);
         tokio::spawn(task.run(requests, self.answers.clone()));
         id
     }
 
-    /// Ends `peer`'s task and closes its stream, for a peer that left: a
-    /// request under way is answered, those queued behind it fail with
+    /// Ends `peer`'s task and closes its stream, for a peer that left: the
+    /// requests under way are answered, those queued behind them fail with
     /// [`FetchError::Left`].
     pub fn forget(&mut self, peer: &PeerId) {
         self.links.remove(peer);
@@ -173,119 +173,6 @@ impl std::fmt::Debug for Fetcher {
             .field("timeout", &self.timeout)
             .field("sent", &self.next)
             .finish_non_exhaustive()
-    }
-}
-
-/// One peer's task: its requests, in order, over one stream.
-struct Link {
-    peer: PeerId,
-    control: Control,
-    stream: Option<Stream>,
-    /// The peer speaks only [`FETCH_PROTOCOL_V1`]: a stream per request.
-    one_per_stream: bool,
-    timeout: Duration,
-    /// The run's payload length ([`FetchRequest::longest_body`]).
-    payload_len: u64,
-}
-
-impl Link {
-    async fn run(
-        mut self,
-        mut requests: mpsc::UnboundedReceiver<(FetchId, FetchRequest)>,
-        answers: mpsc::Sender<FetchAnswer>,
-    ) {
-        while let Some((id, request)) = requests.recv().await {
-            let result = if requests.is_closed() {
-                // Forgotten: the peer left, and what was queued for it is
-                // not sent.
-                Err(FetchError::Left)
-            } else {
-                self.exchange(&request).await
-            };
-            let timed_out = matches!(result, Err(FetchError::Timeout(_)));
-            if answers.send(self.answer(id, result)).await.is_err() {
-                return;
-            }
-            if timed_out {
-                // A peer that let one request time out is not asked the
-                // ones queued behind it: each would wait out the timeout in
-                // turn.
-                while let Ok((id, _)) = requests.try_recv() {
-                    let result = Err(FetchError::Timeout(self.timeout));
-                    if answers.send(self.answer(id, result)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The answer to request `id`.
-    fn answer(&self, id: FetchId, result: Result<FetchResponse, FetchError>) -> FetchAnswer {
-        FetchAnswer {
-            id,
-            peer: self.peer,
-            result,
-        }
-    }
-
-    /// Sends `request` and reads its response, within the timeout. A
-    /// stream that fails is dropped, and the request is tried once more on
-    /// a fresh one: a kept stream may have died with its connection since
-    /// its last use, and a peer drops a new stream that it cannot take at
-    /// once. Requests only read, so asking twice is harmless.
-    async fn exchange(&mut self, request: &FetchRequest) -> Result<FetchResponse, FetchError> {
-        let timeout = self.timeout;
-        let tries = async {
-            match self.attempt(request).await {
-                Err(FetchError::Io(e)) if e.kind() != io::ErrorKind::InvalidData => {
-                    self.attempt(request).await
-                }
-                result => result,
-            }
-        };
-        let outcome = tokio::time::timeout(timeout, tries).await;
-        let result = outcome.unwrap_or(Err(FetchError::Timeout(timeout)));
-        if result.is_err() {
-            self.stream = None;
-        }
-        result
-    }
-
-    /// One try over the kept stream, or a new one; the stream is dropped
-    /// if it fails, and after its one request to a peer that speaks only
-    /// [`FETCH_PROTOCOL_V1`].
-    async fn attempt(&mut self, request: &FetchRequest) -> Result<FetchResponse, FetchError> {
-        let stream = match &mut self.stream {
-            Some(stream) => stream,
-            None => {
-                let mut stream = self.open().await?;
-                // The stream lives as long as the peer is asked things; it
-                // does not keep an otherwise idle connection open.
-                stream.ignore_for_keep_alive();
-                self.stream.insert(stream)
-            }
-        };
-        let result = match codec::write_request(stream, request).await {
-            Ok(()) => codec::read_response(stream, request.longest_body(self.payload_len)).await,
-            Err(e) => Err(e),
-        };
-        if result.is_err() || self.one_per_stream {
-            self.stream = None;
-        }
-        Ok(result?)
-    }
-
-    /// A new stream to the peer: [`FETCH_PROTOCOL`], or version 1 if that
-    /// is all the peer speaks (learned once, for the link's life).
-    async fn open(&mut self) -> Result<Stream, OpenStreamError> {
-        if !self.one_per_stream {
-            match self.control.open_stream(self.peer, FETCH_PROTOCOL).await {
-                Err(OpenStreamError::UnsupportedProtocol(_)) => self.one_per_stream = true,
-                opened => return opened,
-            }
-        }
-        self.control.open_stream(self.peer, FETCH_PROTOCOL_V1).await
     }
 }
 
@@ -615,7 +502,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn requests_queued_behind_one_that_timed_out_fail_with_it_unsent() {
+    async fn requests_behind_one_that_timed_out_fail_with_it() {
         let (ask, mut serve, server) = connected_pair().await;
         // Every stream accepted is read once and never answered.
         let mut incoming = serve.accept(FETCH_PROTOCOL).unwrap();
@@ -644,32 +531,166 @@ mod tests {
         assert!(read.try_recv().is_err(), "a queued request was sent");
     }
 
+    /// What a stream served by hand read: a request, or its end.
+    type Arrival = Option<FetchRequest>;
+
+    /// Serves the streams accepted, one after another, as a test drives
+    /// them: each request read is handed out as it arrives, then `None`
+    /// when its stream ends; `found(n)` is written for each `n` sent, and
+    /// for a 0 the stream is dropped.
+    fn serve_by_hand(mut incoming: IncomingStreams) -> (mpsc::Receiver<Arrival>, mpsc::Sender<u8>) {
+        let (arrived, arrivals) = mpsc::channel(64);
+        let (answer, mut answers) = mpsc::channel::<u8>(64);
+        tokio::spawn(async move {
+            while let Some((_, stream)) = incoming.next().await {
+                let (mut reader, mut writer) = futures::AsyncReadExt::split(stream);
+                let reading = async {
+                    while let Ok(Some(request)) = codec::read_request(&mut reader).await {
+                        if arrived.send(Some(request)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = arrived.send(None).await;
+                };
+                // Whether the test goes on.
+                let writing = async {
+                    while let Some(tag) = answers.recv().await {
+                        if tag == 0 {
+                            return true;
+                        }
+                        if codec::write_response(&mut writer, &found(tag))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    false
+                };
+                // The stream is done once the asking side ends it.
+                tokio::select! {
+                    () = reading => {}
+                    going_on = writing => {
+                        if !going_on {
+                            return;
+                        }
+                        let _ = arrived.send(None).await;
+                    }
+                }
+            }
+        });
+        (arrivals, answer)
+    }
+
     #[tokio::test]
-    async fn requests_queued_for_a_peer_that_left_are_not_sent() {
+    async fn a_peer_has_the_pipeline_s_depth_of_requests_before_the_first_is_answered(
+    ) -> crate::TestResult {
         let (ask, mut serve, server) = connected_pair().await;
-        let mut requests = super::serve(&mut serve).unwrap();
+        let (mut arrived, answer) = serve_by_hand(serve.accept(FETCH_PROTOCOL)?);
         let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
-        let first = fetcher.send(server, FetchRequest::Record(1));
-        let held = requests.recv().await.unwrap();
-        let queued = [2, 3].map(|n| fetcher.send(server, FetchRequest::Record(n)));
-        fetcher.forget(&server);
-        held.respond(found(1));
-        let answer = answers.recv().await.unwrap();
-        assert_eq!((answer.id, answer.result.unwrap()), (first, found(1)));
-        for id in queued {
-            let answer = answers.recv().await.unwrap();
-            assert_eq!(answer.id, id);
-            assert!(
-                matches!(answer.result, Err(FetchError::Left)),
-                "{:?}",
-                answer.result
+        let depth = PIPELINE_DEPTH as u64;
+        let ids: Vec<FetchId> = (1..=depth + 2)
+            .map(|n| fetcher.send(server, FetchRequest::Record(n)))
+            .collect();
+        for n in 1..=depth {
+            assert_eq!(arrived.recv().await, Some(Some(FetchRequest::Record(n))));
+        }
+        let more = tokio::time::timeout(Duration::from_millis(300), arrived.recv());
+        assert!(
+            more.await.is_err(),
+            "more than the depth was sent unanswered"
+        );
+        // Each answer lets one more request go.
+        answer.send(1).await?;
+        assert_eq!(
+            arrived.recv().await,
+            Some(Some(FetchRequest::Record(depth + 1)))
+        );
+        let first = answers.recv().await.ok_or("no answer")?;
+        assert_eq!((first.id, first.result?), (ids[0], found(1)));
+        for n in 2..=depth + 2 {
+            answer.send(n as u8).await?;
+            let next = answers.recv().await.ok_or("no answer")?;
+            assert_eq!(
+                (next.id, next.result?),
+                (ids[n as usize - 1], found(n as u8))
             );
         }
-        assert!(requests.try_recv().is_err(), "a queued request was sent");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn requests_written_behind_one_whose_stream_failed_go_again_on_a_fresh_one(
+    ) -> crate::TestResult {
+        let (ask, mut serve, server) = connected_pair().await;
+        let (mut arrived, answer) = serve_by_hand(serve.accept(FETCH_PROTOCOL)?);
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
+        let ids: Vec<FetchId> = (1..=3)
+            .map(|n| fetcher.send(server, FetchRequest::Record(n)))
+            .collect();
+        for n in 1..=3 {
+            assert_eq!(arrived.recv().await, Some(Some(FetchRequest::Record(n))));
+        }
+        answer.send(1).await?;
+        let first = answers.recv().await.ok_or("no answer")?;
+        assert_eq!((first.id, first.result?), (ids[0], found(1)));
+        // The stream dies with two requests on it: both are asked again.
+        answer.send(0).await?;
+        assert_eq!(arrived.recv().await, Some(None));
+        for n in 2..=3 {
+            assert_eq!(arrived.recv().await, Some(Some(FetchRequest::Record(n))));
+        }
+        for n in 2..=3u8 {
+            answer.send(n).await?;
+            let next = answers.recv().await.ok_or("no answer")?;
+            assert_eq!((next.id, next.result?), (ids[usize::from(n) - 1], found(n)));
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn requests_queued_for_a_peer_that_left_are_not_sent() -> crate::TestResult {
+        let (ask, mut serve, server) = connected_pair().await;
+        let (mut arrived, answer) = serve_by_hand(serve.accept(FETCH_PROTOCOL)?);
+        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
+        let depth = PIPELINE_DEPTH as u64;
+        let ids: Vec<FetchId> = (1..=depth + 2)
+            .map(|n| fetcher.send(server, FetchRequest::Record(n)))
+            .collect();
+        for n in 1..=depth {
+            assert_eq!(arrived.recv().await, Some(Some(FetchRequest::Record(n))));
+        }
+        fetcher.forget(&server);
+        // Those under way are answered; those queued behind them fail.
+        for n in 1..=depth {
+            answer.send(n as u8).await?;
+            let next = answers.recv().await.ok_or("no answer")?;
+            assert_eq!(
+                (next.id, next.result?),
+                (ids[n as usize - 1], found(n as u8))
+            );
+        }
+        for id in &ids[depth as usize..] {
+            let left = answers.recv().await.ok_or("no answer")?;
+            assert_eq!(left.id, *id);
+            assert!(
+                matches!(left.result, Err(FetchError::Left)),
+                "{:?}",
+                left.result
+            );
+        }
+        assert_eq!(
+            arrived.recv().await,
+            Some(None),
+            "a queued request was sent"
+        );
         // Asked again, the peer gets a task and a stream of its own again.
-        fetcher.send(server, FetchRequest::Record(4));
-        requests.recv().await.unwrap().respond(found(4));
-        assert_eq!(answers.recv().await.unwrap().result.unwrap(), found(4));
+        let again = fetcher.send(server, FetchRequest::Record(4));
+        assert_eq!(arrived.recv().await, Some(Some(FetchRequest::Record(4))));
+        answer.send(4).await?;
+        let answer = answers.recv().await.ok_or("no answer")?;
+        assert_eq!((answer.id, answer.result?), (again, found(4)));
+        Ok(())
     }
 
     #[tokio::test]
