@@ -582,19 +582,51 @@ mod tests {
         (arrivals, answer)
     }
 
-    #[tokio::test]
-    async fn a_peer_has_the_pipeline_s_depth_of_requests_before_the_first_is_answered(
-    ) -> crate::TestResult {
+    /// A peer served by hand, asked two requests past the pipeline's
+    /// depth, and the requests it has read: the first `PIPELINE_DEPTH`.
+    struct Pipelined {
+        fetcher: Fetcher,
+        answers: mpsc::Receiver<FetchAnswer>,
+        arrived: mpsc::Receiver<Arrival>,
+        answer: mpsc::Sender<u8>,
+        server: PeerId,
+        ids: Vec<FetchId>,
+    }
+
+    async fn pipelined() -> Result<Pipelined, Box<dyn std::error::Error>> {
         let (ask, mut serve, server) = connected_pair().await;
         let (mut arrived, answer) = serve_by_hand(serve.accept(FETCH_PROTOCOL)?);
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
+        let (mut fetcher, answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
         let depth = PIPELINE_DEPTH as u64;
-        let ids: Vec<FetchId> = (1..=depth + 2)
+        let ids = (1..=depth + 2)
             .map(|n| fetcher.send(server, FetchRequest::Record(n)))
             .collect();
         for n in 1..=depth {
             assert_eq!(arrived.recv().await, Some(Some(FetchRequest::Record(n))));
         }
+        Ok(Pipelined {
+            fetcher,
+            answers,
+            arrived,
+            answer,
+            server,
+            ids,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_peer_has_the_pipeline_s_depth_of_requests_before_the_first_is_answered(
+    ) -> crate::TestResult {
+        // The fetcher is kept: dropped, it would forget the peer.
+        let Pipelined {
+            fetcher: _fetcher,
+            mut answers,
+            mut arrived,
+            answer,
+            server: _,
+            ids,
+        } = pipelined().await?;
+        let depth = PIPELINE_DEPTH as u64;
         let more = tokio::time::timeout(Duration::from_millis(300), arrived.recv());
         assert!(
             more.await.is_err(),
@@ -650,16 +682,15 @@ mod tests {
 
     #[tokio::test]
     async fn requests_queued_for_a_peer_that_left_are_not_sent() -> crate::TestResult {
-        let (ask, mut serve, server) = connected_pair().await;
-        let (mut arrived, answer) = serve_by_hand(serve.accept(FETCH_PROTOCOL)?);
-        let (mut fetcher, mut answers) = Fetcher::new(ask, Duration::from_secs(30), BODY);
+        let Pipelined {
+            mut fetcher,
+            mut answers,
+            mut arrived,
+            answer,
+            server,
+            ids,
+        } = pipelined().await?;
         let depth = PIPELINE_DEPTH as u64;
-        let ids: Vec<FetchId> = (1..=depth + 2)
-            .map(|n| fetcher.send(server, FetchRequest::Record(n)))
-            .collect();
-        for n in 1..=depth {
-            assert_eq!(arrived.recv().await, Some(Some(FetchRequest::Record(n))));
-        }
         fetcher.forget(&server);
         // Those under way are answered; those queued behind them fail.
         for n in 1..=depth {
