@@ -230,7 +230,9 @@ impl Link {
                     if let Err(e) = written {
                         return Some((queued, FetchError::Io(e)));
                     }
-                    if sent.send((queued, slot)).is_err() {
+                    if let Err(mpsc::error::SendError((queued, _))) = sent.send((queued, slot)) {
+                        // The reader is gone: the caller has it back.
+                        push_front(&unsent, queued);
                         break;
                     }
                 }
