@@ -25,8 +25,9 @@ impl Node {
             FetchRequest::CheckpointSlice { .. } => self.serve_slice(inbound),
             FetchRequest::Record(_) | FetchRequest::StoredPayload(_) => {
                 let (data, request) = (self.data.clone(), inbound.request);
-                self.answers
-                    .start(inbound, move || answers::stored_answer(&data, request));
+                self.answers.start(inbound.peer, inbound, move || {
+                    answers::stored_answer(&data, request)
+                });
             }
             FetchRequest::Payload(id) => {
                 let response = self.serve_payload(id);

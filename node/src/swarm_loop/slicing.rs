@@ -176,7 +176,7 @@ impl Node {
         if let Some(served) = slicing.served(hash, self.manifest.genesis) {
             return self
                 .answers
-                .start(inbound, move || slice(&served, start, len));
+                .start(inbound.peer, inbound, move || slice(&served, start, len));
         }
         if let Some(waiting) = slicing.building.get_mut(&hash) {
             waiting.push(inbound);
@@ -210,7 +210,7 @@ impl Node {
                 (Some(served), FetchRequest::CheckpointSlice { start, len, .. }) => {
                     let served = served.clone();
                     self.answers
-                        .start(inbound, move || slice(&served, start, len));
+                        .start(inbound.peer, inbound, move || slice(&served, start, len));
                 }
                 _ => self.respond(inbound, FetchResponse::Missing),
             }
