@@ -245,3 +245,18 @@ fn a_recorded_chain_replays_and_a_flipped_byte_is_named() {
     assert!(matches!(replay(&dir, params), Err(ChainError::Head { .. })));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn a_run_no_node_could_run_is_refused_before_it_starts() {
+    let mut scenario = shipped("quickstart");
+    scenario.run.model = ModelKind::Synthetic;
+    scenario.run.min_contributors = 0;
+    let refused = sim::run(&scenario, scenario.run.seed, false, |_| {})
+        .map(drop)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("rounds.min_contributors must be at least 1"),
+        "{refused}"
+    );
+}

@@ -27,20 +27,23 @@ pub struct InitArgs {
     #[arg(long, value_name = "HF_DIR")]
     pub from: Option<PathBuf>,
     /// Inner steps per round (H) [default: 50].
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub inner_steps: Option<u32>,
-    /// Sequences per inner step [default: 32].
-    #[arg(long)]
+    /// Sequences per inner step [default: 32]; with the model's context,
+    /// at most 16 Mi tokens.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: Option<u32>,
-    /// Fewest contributions a round applies [default: 1].
-    #[arg(long)]
+    /// Fewest contributions a round applies, 1 to 16384 [default: 1]. A
+    /// round applies at most 64, or this many if more.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(RunManifest::MAX_CONTRIBUTORS)))]
     pub min_contributors: Option<u32>,
     /// Milliseconds after a round's first contribution before it closes
-    /// without stragglers [default: 30000].
-    #[arg(long)]
+    /// without stragglers, at most a day [default: 30000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(..=RunManifest::MAX_WAIT_MS))]
     pub deadline_ms: Option<u64>,
-    /// Milliseconds to collect the other peers' commits [default: 2000].
-    #[arg(long)]
+    /// Milliseconds to collect the other peers' commits, at most a day
+    /// [default: 2000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(..=RunManifest::MAX_WAIT_MS))]
     pub commit_window_ms: Option<u64>,
 }
 
@@ -55,6 +58,7 @@ impl InitArgs {
         manifest.inner_steps = self.inner_steps.unwrap_or(manifest.inner_steps);
         manifest.inner.batch_size = self.batch_size.unwrap_or(manifest.inner.batch_size);
         rounds.min_contributors = self.min_contributors.unwrap_or(rounds.min_contributors);
+        rounds.max_contributors = rounds.max_contributors.max(rounds.min_contributors);
         rounds.deadline_ms = self.deadline_ms.unwrap_or(rounds.deadline_ms);
         rounds.commit_window_ms = self.commit_window_ms.unwrap_or(rounds.commit_window_ms);
         manifest
@@ -85,9 +89,13 @@ pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("reading the model in {}", folder.display()))?;
             manifest.model = model;
             manifest.name = format!("fine-tune of {}", folder_name(folder));
+            runnable(&manifest)?;
             ChainState::genesis(values)
         }
-        None => ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(args.seed)),
+        None => {
+            runnable(&manifest)?;
+            ChainState::genesis(ParamLayout::gpt2(&manifest.model).initial_values(args.seed))
+        }
     };
     manifest.genesis = genesis.hash();
     dir.write_run(&manifest, &genesis)?;
@@ -95,6 +103,14 @@ pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
     println!("genesis {}", manifest.genesis);
     println!("wrote {}", dir.root().display());
     Ok(())
+}
+
+/// Checks `manifest` before any genesis is made or written; the error
+/// names the setting that no node could run.
+fn runnable(manifest: &RunManifest) -> anyhow::Result<()> {
+    manifest
+        .validate()
+        .context("these settings make a run no node can run")
 }
 
 /// The name a run fine-tuning `folder` goes by: the folder's own name, not
@@ -111,4 +127,23 @@ fn folder_name(folder: &std::path::Path) -> String {
             || "a Hugging Face folder".to_owned(),
             |name| name.to_string_lossy().into_owned(),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_applies_at_least_as_many_contributions_as_it_needs() {
+        let needs = |min| {
+            let args = InitArgs {
+                min_contributors: Some(min),
+                ..InitArgs::default()
+            };
+            let manifest = args.manifest();
+            (manifest.rounds.max_contributors, manifest.validate())
+        };
+        assert_eq!(needs(3), (64, Ok(())));
+        assert_eq!(needs(100), (100, Ok(())));
+    }
 }

@@ -2,6 +2,7 @@
 //! by its id, the genesis checkpoint in slices, both checked; a run that
 //! no peer holds ends in an error that says so.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -9,8 +10,10 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::Multiaddr;
 use p2ptrain_node::chain::{ChainState, DataDir};
 use p2ptrain_node::net::build_swarm;
+use p2ptrain_node::net::codec::FetchResponse;
+use p2ptrain_node::net::fetch;
 use p2ptrain_node::swarm_loop::{fetch_run, Command, EnrolError, Enrolling, Node, NodeEvent};
-use p2ptrain_protocol::{Digest, RunManifest, SigningKey};
+use p2ptrain_protocol::{codec, Digest, InvalidManifest, RunManifest, SigningKey};
 use p2ptrain_trainer::{Corpus, ParamLayout};
 use tokio::sync::mpsc;
 
@@ -246,5 +249,53 @@ async fn a_peer_that_cannot_answer_is_counted_apart_from_one_on_another_run() {
     );
     assert!(told.iter().any(|s| matches!(s, Enrolling::NoAnswer { .. })));
     assert!(error.to_string().contains("1 could not answer"), "{error}");
+    serving.abort();
+}
+
+#[tokio::test]
+async fn a_run_whose_manifest_no_node_can_run_is_refused_before_its_genesis() {
+    // A run made with no inner steps: its manifest still has an id, and a
+    // peer can send it, but no node could train it.
+    let manifest = RunManifest {
+        inner_steps: 0,
+        ..RunManifest::default()
+    };
+    let bytes: Arc<[u8]> = codec::encode(&manifest).unwrap().into();
+    let run = Digest::of(&bytes);
+    let mut peer = build_swarm(&SigningKey::from_bytes(&[13; 32]), &net()).unwrap();
+    let mut requests = fetch::serve(&mut peer.behaviour().fetch.new_control()).unwrap();
+    peer.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let address = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = peer.select_next_some().await {
+            break address;
+        }
+    };
+    let serving = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = peer.select_next_some() => {}
+                Some(request) = requests.recv() => request.respond(FetchResponse::Found {
+                    header: Vec::new(),
+                    body: bytes.clone(),
+                }),
+            }
+        }
+    });
+    let (error, told) = fetch_failing(run, &[address], Duration::from_secs(30)).await;
+    assert!(
+        matches!(
+            &error,
+            EnrolError::Unrunnable { run: r, error: InvalidManifest::Zero { field: "inner_steps" } }
+                if *r == run
+        ),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("inner_steps must be at least 1"),
+        "{error}"
+    );
+    // Refused on the manifest: no genesis slice was asked for.
+    assert!(!told.iter().any(|s| matches!(s, Enrolling::Manifest { .. })));
     serving.abort();
 }

@@ -70,6 +70,8 @@ pub use codec::{CodecError, Message};
 pub use compression::{CompressionSettings, InvalidSettings, ValueBits};
 pub use digest::{Digest, ParseIdError};
 pub use identity::{PeerKey, SigningKey, VerifyingKey};
-pub use manifest::{InnerOptimizer, ModelConfig, OuterOptimizer, RoundRules, RunManifest};
+pub use manifest::{
+    InnerOptimizer, InvalidManifest, ModelConfig, OuterOptimizer, RoundRules, RunManifest,
+};
 pub use round::{Commit, Contribution, Equivocation, IdSet, PayloadRef, RecordError, RoundRecord};
 pub use signed::{Signable, Signed, SignedError};

@@ -224,6 +224,27 @@ mod tests {
         assert_eq!(count(Preset::Gpt2), 124_439_808);
     }
 
+    /// The manifest's check bounds a model by the count the protocol
+    /// computes; it must be this layout's length.
+    #[test]
+    fn the_protocols_parameter_count_is_this_layouts_length() {
+        for preset in [Preset::Tiny, Preset::Small, Preset::Gpt2] {
+            let config = preset.config();
+            assert_eq!(
+                ParamLayout::gpt2(&config).len() as u64,
+                config.parameter_count()
+            );
+        }
+        let odd = ModelConfig {
+            vocab_size: 7,
+            context_len: 5,
+            n_layer: 3,
+            n_head: 2,
+            d_model: 6,
+        };
+        assert_eq!(ParamLayout::gpt2(&odd).len() as u64, odd.parameter_count());
+    }
+
     #[test]
     fn initialization_depends_on_the_seed_only() {
         let layout = ParamLayout::gpt2(&Preset::Tiny.config());

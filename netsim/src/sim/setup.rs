@@ -12,7 +12,7 @@ use crate::checker::SharedChecker;
 use crate::model::{self, Checkpoint, Evaluator, Replica, Store};
 use crate::network::{Millis, Network};
 use crate::rng::Rng;
-use crate::scenario::{ModelKind, Scenario};
+use crate::scenario::{ModelKind, Scenario, ScenarioError};
 
 impl Simulation {
     pub(super) fn new(
@@ -58,6 +58,9 @@ impl Simulation {
         manifest.rounds.max_contributors = run.max_contributors;
         manifest.rounds.min_contributors = run.min_contributors;
         manifest.genesis = genesis_hash;
+        manifest
+            .validate()
+            .map_err(|e| ScenarioError::Invalid(format!("run: {e}")))?;
         let tokens_per_update =
             u64::from(run.inner_steps) * u64::from(run.batch_size) * u64::from(config.context_len);
         let payload_wire_len =

@@ -127,22 +127,36 @@ impl DataDir {
     ///
     /// # Errors
     ///
-    /// [`ChainError`] on an encoding or I/O failure.
+    /// [`ChainError`] on an encoding or I/O failure, or a manifest no node
+    /// can run ([`RunManifest::validate`]), which is not written.
     pub fn write_manifest(&self, manifest: &RunManifest) -> Result<(), ChainError> {
+        self.runnable(manifest)?;
         self.write(&self.file("manifest.bin"), &codec::encode(manifest)?)
     }
 
-    /// Reads the run manifest.
+    /// `manifest`, checked as [`DataDir::manifest`] checks the one it reads.
+    fn runnable(&self, manifest: &RunManifest) -> Result<(), ChainError> {
+        manifest.validate().map_err(|error| ChainError::Manifest {
+            path: self.file("manifest.bin").display().to_string(),
+            error,
+        })
+    }
+
+    /// Reads the run manifest, and checks that a node can run it.
     ///
     /// # Errors
     ///
-    /// [`ChainError`] if it is missing or does not decode.
+    /// [`ChainError`] if it is missing, does not decode, or has a field out
+    /// of range ([`RunManifest::validate`]).
     pub fn manifest(&self) -> Result<RunManifest, ChainError> {
         let path = self.file("manifest.bin");
-        codec::decode(&self.read(&path)?).map_err(|e| ChainError::Decode {
-            path: path.display().to_string(),
-            error: e,
-        })
+        let manifest: RunManifest =
+            codec::decode(&self.read(&path)?).map_err(|e| ChainError::Decode {
+                path: path.display().to_string(),
+                error: e,
+            })?;
+        self.runnable(&manifest)?;
+        Ok(manifest)
     }
 
     /// Writes a new run: its genesis checkpoint, then its manifest (so that
@@ -150,12 +164,14 @@ impl DataDir {
     ///
     /// # Errors
     ///
-    /// [`ChainError`] on an encoding or I/O failure.
+    /// [`ChainError`] on an encoding or I/O failure, or a manifest no node
+    /// can run, before anything is written.
     pub fn write_run(
         &self,
         manifest: &RunManifest,
         genesis: &ChainState,
     ) -> Result<(), ChainError> {
+        self.runnable(manifest)?;
         self.write_genesis(genesis)?;
         self.write_manifest(manifest)
     }
@@ -493,6 +509,45 @@ mod tests {
         drop(held);
         let _again = dir.lock().unwrap();
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_manifest_no_node_can_run_is_neither_written_nor_read() -> crate::TestResult {
+        let root = crate::scratch::scratch_dir("unrunnable");
+        let dir = DataDir::new(&root);
+        let manifest = RunManifest {
+            inner_steps: 0,
+            ..RunManifest::default()
+        };
+        let genesis = ChainState::genesis(vec![0.0; 4]);
+        let refused = dir.write_run(&manifest, &genesis);
+        assert!(
+            matches!(refused, Err(ChainError::Manifest { .. })),
+            "{refused:?}"
+        );
+        // Refused before anything was written.
+        assert!(!dir.holds_run() && !dir.genesis_path().exists());
+
+        // One written by other means is refused as it is read, naming the
+        // field.
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("manifest.bin"), codec::encode(&manifest)?)?;
+        let error = dir
+            .manifest()
+            .map(drop)
+            .err()
+            .ok_or("an unrunnable manifest was read")?;
+        assert!(
+            error.to_string().contains("inner_steps must be at least 1"),
+            "{error}"
+        );
+        std::fs::write(
+            root.join("manifest.bin"),
+            codec::encode(&RunManifest::default())?,
+        )?;
+        assert_eq!(dir.manifest()?, RunManifest::default());
+        std::fs::remove_dir_all(&root)?;
+        Ok(())
     }
 
     #[test]

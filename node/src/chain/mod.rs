@@ -14,7 +14,7 @@ mod verify;
 
 use std::path::Path;
 
-use p2ptrain_protocol::{CodecError, Digest};
+use p2ptrain_protocol::{CodecError, Digest, InvalidManifest};
 
 pub use datadir::{Announcement, DataDir, DirLock};
 pub use history::history;
@@ -49,6 +49,14 @@ pub enum ChainError {
         path: String,
         /// The codec's complaint.
         error: CodecError,
+    },
+    /// The run manifest decodes, but no node can run it.
+    #[error("{path}: not a run a node can run: {error}")]
+    Manifest {
+        /// The file.
+        path: String,
+        /// The field out of range.
+        error: InvalidManifest,
     },
     /// A file ends before what its header says it holds.
     #[error("{path}: truncated")]

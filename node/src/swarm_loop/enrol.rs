@@ -16,7 +16,7 @@ use futures::StreamExt;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{mdns, Multiaddr, PeerId, Swarm};
-use p2ptrain_protocol::{codec, Digest, RunManifest, SigningKey};
+use p2ptrain_protocol::{codec, Digest, InvalidManifest, RunManifest, SigningKey};
 use tokio::time::Instant;
 
 use super::download::{Download, Progress};
@@ -122,6 +122,14 @@ pub enum EnrolError {
         /// Peers that could not answer.
         unanswered: usize,
     },
+    /// The run's manifest, checked against the id, is one no node can run.
+    #[error("run {run} is not one a node can run: {error}")]
+    Unrunnable {
+        /// The run.
+        run: Digest,
+        /// The field out of range.
+        error: InvalidManifest,
+    },
     /// The genesis checkpoint stopped arriving.
     #[error(
         "the genesis checkpoint stopped arriving at {} of {}: no slice came for {} s",
@@ -211,6 +219,7 @@ pub async fn fetch_run(
             News::None => {}
             News::Some => last_news = Instant::now(),
             News::Done(manifest, genesis) => return Ok((*manifest, genesis)),
+            News::Unrunnable(error) => return Err(EnrolError::Unrunnable { run, error }),
         }
     }
 }
@@ -223,6 +232,8 @@ enum News {
     Some,
     /// The run, whole.
     Done(Box<RunManifest>, ChainState),
+    /// The run's manifest, which no node can run.
+    Unrunnable(InvalidManifest),
 }
 
 /// The run held so far, once its manifest is here.
@@ -349,6 +360,9 @@ impl Enrolment<'_> {
             (self.progress)(Enrolling::NotOnRun(peer));
             return News::None;
         };
+        if let Err(error) = manifest.validate() {
+            return News::Unrunnable(error);
+        }
         match &mut self.manifest {
             Some(fetched) => fetched.genesis.add_peer(peer),
             None => {

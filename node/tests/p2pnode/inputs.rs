@@ -73,6 +73,43 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
 }
 
 #[test]
+fn init_refuses_settings_no_node_can_run_and_writes_nothing() {
+    let root = scratch("unrunnable");
+    let dir = root.join("run");
+    let dir_arg = dir.to_str().unwrap();
+    for (option, value, said) in [
+        ("--inner-steps", "0", "invalid value '0' for '--inner-steps"),
+        ("--batch-size", "0", "invalid value '0' for '--batch-size"),
+        (
+            "--batch-size",
+            "300000",
+            "a batch of 300000 sequences of 64 tokens is more than 16777216 tokens",
+        ),
+        (
+            "--min-contributors",
+            "0",
+            "invalid value '0' for '--min-contributors",
+        ),
+        (
+            "--deadline-ms",
+            "86400001",
+            "invalid value '86400001' for '--deadline-ms",
+        ),
+    ] {
+        fails_saying(&["init", "--dir", dir_arg, option, value], said);
+        assert!(
+            !dir.join("genesis.ckpt").exists(),
+            "{option} {value}: a genesis was written"
+        );
+        assert!(
+            !dir.join("manifest.bin").exists(),
+            "{option} {value}: a run was written"
+        );
+    }
+    fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
 fn a_missing_key_and_an_empty_chain_are_explained() {
     let (root, dir, key) = solo("explained");
     fails_saying(

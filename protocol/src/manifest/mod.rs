@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError};
 use crate::{CompressionSettings, Digest, PeerKey};
 
+mod limits;
+
+pub use limits::InvalidManifest;
+
 /// Shape of the model every replica trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +80,8 @@ pub struct RoundRules {
 /// The run: model, optimizers, compression and round rules, fixed at genesis.
 ///
 /// Its id is the blake3 of its encoding, and every contribution names it.
+/// Any well-formed manifest decodes; [`RunManifest::validate`] says whether
+/// a node can run it.
 ///
 /// ```
 /// use p2ptrain_protocol::RunManifest;
