@@ -154,6 +154,7 @@ fn same_seed_gives_the_same_shuffle_and_another_seed_another() {
     assert_eq!(seven.tokens(), b"d\ne\nc\na\nb");
     assert_eq!(Corpus::load(&dir, 7).unwrap().tokens(), seven.tokens());
     assert_eq!(Corpus::load(&dir, 8).unwrap().tokens(), b"a\nb\ne\nc\nd");
+    assert_eq!(seven.into_tokens(), b"d\ne\nc\na\nb");
 }
 
 #[test]

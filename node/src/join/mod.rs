@@ -488,7 +488,7 @@ fn training_tokens(path: Option<&Path>) -> anyhow::Result<(Vec<u8>, String)> {
         crate::words::counted(corpus.documents() as u64, "file"),
         corpus.tokens().len()
     );
-    Ok((corpus.tokens().to_vec(), note))
+    Ok((corpus.into_tokens(), note))
 }
 
 /// The model the node will train, as far as it is known before the run is

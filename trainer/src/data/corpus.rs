@@ -42,12 +42,13 @@ impl Corpus {
     /// # Errors
     ///
     /// [`DataError::Io`] naming the path that could not be read (a missing
-    /// `path` included); [`DataError::Empty`] if no non-empty file was found.
+    /// `path` included); [`DataError::Empty`] if no non-empty file was found;
+    /// [`DataError::TooLarge`] if the memory for the stream cannot be had.
     pub fn load(path: impl AsRef<Path>, seed: u64) -> Result<Self, DataError> {
-        let mut documents = walk::read_documents(path.as_ref())?;
+        let mut documents = walk::list_documents(path.as_ref())?;
         SplitMix64::new(seed).shuffle(&mut documents);
-        let count = documents.len();
-        Ok(Self::split(Cow::Owned(documents.join(&b'\n')), count))
+        let stream = walk::read_joined(&documents)?;
+        Ok(Self::split(Cow::Owned(stream), documents.len()))
     }
 
     /// The corpus bundled with the crate (about 1.9 MB of Shakespeare, one
@@ -92,6 +93,11 @@ impl Corpus {
     /// The whole stream: training then validation.
     pub fn tokens(&self) -> &[u8] {
         &self.tokens
+    }
+
+    /// The whole stream, taken out of the corpus: no copy of a loaded one.
+    pub fn into_tokens(self) -> Vec<u8> {
+        self.tokens.into_owned()
     }
 
     /// The training part: the stream up to the split.

@@ -68,6 +68,16 @@ pub enum DataError {
         /// The path that was given.
         path: PathBuf,
     },
+    /// The documents together need more memory than can be had: a node
+    /// holds its data in memory while it trains.
+    #[error(
+        "the data is {bytes} bytes, more than this machine can hold in memory; \
+         give a part of it"
+    )]
+    TooLarge {
+        /// The bytes of the stream.
+        bytes: u64,
+    },
     /// A token stream is too short for one window.
     #[error("need at least {needed} tokens, found {found}")]
     TooShort {
