@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use p2ptrain_node::chain::{ChainState, DataDir};
-use p2ptrain_protocol::RunManifest;
+use p2ptrain_protocol::{Digest, RunManifest};
 use p2ptrain_trainer::ParamLayout;
 
 /// The options of `p2pnode init`. Every setting left out keeps the bundled
@@ -65,8 +65,27 @@ impl InitArgs {
     }
 }
 
-/// Writes a new run into `dir` (refusing a directory that holds one).
+/// `p2pnode init`: writes a new run into `dir` (refusing a directory that
+/// holds one) and prints its id, its genesis checkpoint and where it is.
 pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
+    let new = write_new_run(dir, args)?;
+    println!("run {}", new.run);
+    println!("genesis {}", new.genesis);
+    println!("wrote {}", dir.root().display());
+    Ok(())
+}
+
+/// A run just written into a data directory.
+pub struct NewRun {
+    /// Its id.
+    pub run: Digest,
+    /// Its genesis checkpoint.
+    pub genesis: Digest,
+}
+
+/// Writes a new run into `dir`, refusing a directory that holds one;
+/// prints nothing.
+pub fn write_new_run(dir: &DataDir, args: &InitArgs) -> anyhow::Result<NewRun> {
     if dir.holds_run() {
         match dir.manifest() {
             Ok(existing) => anyhow::bail!(
@@ -99,10 +118,10 @@ pub fn init(dir: &DataDir, args: &InitArgs) -> anyhow::Result<()> {
     };
     manifest.genesis = genesis.hash();
     dir.write_run(&manifest, &genesis)?;
-    println!("run {}", manifest.id()?);
-    println!("genesis {}", manifest.genesis);
-    println!("wrote {}", dir.root().display());
-    Ok(())
+    Ok(NewRun {
+        run: manifest.id()?,
+        genesis: manifest.genesis,
+    })
 }
 
 /// Checks `manifest` before any genesis is made or written; the error

@@ -14,7 +14,7 @@ use p2ptrain_node::{cli::error_report, keyfile, net};
 use p2ptrain_protocol::{PeerKey, RunManifest};
 use p2ptrain_trainer::ParamLayout;
 
-pub(crate) use init::{init, InitArgs};
+pub(crate) use init::{init, write_new_run, InitArgs};
 
 /// A peer of a p2ptrain swarm: trains a shared model with other peers, no
 /// server in between.

@@ -178,7 +178,11 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                     args.dir.display()
                 ),
             );
-            crate::init(&data, &crate::InitArgs::default())?;
+            let new = crate::write_new_run(&data, &crate::InitArgs::default())?;
+            report.note(
+                "new_run_written",
+                &format!("run {}, genesis checkpoint {}", new.run, new.genesis),
+            );
         }
     }
     // Named in the line that tells how to add a peer; a manifest that

@@ -7,7 +7,7 @@ use p2ptrain_node::chain::{latest, DataDir};
 use p2ptrain_protocol::RunManifest;
 use p2ptrain_trainer::ParamLayout;
 
-use crate::harness::{exclusive, run, run_ok, solo, Node, Stream};
+use crate::harness::{exclusive, run, run_ok, scratch, solo, Node, Stream};
 
 /// GET `path` from `address` (host:port); the whole answer.
 fn http_get(address: &str, path: &str) -> String {
@@ -113,4 +113,44 @@ fn a_running_node_answers_status_and_metrics_and_its_checkpoint_exports() {
     assert_eq!(tuned.manifest().unwrap().name, "fine-tune of hf");
     assert_eq!(tuned.manifest().unwrap().genesis, genesis.hash());
     std::fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn a_new_run_that_join_starts_is_told_in_json_like_the_rest(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let _machine = exclusive();
+    let root = scratch("json-new-run");
+    let dir = root.join("run");
+    let key = root.join("node.key");
+    let stdout = run_ok(&[
+        "join",
+        "--dir",
+        dir.to_str().ok_or("path")?,
+        "--key",
+        key.to_str().ok_or("path")?,
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--rounds",
+        "1",
+        "--log-format",
+        "json",
+    ]);
+    // Every line on stdout is a JSON object, the new run's included.
+    let mut events = Vec::new();
+    for line in stdout.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not JSON: {line:?}: {e}"))?;
+        events.push(event);
+    }
+    let run = DataDir::new(&dir).manifest()?.id()?.to_string();
+    let written = events
+        .iter()
+        .find(|e| e["event"] == "new_run_written")
+        .ok_or_else(|| format!("no new_run_written event in {stdout}"))?;
+    let message = written["message"].as_str().ok_or("no message")?;
+    assert!(message.contains(&run), "{message}");
+    assert!(events.iter().any(|e| e["event"] == "finalized"), "{stdout}");
+    std::fs::remove_dir_all(root)?;
+    Ok(())
 }
