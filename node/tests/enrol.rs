@@ -253,19 +253,19 @@ async fn a_peer_that_cannot_answer_is_counted_apart_from_one_on_another_run() {
 }
 
 #[tokio::test]
-async fn a_run_whose_manifest_no_node_can_run_is_refused_before_its_genesis() {
+async fn a_run_whose_manifest_no_node_can_run_is_refused_before_its_genesis(
+) -> Result<(), Box<dyn std::error::Error>> {
     // A run made with no inner steps: its manifest still has an id, and a
     // peer can send it, but no node could train it.
     let manifest = RunManifest {
         inner_steps: 0,
         ..RunManifest::default()
     };
-    let bytes: Arc<[u8]> = codec::encode(&manifest).unwrap().into();
+    let bytes: Arc<[u8]> = codec::encode(&manifest)?.into();
     let run = Digest::of(&bytes);
-    let mut peer = build_swarm(&SigningKey::from_bytes(&[13; 32]), &net()).unwrap();
-    let mut requests = fetch::serve(&mut peer.behaviour().fetch.new_control()).unwrap();
-    peer.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
+    let mut peer = build_swarm(&SigningKey::from_bytes(&[13; 32]), &net())?;
+    let mut requests = fetch::serve(&mut peer.behaviour().fetch.new_control())?;
+    peer.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
     let address = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = peer.select_next_some().await {
             break address;
@@ -298,4 +298,5 @@ async fn a_run_whose_manifest_no_node_can_run_is_refused_before_its_genesis() {
     // Refused on the manifest: no genesis slice was asked for.
     assert!(!told.iter().any(|s| matches!(s, Enrolling::Manifest { .. })));
     serving.abort();
+    Ok(())
 }

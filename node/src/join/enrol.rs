@@ -34,6 +34,21 @@ pub fn check_holds_no_other_run(data: &DataDir, run: Digest) -> anyhow::Result<(
     Ok(())
 }
 
+/// Refuses to wait for peers of `run` that cannot be found: with no
+/// `--bootstrap` address and mDNS switched off, no peer is ever asked.
+pub fn check_can_find_peers(
+    run: Digest,
+    mdns: bool,
+    bootstrap: &[Multiaddr],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        mdns || !bootstrap.is_empty(),
+        "fetching run {run} needs a peer of it to ask: give --bootstrap ADDRESS \
+         (a node of the run prints its address), or drop --no-mdns to look on the LAN"
+    );
+    Ok(())
+}
+
 /// Fetches run `run` from its peers for `data`, which holds no run: its
 /// manifest and genesis checkpoint, both checked, not yet written.
 pub async fn fetch(
@@ -51,6 +66,16 @@ pub async fn fetch(
             data.root().display()
         ),
     );
+    if bootstrap.is_empty() {
+        report.note(
+            "fetching_run",
+            &format!(
+                "no --bootstrap address: looking for peers of the run on the LAN (mDNS) for \
+                 up to {} s; --bootstrap ADDRESS asks a node of the run directly",
+                PATIENCE.as_secs()
+            ),
+        );
+    }
     // A line per tenth of the checkpoint, not per slice.
     let mut tenths_told = 0;
     let mut tell = |step: Enrolling| match step {

@@ -123,6 +123,9 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     let data = DataDir::new(&args.dir);
     if let Some(run) = args.run {
         enrol::check_holds_no_other_run(&data, run)?;
+        if !data.holds_run() {
+            enrol::check_can_find_peers(run, !args.no_mdns, &args.bootstrap)?;
+        }
     }
     if let (Some(path), Some(model)) = (&args.data, model_to_train(&data, args.run)) {
         check_fits_a_window(&model, path, tokens.len())?;

@@ -73,10 +73,27 @@ fn a_mistyped_option_of_join_leaves_no_key_or_run_behind() {
 }
 
 #[test]
-fn init_refuses_settings_no_node_can_run_and_writes_nothing() {
+fn a_run_to_fetch_with_no_way_to_find_its_peers_is_refused_at_once(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = scratch("no-way");
+    let dir = root.join("run");
+    let key = root.join("node.key");
+    let run = "3367cb9c405ae40e9d12599a706cb76fad9b5552454e299ce6f41a921a5d7f39";
+    fails_saying(
+        &join_args(&dir, &key, &["--run", run]),
+        "needs a peer of it to ask: give --bootstrap ADDRESS",
+    );
+    assert!(!dir.exists() && !key.exists());
+    fs::remove_dir_all(root)?;
+    Ok(())
+}
+
+#[test]
+fn init_refuses_settings_no_node_can_run_and_writes_nothing(
+) -> Result<(), Box<dyn std::error::Error>> {
     let root = scratch("unrunnable");
     let dir = root.join("run");
-    let dir_arg = dir.to_str().unwrap();
+    let dir_arg = dir.to_str().ok_or("not UTF-8")?;
     for (option, value, said) in [
         ("--inner-steps", "0", "invalid value '0' for '--inner-steps"),
         ("--batch-size", "0", "invalid value '0' for '--batch-size"),
@@ -106,7 +123,8 @@ fn init_refuses_settings_no_node_can_run_and_writes_nothing() {
             "{option} {value}: a run was written"
         );
     }
-    fs::remove_dir_all(root).unwrap();
+    fs::remove_dir_all(root)?;
+    Ok(())
 }
 
 #[test]
