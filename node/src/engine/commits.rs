@@ -1,7 +1,7 @@
 //! Commits: collecting them, fork choice between branches, the outer
 //! step's answer, and adopting a heavier branch's checkpoint.
 
-use p2ptrain_protocol::{Commit, Digest, IdSet, Signed};
+use p2ptrain_protocol::{Commit, Digest, IdSet, PeerKey, Signed};
 
 use super::round::{Entry, EntryState, Phase, RecentHeads};
 use super::validate::Checker;
@@ -104,6 +104,48 @@ impl<C: Checker> Engine<C> {
             },
             from: commit.committer,
         });
+    }
+
+    /// The checkpoint `result`, named by `from`'s commit, could not be
+    /// had. A committer that has since committed a round on top of it
+    /// moved on, as an honest peer does once the next round ends, and
+    /// stopped serving it: it is not ignored. One that did not claimed a
+    /// checkpoint it cannot serve, and is. The commits that waited while
+    /// the checkpoint was sought are then weighed again, heaviest chain
+    /// first, so a node left behind goes for the newest checkpoint it has
+    /// heard of rather than waiting on the next round's end.
+    pub(super) fn on_checkpoint_unavailable(
+        &mut self,
+        now: Millis,
+        result: Digest,
+        from: PeerKey,
+        out: &mut Vec<Output>,
+    ) {
+        let waiting: Vec<(Signed<Commit>, Commit)> = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .filter_map(|signed| {
+                let commit = self.checker.commit(&signed).ok()?;
+                Some((signed, commit))
+            })
+            .collect();
+        let moved_on = waiting
+            .iter()
+            .any(|(_, c)| c.committer == from && c.base == result);
+        if !moved_on {
+            self.ban(from, BanReason::CheckpointUnavailable { result }, out);
+        }
+        if self.adopting.as_ref().is_none_or(|a| a.result != result) {
+            // Another checkpoint is being sought: its commits wait on.
+            self.deferred = waiting.into_iter().map(|(signed, _)| signed).collect();
+            return;
+        }
+        self.adopting = None;
+        let mut waiting = waiting;
+        waiting
+            .sort_by_key(|(_, c)| std::cmp::Reverse((c.chain_tokens, std::cmp::Reverse(c.result))));
+        for (signed, _) in waiting {
+            self.on_commit(now, signed, out);
+        }
     }
 
     pub(super) fn on_applied(

@@ -331,10 +331,7 @@ impl<C: Checker> Engine<C> {
             Input::Applied { round, result } => self.on_applied(now, round, result, &mut out),
             Input::CheckpointAdopted(head) => self.on_adopted(now, head, &mut out),
             Input::CheckpointUnavailable { result, from } => {
-                if self.adopting.as_ref().is_some_and(|a| a.result == result) {
-                    self.adopting = None;
-                }
-                self.ban(from, BanReason::CheckpointUnavailable { result }, &mut out);
+                self.on_checkpoint_unavailable(now, result, from, &mut out);
             }
         }
         self.progress(now, &mut out);

@@ -58,6 +58,9 @@ struct Swarm {
     /// and the failures wait in `failed_fetches` until a test delivers them.
     unreachable: BTreeSet<(usize, usize)>,
     failed_fetches: Vec<(usize, Digest)>,
+    /// When set, checkpoint requests wait here (peer, head, asked of)
+    /// until a test answers them; else each is adopted at once.
+    held_checkpoints: Option<Vec<(usize, Head, PeerKey)>>,
     finalized: Vec<Vec<(u64, Digest, Vec<Digest>)>>,
     returned: Vec<usize>,
     rejected: Vec<(usize, RejectReason)>,
@@ -81,6 +84,7 @@ impl Swarm {
             cut: BTreeSet::new(),
             unreachable: BTreeSet::new(),
             failed_fetches: Vec::new(),
+            held_checkpoints: None,
             finalized: vec![Vec::new(); n],
             returned: vec![0; n],
             rejected: Vec::new(),
@@ -161,9 +165,10 @@ impl Swarm {
                     self.finalized[i].push((head.round - 1, head.base, ids));
                 }
                 Output::ReturnToResidual { .. } => self.returned[i] += 1,
-                Output::RequestCheckpoint { head, .. } => {
-                    self.queue.push_back((i, Input::CheckpointAdopted(head)));
-                }
+                Output::RequestCheckpoint { head, from } => match &mut self.held_checkpoints {
+                    Some(held) => held.push((i, head, from)),
+                    None => self.queue.push_back((i, Input::CheckpointAdopted(head))),
+                },
                 Output::Rejected(Rejection { reason, .. }) => self.rejected.push((i, reason)),
                 Output::Banned(Ban { peer, reason }) => self.banned.push((i, peer, reason)),
                 Output::KeyShared { round } => self.key_shared.push((i, round)),
@@ -439,6 +444,102 @@ fn a_peer_on_a_lighter_chain_adopts_the_heavier_one() {
     assert_eq!(heads[0].round, 3);
     assert_eq!(heads[3].base, heads[0].base, "{heads:?}");
     assert_eq!(heads[4].base, heads[0].base);
+}
+
+/// Peers 3 and 4 on a lighter chain, cut off from 0, 1 and 2 for a round;
+/// the link is back, and the majority's next commits reach them.
+fn behind_on_a_lighter_chain() -> Swarm {
+    let mut swarm = Swarm::new(5, manifest());
+    swarm.start();
+    swarm.rounds(1, &[0, 1, 2, 3, 4]);
+    for a in 0..5 {
+        for b in 0..5 {
+            if (a < 3) != (b < 3) {
+                swarm.cut.insert((a, b));
+            }
+        }
+    }
+    swarm.train(&[0, 1, 2, 3, 4], |_| 1.0);
+    for _ in 0..3 {
+        swarm.advance(1_000);
+    }
+    swarm.cut.clear();
+    swarm
+}
+
+/// Peers 0, 1 and 2 close a round, past the deadline for 3 and 4.
+fn majority_round(swarm: &mut Swarm) {
+    swarm.train(&[0, 1, 2], |_| 1.0);
+    swarm.advance(1_000);
+    swarm.advance(100);
+    swarm.advance(1);
+}
+
+#[test]
+fn a_checkpoint_gone_because_its_committer_moved_on_sends_the_node_to_the_newer_one(
+) -> crate::TestResult {
+    let mut swarm = behind_on_a_lighter_chain();
+    swarm.held_checkpoints = Some(Vec::new());
+    // The majority closes a round: peer 3 asks for its checkpoint...
+    majority_round(&mut swarm);
+    let asked = swarm.held_checkpoints.take().unwrap_or_default();
+    let (_, first, committer) = *asked
+        .iter()
+        .find(|(i, _, _)| *i == 3)
+        .ok_or("peer 3 asked for no checkpoint")?;
+    assert_eq!(first.base, swarm.heads()[0].base);
+    // ...and while it waits, the majority closes the next, on top of it.
+    swarm.held_checkpoints = Some(Vec::new());
+    majority_round(&mut swarm);
+    let newest = swarm.heads()[0];
+    assert!(swarm.held_checkpoints.as_ref().is_some_and(Vec::is_empty));
+    // The first checkpoint is no longer served.
+    swarm.queue.push_back((
+        3,
+        Input::CheckpointUnavailable {
+            result: first.base,
+            from: committer,
+        },
+    ));
+    swarm.run();
+    // The committer moved on: not ignored. Peer 3 goes for the newest.
+    assert!(swarm.banned.is_empty(), "{:?}", swarm.banned);
+    let asked = swarm.held_checkpoints.take().unwrap_or_default();
+    let bases: Vec<Digest> = asked
+        .iter()
+        .filter(|(i, _, _)| *i == 3)
+        .map(|(_, head, _)| head.base)
+        .collect();
+    assert_eq!(bases, [newest.base]);
+    swarm
+        .queue
+        .push_back((3, Input::CheckpointAdopted(asked[0].1)));
+    swarm.run();
+    assert_eq!(swarm.heads()[3], newest);
+    Ok(())
+}
+
+#[test]
+fn a_checkpoint_its_committer_never_served_gets_the_committer_ignored() -> crate::TestResult {
+    let mut swarm = behind_on_a_lighter_chain();
+    swarm.held_checkpoints = Some(Vec::new());
+    majority_round(&mut swarm);
+    let asked = swarm.held_checkpoints.take().unwrap_or_default();
+    let (_, head, committer) = *asked
+        .iter()
+        .find(|(i, _, _)| *i == 3)
+        .ok_or("peer 3 asked for no checkpoint")?;
+    swarm.queue.push_back((
+        3,
+        Input::CheckpointUnavailable {
+            result: head.base,
+            from: committer,
+        },
+    ));
+    swarm.run();
+    assert_eq!(swarm.banned.len(), 1);
+    assert_eq!((swarm.banned[0].0, swarm.banned[0].1), (3, committer));
+    Ok(())
 }
 
 #[test]
