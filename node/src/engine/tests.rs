@@ -412,42 +412,9 @@ fn bad_contributions_are_dropped_and_counted_by_reason() {
     }
 }
 
-#[test]
-fn a_peer_on_a_lighter_chain_adopts_the_heavier_one() {
-    let mut swarm = Swarm::new(5, manifest());
-    swarm.start();
-    swarm.rounds(1, &[0, 1, 2, 3, 4]);
-    // Cut {3, 4} off from {0, 1, 2} for a round.
-    for a in 0..5 {
-        for b in 0..5 {
-            if (a < 3) != (b < 3) {
-                swarm.cut.insert((a, b));
-            }
-        }
-    }
-    swarm.train(&[0, 1, 2, 3, 4], |_| 1.0);
-    for _ in 0..3 {
-        swarm.advance(1_000);
-    }
-    // The majority went on; the two could not reach a quorum of the last
-    // round's five.
-    assert_eq!(swarm.heads()[0].round, 2);
-    assert_eq!(swarm.heads()[3].round, 1);
-    swarm.cut.clear();
-    swarm.train(&[0, 1, 2], |_| 1.0);
-    swarm.advance(1_000);
-    swarm.advance(100);
-    swarm.advance(1);
-    // The cut-off peers adopted the majority's chain when its commits
-    // arrived.
-    let heads = swarm.heads();
-    assert_eq!(heads[0].round, 3);
-    assert_eq!(heads[3].base, heads[0].base, "{heads:?}");
-    assert_eq!(heads[4].base, heads[0].base);
-}
-
-/// Peers 3 and 4 on a lighter chain, cut off from 0, 1 and 2 for a round;
-/// the link is back, and the majority's next commits reach them.
+/// Peers 3 and 4 on a lighter chain, cut off from 0, 1 and 2 for a round
+/// (the majority went on, the two could not reach a quorum of the last
+/// round's five); the link is back.
 fn behind_on_a_lighter_chain() -> Swarm {
     let mut swarm = Swarm::new(5, manifest());
     swarm.start();
@@ -463,8 +430,22 @@ fn behind_on_a_lighter_chain() -> Swarm {
     for _ in 0..3 {
         swarm.advance(1_000);
     }
+    assert_eq!(swarm.heads()[0].round, 2);
+    assert_eq!(swarm.heads()[3].round, 1);
     swarm.cut.clear();
     swarm
+}
+
+#[test]
+fn a_peer_on_a_lighter_chain_adopts_the_heavier_one() {
+    let mut swarm = behind_on_a_lighter_chain();
+    majority_round(&mut swarm);
+    // The cut-off peers adopted the majority's chain when its commits
+    // arrived.
+    let heads = swarm.heads();
+    assert_eq!(heads[0].round, 3);
+    assert_eq!(heads[3].base, heads[0].base, "{heads:?}");
+    assert_eq!(heads[4].base, heads[0].base);
 }
 
 /// Peers 0, 1 and 2 close a round, past the deadline for 3 and 4.
@@ -475,18 +456,25 @@ fn majority_round(swarm: &mut Swarm) {
     swarm.advance(1);
 }
 
+/// The checkpoint peer 3 asks for, and of whom, once the majority has
+/// closed a round; the request is held, unanswered.
+fn asked_by_3_after_a_majority_round(swarm: &mut Swarm) -> Result<(Head, PeerKey), &'static str> {
+    swarm.held_checkpoints = Some(Vec::new());
+    majority_round(swarm);
+    let asked = swarm.held_checkpoints.take().unwrap_or_default();
+    asked
+        .iter()
+        .find(|(i, _, _)| *i == 3)
+        .map(|(_, head, from)| (*head, *from))
+        .ok_or("peer 3 asked for no checkpoint")
+}
+
 #[test]
 fn a_checkpoint_gone_because_its_committer_moved_on_sends_the_node_to_the_newer_one(
 ) -> crate::TestResult {
     let mut swarm = behind_on_a_lighter_chain();
-    swarm.held_checkpoints = Some(Vec::new());
     // The majority closes a round: peer 3 asks for its checkpoint...
-    majority_round(&mut swarm);
-    let asked = swarm.held_checkpoints.take().unwrap_or_default();
-    let (_, first, committer) = *asked
-        .iter()
-        .find(|(i, _, _)| *i == 3)
-        .ok_or("peer 3 asked for no checkpoint")?;
+    let (first, committer) = asked_by_3_after_a_majority_round(&mut swarm)?;
     assert_eq!(first.base, swarm.heads()[0].base);
     // ...and while it waits, the majority closes the next, on top of it.
     swarm.held_checkpoints = Some(Vec::new());
@@ -522,13 +510,7 @@ fn a_checkpoint_gone_because_its_committer_moved_on_sends_the_node_to_the_newer_
 #[test]
 fn a_checkpoint_its_committer_never_served_gets_the_committer_ignored() -> crate::TestResult {
     let mut swarm = behind_on_a_lighter_chain();
-    swarm.held_checkpoints = Some(Vec::new());
-    majority_round(&mut swarm);
-    let asked = swarm.held_checkpoints.take().unwrap_or_default();
-    let (_, head, committer) = *asked
-        .iter()
-        .find(|(i, _, _)| *i == 3)
-        .ok_or("peer 3 asked for no checkpoint")?;
+    let (head, committer) = asked_by_3_after_a_majority_round(&mut swarm)?;
     swarm.queue.push_back((
         3,
         Input::CheckpointUnavailable {
