@@ -43,6 +43,7 @@ fn describe(s: &Status) -> String {
             )
         }
         Phase::Exchanging => "exchanging updates and commits".to_owned(),
+        Phase::Finished => "trained all its rounds; serving its peers".to_owned(),
         Phase::Starting => "starting".to_owned(),
     };
     let mut text = format!(
@@ -59,8 +60,12 @@ fn describe(s: &Status) -> String {
     if let Some(loss) = s.train_loss {
         text.push_str(&format!("train loss  {loss:.3} (last session)\n"));
     }
+    let behind = match s.peers_behind {
+        0 => String::new(),
+        n => format!(" ({n} not yet at round {})", s.round),
+    };
     text.push_str(&format!(
-        "peers       {}\nrounds      {} ended since start, {} in the last\n\
+        "peers       {}{behind}\nrounds      {} ended since start, {} in the last\n\
          traffic     {} in, {} out\n",
         s.peers,
         s.rounds_done,
@@ -93,6 +98,26 @@ mod tests {
         let text = describe(&status);
         assert!(text.contains("round       3 (training, step 12/50, loss 2.500)"));
         assert!(text.contains("dropped     payload_mismatch 2"));
+    }
+
+    #[test]
+    fn a_finished_node_shows_the_peers_it_waits_for() {
+        let status = Status {
+            round: 6,
+            phase: Phase::Finished,
+            peers: 3,
+            peers_behind: 1,
+            ..Status::default()
+        };
+        let text = describe(&status);
+        assert!(text.contains("round       6 (trained all its rounds; serving its peers)"));
+        assert!(text.contains("peers       3 (1 not yet at round 6)"));
+        assert!(status.prometheus().contains("\np2ptrain_peers_behind 1\n"));
+        let caught_up = Status {
+            peers_behind: 0,
+            ..status
+        };
+        assert!(describe(&caught_up).contains("peers       3\n"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ impl<C: Checker> Engine<C> {
             commit.base,
             set_digest(&commit.contributions),
         );
+        self.saw_at(committer, commit.round.saturating_add(1));
         self.known_checkpoints.insert(commit.base);
         self.known_checkpoints.insert(commit.result);
         match self.commit_results.get(&key) {

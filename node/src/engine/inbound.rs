@@ -100,6 +100,7 @@ impl<C: Checker> Engine<C> {
         if let Some(reason) = self.header_fault(&contribution) {
             return self.drop_named(signed, contribution, reason, named, out);
         }
+        self.saw_at(author, contribution.round);
         if contribution.round < self.round.number {
             if self.applied.contains(&id) {
                 self.reject(id, Some(author), RejectReason::Replay, out);

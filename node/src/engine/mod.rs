@@ -47,6 +47,7 @@ mod commits;
 mod inbound;
 mod io;
 mod round;
+mod seen;
 pub mod validate;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -77,6 +78,9 @@ pub struct Engine<C: Checker = Verify> {
     me: PeerKey,
     head: Head,
     members: BTreeSet<PeerKey>,
+    /// The latest round each member was seen working on (see
+    /// [`members_behind`](Self::members_behind)).
+    seen_at: BTreeMap<PeerKey, u64>,
     banned: BTreeSet<PeerKey>,
     /// Keys caught signing two contributions in a round, and the round:
     /// ignored from the next round on (within it, the first contribution
@@ -155,6 +159,7 @@ impl<C: Checker> Engine<C> {
             me,
             head,
             members: BTreeSet::new(),
+            seen_at: BTreeMap::new(),
             banned: BTreeSet::new(),
             equivocators: BTreeMap::new(),
             key_shared: BTreeSet::new(),
@@ -307,6 +312,7 @@ impl<C: Checker> Engine<C> {
                 }
             }
             Input::PeerGone(peer) => {
+                self.seen_at.remove(&peer);
                 if self.members.remove(&peer) {
                     self.eligible = None;
                 }
@@ -412,6 +418,7 @@ impl<C: Checker> Engine<C> {
     /// Ignores `peer` from now on; whether it was not yet.
     fn ignore(&mut self, peer: PeerKey) -> bool {
         self.members.remove(&peer);
+        self.seen_at.remove(&peer);
         self.eligible = None;
         self.banned.insert(peer)
     }
@@ -438,5 +445,7 @@ fn set_digest(set: &IdSet) -> Digest {
 
 #[cfg(test)]
 mod allow_tests;
+#[cfg(test)]
+mod behind_tests;
 #[cfg(test)]
 mod tests;

@@ -11,9 +11,11 @@
 //! and everything else (peers, refusals, dropped contributions) on stderr.
 
 mod enrol;
+mod linger;
 mod report;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use libp2p::Multiaddr;
@@ -27,6 +29,7 @@ use p2ptrain_trainer::device::RESIDUAL_DECAY;
 use p2ptrain_trainer::{Corpus, Sampler};
 use tokio::sync::{mpsc, watch};
 
+use linger::Linger;
 pub use report::LogFormat;
 use report::Report;
 
@@ -93,6 +96,14 @@ pub struct JoinArgs {
     /// Stop once the chain holds this many rounds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     rounds: u64,
+    /// With `--rounds`: how long at most the node stays up after its last
+    /// round, training no more, while a connected peer of the run has not
+    /// shown it reached that round (a joiner still fetching the checkpoint,
+    /// say). It serves that peer checkpoints, payloads and records, and
+    /// stops as soon as every peer is there or gone. 0: stop at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, requires = "rounds",
+          value_parser = clap::value_parser!(u64).range(..=86_400))]
+    linger: u64,
     /// How to report: `text` for people (a progress bar when stderr is a
     /// terminal), `json` for one object per line on stdout.
     #[arg(long, value_enum, default_value = "text")]
@@ -214,7 +225,10 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         },
     };
     let (events_tx, mut events) = mpsc::channel(256);
-    let node = Node::new(setup, events_tx).context("starting the node")?;
+    let mut node = Node::new(setup, events_tx).context("starting the node")?;
+    if args.rounds > 0 {
+        node.train_until(args.rounds);
+    }
     tell_start(&report, &node);
     if args.rounds > 0 && node.head().round >= args.rounds {
         report.note(
@@ -244,12 +258,15 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     );
     let mut stop = std::pin::pin!(stop_requested());
     let mut asked_to_stop = false;
+    let mut linger = Linger::new(Duration::from_secs(args.linger));
     loop {
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
                 if let Some(round) = report.event(event) {
-                    if args.rounds > 0 && round + 1 >= args.rounds {
+                    if args.rounds > 0 && round + 1 >= args.rounds
+                        && linger.done_training(&status.borrow(), &report)
+                    {
                         break;
                     }
                 }
@@ -258,7 +275,17 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                 if changed.is_err() {
                     break;
                 }
-                report.refresh(&status.borrow_and_update());
+                let now = status.borrow_and_update();
+                report.refresh(&now);
+                if linger.nothing_left(&now, &report) {
+                    break;
+                }
+            }
+            () = sleep_until_some(linger.next_look()) => {
+                let now = status.borrow();
+                if linger.nothing_left(&now, &report) || linger.expired(&now, &report) {
+                    break;
+                }
             }
             () = &mut stop => {
                 asked_to_stop = true;
@@ -314,6 +341,14 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         report.note("done", &format!("done: {held}"));
     }
     Ok(())
+}
+
+/// Resolves at `at`; never when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads `--residual-decay`: a number from 0 to 1.

@@ -19,9 +19,11 @@
 //! `p2pnode verify`.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use libp2p::PeerId;
 use p2ptrain_protocol::{codec, Commit, Digest, RoundRecord};
+use tokio::time::Instant;
 
 use super::{Node, NodeError, NodeEvent};
 use crate::chain::DataDir;
@@ -51,8 +53,8 @@ pub(super) struct Backfill {
     next_peer: usize,
     failures: usize,
     filled: u64,
-    /// Waiting for the next round before asking again.
-    parked: bool,
+    /// Waiting, since then, for the next round before asking again.
+    parked: Option<Instant>,
     rounds_waited: u32,
 }
 
@@ -73,8 +75,10 @@ impl Node {
         self.backfill_asks.clear();
         if missing.is_empty() {
             self.backfill = None;
+            self.status.send_modify(|s| s.fetching_records = false);
             return;
         }
+        self.status.send_modify(|s| s.fetching_records = true);
         let mut peers: Vec<PeerId> = first.into_iter().collect();
         peers.extend(self.run_peers().into_iter().filter(|p| Some(*p) != first));
         self.backfill = Some(Backfill {
@@ -86,7 +90,7 @@ impl Node {
             next_peer: 0,
             failures: 0,
             filled: 0,
-            parked: false,
+            parked: None,
             rounds_waited: 0,
         });
         self.backfill_next();
@@ -96,10 +100,10 @@ impl Node {
     /// connected since).
     pub(super) fn wake_backfill(&mut self) {
         let connected = self.run_peers();
-        let Some(backfill) = self.backfill.as_mut().filter(|b| b.parked) else {
+        let Some(backfill) = self.backfill.as_mut().filter(|b| b.parked.is_some()) else {
             return;
         };
-        backfill.parked = false;
+        backfill.parked = None;
         backfill.failures = 0;
         backfill.rounds_waited += 1;
         for peer in connected {
@@ -108,6 +112,19 @@ impl Node {
             }
         }
         self.backfill_next();
+    }
+
+    /// When a parked backfill asks again although no round ended: on a
+    /// node that trains no more (see [`Node::train_until`]), whose rounds
+    /// have stopped ending, once a commit window (a second at least) has
+    /// passed — a peer writes a round's record when its window closes.
+    pub(super) fn backfill_retry_at(&self) -> Option<Instant> {
+        if !self.finished {
+            return None;
+        }
+        let parked = self.backfill.as_ref()?.parked?;
+        let window = self.manifest.rounds.commit_window_ms.max(1_000);
+        Some(parked + Duration::from_millis(window))
     }
 
     /// Asks for the next record or payload, or writes a completed record.
@@ -178,6 +195,7 @@ impl Node {
             // The event channel is bounded; a full one loses this report,
             // not the records.
             let _ = self.events.try_send(event);
+            self.status.send_modify(|s| s.fetching_records = false);
         }
         self.backfill_asks.clear();
     }
@@ -206,7 +224,7 @@ impl Node {
                     if backfill.rounds_waited >= ROUNDS_TO_WAIT {
                         self.end_backfill();
                     } else {
-                        backfill.parked = true;
+                        backfill.parked = Some(Instant::now());
                     }
                     return Ok(());
                 }

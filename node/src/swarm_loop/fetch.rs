@@ -40,11 +40,16 @@ impl Node {
         }
     }
 
-    /// Sends `response` to the peer that asked, counting its bytes.
+    /// Sends `response` to the peer that asked, counting it and its bytes.
     pub(super) fn respond(&mut self, inbound: InboundFetch, response: FetchResponse) {
-        if let FetchResponse::Found { header, body } = &response {
-            self.count_bytes(0, header.len() + body.len());
-        }
+        let sent = match &response {
+            FetchResponse::Found { header, body } => header.len() + body.len(),
+            FetchResponse::Missing => 0,
+        };
+        self.status.send_modify(|s| {
+            s.answered += 1;
+            s.bytes_out += sent as u64;
+        });
         inbound.respond(response);
     }
 

@@ -169,6 +169,10 @@ pub struct Node {
     last_commit: Option<Signed<Commit>>,
     /// Set when the node stops: a session under way ends after its step.
     stop_training: Arc<std::sync::atomic::AtomicBool>,
+    /// The first round it does not train (see [`Node::train_until`]).
+    train_until: Option<u64>,
+    /// Whether it has reached that round, and trains no more.
+    finished: bool,
 }
 
 impl Node {
@@ -301,6 +305,8 @@ impl Node {
             repeats: None,
             last_commit: None,
             stop_training: Arc::default(),
+            train_until: None,
+            finished: false,
         })
     }
 
@@ -325,6 +331,15 @@ impl Node {
     /// the round it resumes in, made before it stopped.
     pub fn reannounces(&self) -> bool {
         self.reannounce.is_some()
+    }
+
+    /// Trains no round from round `rounds` on: once the chain holds that
+    /// many rounds, the node stays in the swarm only to serve its peers
+    /// (checkpoints, payloads, records and commits), its status in
+    /// [`Phase::Finished`], until it is shut down. A peer still catching
+    /// up can then reach the last checkpoint after the others stop.
+    pub fn train_until(&mut self, rounds: u64) {
+        self.train_until = Some(rounds);
     }
 
     /// A live view of what the node is doing.
@@ -363,6 +378,7 @@ impl Node {
                 .map(|ms| self.epoch + Duration::from_millis(ms))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let repeat_at = self.repeats.map(|r| r.due());
+            let backfill_at = self.backfill_retry_at();
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Dial(address)) => {
@@ -395,6 +411,9 @@ impl Node {
                 () = tokio::time::sleep_until(repeat_at.unwrap_or(wake)), if repeat_at.is_some() => {
                     self.repeat_announcement();
                 }
+                () = tokio::time::sleep_until(backfill_at.unwrap_or(wake)), if backfill_at.is_some() => {
+                    self.wake_backfill();
+                }
             }
         }
     }
@@ -406,9 +425,11 @@ impl Node {
         // peers follows it (a relay, or a peer of another run, is
         // connected but not counted).
         let members = self.engine.members().len();
+        let behind = self.engine.members_behind(self.engine.head().round);
         self.status.send_if_modified(|s| {
-            let changed = s.peers != members;
+            let changed = (s.peers, s.peers_behind) != (members, behind);
             s.peers = members;
+            s.peers_behind = behind;
             changed
         });
         Ok(())
@@ -426,6 +447,10 @@ impl Node {
 
     async fn output(&mut self, output: Output) -> Result<Option<Input>, NodeError> {
         match output {
+            Output::StartTraining { round } if self.train_until.is_some_and(|end| round >= end) => {
+                self.finished = true;
+                self.status.send_modify(|s| s.phase = Phase::Finished);
+            }
             Output::StartTraining { round } => {
                 if let Some(mut worker) = self.worker.take() {
                     let start = self.state.clone();
@@ -544,9 +569,11 @@ impl Node {
     /// Notes in the status that a round ended on `head` (`contributions`
     /// applied, when this node finalized it).
     fn round_done(&self, head: Head, contributions: Option<usize>) {
+        let behind = self.engine.members_behind(head.round);
         self.status.send_modify(|s| {
             s.rounds_done += 1;
             s.round = head.round;
+            s.peers_behind = behind;
             s.checkpoint = head.base.to_string();
             if let Some(n) = contributions {
                 s.last_contributions = n;

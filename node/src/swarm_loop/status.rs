@@ -17,6 +17,10 @@ pub enum Phase {
     Training,
     /// Trained: exchanging updates and commits for the round.
     Exchanging,
+    /// Holds every round it was asked to train (see
+    /// [`Node::train_until`](super::Node::train_until)): trains no more,
+    /// and serves checkpoints, payloads and records to peers.
+    Finished,
 }
 
 impl Phase {
@@ -26,6 +30,7 @@ impl Phase {
             Self::Starting => "starting",
             Self::Training => "training",
             Self::Exchanging => "exchanging",
+            Self::Finished => "finished",
         }
     }
 }
@@ -56,6 +61,11 @@ pub struct Status {
     /// Peers of this run connected now (subscribed to its announcements;
     /// not a relay, nor a peer of another run).
     pub peers: usize,
+    /// Of those, the peers not yet seen at this node's round (see
+    /// [`Engine::members_behind`](crate::engine::Engine::members_behind)):
+    /// a node that has trained its rounds stays up for them.
+    #[serde(default)]
+    pub peers_behind: usize,
     /// Rounds this process has seen end (finalized or adopted).
     pub rounds_done: u64,
     /// Contributions applied in the last round it finalized.
@@ -64,6 +74,15 @@ pub struct Status {
     pub bytes_in: u64,
     /// Payload and checkpoint bytes served to peers, plus gossip published.
     pub bytes_out: u64,
+    /// Requests from peers answered (payloads, checkpoint slices, records;
+    /// found or not).
+    #[serde(default)]
+    pub answered: u64,
+    /// Whether the records of rounds it adopted rather than closed are
+    /// being fetched (`p2pnode verify` replays the directory once they are
+    /// in).
+    #[serde(default)]
+    pub fetching_records: bool,
     /// A checkpoint being downloaded to catch up: bytes held, and its
     /// length.
     pub downloading: Option<(u64, u64)>,
@@ -132,6 +151,12 @@ impl Status {
             self.peers.to_string(),
         );
         metric(
+            "p2ptrain_peers_behind",
+            "gauge",
+            "Peers of this run connected and not yet seen at this node's round.",
+            self.peers_behind.to_string(),
+        );
+        metric(
             "p2ptrain_rounds_done_total",
             "counter",
             "Rounds ended (finalized or adopted) since start.",
@@ -148,6 +173,12 @@ impl Status {
             "counter",
             "Payload, checkpoint and gossip bytes received.",
             self.bytes_in.to_string(),
+        );
+        metric(
+            "p2ptrain_answered_requests_total",
+            "counter",
+            "Requests from peers answered: payloads, checkpoint slices, records.",
+            self.answered.to_string(),
         );
         metric(
             "p2ptrain_sent_bytes_total",

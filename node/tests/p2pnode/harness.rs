@@ -234,9 +234,24 @@ impl Node {
 
     /// SIGTERM: the polite request to stop that `kill` sends.
     pub fn terminate(&mut self) {
+        self.signal("-TERM");
+    }
+
+    /// SIGSTOP: frozen, its connections open and silent, as a peer on a
+    /// stalled link is.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: goes on from where [`pause`](Self::pause) froze it.
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success(), "kill -TERM {pid}");
+        let sent = Command::new("kill").args([signal, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {signal} {pid}");
     }
 
     /// SIGKILL: no chance to finish a write.

@@ -4,6 +4,7 @@
 
 mod branch;
 mod data;
+mod finish;
 mod harness;
 mod inputs;
 mod keys;

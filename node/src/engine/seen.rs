@@ -1,0 +1,38 @@
+//! Where the run's other peers stand: the round each connected member was
+//! last seen working on, from what it signed. A node that has trained all
+//! the rounds it was asked for stays up while a member is behind it (a
+//! joiner still downloading the checkpoint, say): once every peer that could
+//! serve that member has gone, it could never catch up.
+
+use p2ptrain_protocol::PeerKey;
+
+use super::validate::Checker;
+use super::Engine;
+
+impl<C: Checker> Engine<C> {
+    /// The connected members of the run not yet seen at `round` (this
+    /// peer's, say): those whose latest valid contribution is for an
+    /// earlier round, or whose latest valid commit closed a round before
+    /// the one before it, and those not heard from since they connected.
+    ///
+    /// A member that reached the round by adopting a checkpoint, and has
+    /// neither committed nor contributed since, still counts: nothing it
+    /// signed says where it is.
+    pub fn members_behind(&self, round: u64) -> usize {
+        self.members
+            .iter()
+            .filter(|peer| self.seen_at.get(*peer).is_none_or(|seen| *seen < round))
+            .count()
+    }
+
+    /// Notes that `peer` signed something that shows it working on `round`
+    /// (a contribution to it, or a commit of the round before). Only
+    /// members are noted, so the notes are never more than the connected
+    /// peers.
+    pub(super) fn saw_at(&mut self, peer: PeerKey, round: u64) {
+        if self.members.contains(&peer) {
+            let seen = self.seen_at.entry(peer).or_insert(round);
+            *seen = (*seen).max(round);
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `--rounds`: a node that has trained every round asked of it stays up
+//! while a peer of the run is behind it, so that the peer can still fetch
+//! the last checkpoint and the records that lead to it.
+
+use std::path::Path;
+
+use crate::harness::{exclusive, run_ok, scratch, Node, Stream};
+
+/// A new run in `dir`: rounds of 2 contributions at least, which wait at
+/// most 1.5 s for a contributor that said nothing.
+fn init_quick(dir: &Path) -> Result<(), String> {
+    let dir = dir.to_str().ok_or("a path that is not UTF-8")?;
+    run_ok(&[
+        "init",
+        "--dir",
+        dir,
+        "--inner-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--min-contributors",
+        "2",
+        "--deadline-ms",
+        "1500",
+        "--commit-window-ms",
+        "300",
+    ]);
+    Ok(())
+}
+
+#[test]
+fn finished_nodes_stay_up_until_a_frozen_peer_has_caught_up(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let _machine = exclusive();
+    let root = scratch("linger");
+    for name in ["a", "b", "d"] {
+        init_quick(&root.join(name))?;
+    }
+    // Each dials those started before it: a and b meet directly, as
+    // they must to go on while d is frozen.
+    let join = |name: &str, bootstrap: &[&str]| {
+        let mut args = vec!["--rounds", "4"];
+        for address in bootstrap {
+            args.extend(["--bootstrap", address]);
+        }
+        Node::join(
+            name,
+            &root.join(name),
+            &root.join(format!("{name}.key")),
+            &args,
+        )
+    };
+    let mut d = join("d", &[]);
+    let d_address = d.address();
+    let mut a = join("a", &[&d_address]);
+    let a_address = a.address();
+    let mut b = join("b", &[&d_address, &a_address]);
+    // The three close round 0 together; then d freezes, before it can
+    // have been seen at round 2.
+    d.round(0);
+    d.pause();
+    // a and b close rounds 1 to 3 without d (each round waits out its
+    // deadline for it), and then stay up for it.
+    let staying = |s: Stream, line: &str| {
+        (s == Stream::Err && line.starts_with("trained every round asked for; staying up"))
+            .then(|| line.to_owned())
+    };
+    let a_stays = a.wait_for("a staying up for d", staying);
+    assert!(
+        a_stays.contains("1 peer of the run, not yet seen at round 4"),
+        "{a_stays}"
+    );
+    b.wait_for("b staying up for d", staying);
+    // d goes on: it takes the checkpoint of round 3 and the records of
+    // the rounds it missed from them, and stops, its directory whole.
+    d.resume();
+    assert!(d.exit().success());
+    let adopted = d
+        .rounds()
+        .into_iter()
+        .filter(|(_, _, adopted)| *adopted)
+        .map(|(round, _, _)| round)
+        .max();
+    assert_eq!(adopted, Some(3));
+    let d_dir = root.join("d");
+    let verified = run_ok(&["verify", d_dir.to_str().ok_or("path")?]);
+    assert!(verified.starts_with("ok: 4 rounds"), "{verified}");
+    // Then a and b stop too, having trained nothing past round 3.
+    for node in [&mut a, &mut b] {
+        assert!(node.exit().success());
+        assert!(node.said("every peer of the run still connected is at round 4"));
+        let last = node.rounds().into_iter().map(|(round, _, _)| round).max();
+        assert_eq!(last, Some(3));
+    }
+    let hashes: Vec<Option<String>> = [&a, &b, &d]
+        .iter()
+        .map(|node| {
+            let rounds = node.rounds();
+            rounds
+                .iter()
+                .find(|(round, _, _)| *round == 3)
+                .map(|(_, hash, _)| hash.clone())
+        })
+        .collect();
+    assert!(
+        hashes.iter().all(|h| h.is_some() && *h == hashes[0]),
+        "{hashes:?}"
+    );
+    drop((a, b, d));
+    std::fs::remove_dir_all(root)?;
+    Ok(())
+}
