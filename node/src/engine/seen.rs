@@ -11,9 +11,9 @@ use super::Engine;
 
 impl<C: Checker> Engine<C> {
     /// The connected members of the run not yet seen at `round` (this
-    /// peer's, say): those whose latest valid contribution is for an
-    /// earlier round, or whose latest valid commit closed a round before
-    /// the one before it, and those not heard from since they connected.
+    /// peer's, say). A member is seen at a round by a valid contribution
+    /// to it, or a valid commit of the round before it; one not heard from
+    /// since it connected is behind.
     ///
     /// A member that reached the round by adopting a checkpoint, and has
     /// neither committed nor contributed since, still counts: nothing it

@@ -99,8 +99,9 @@ pub struct JoinArgs {
     /// With `--rounds`: how long at most the node stays up after its last
     /// round, training no more, while a connected peer of the run has not
     /// shown it reached that round (a joiner still fetching the checkpoint,
-    /// say). It serves that peer checkpoints, payloads and records, and
-    /// stops as soon as every peer is there or gone. 0: stop at once.
+    /// say) or still asks it for records, and while it fetches the records
+    /// of rounds it adopted (which `verify` replays). It serves its peers
+    /// meanwhile, and stops as soon as none of that holds. 0: stop at once.
     #[arg(long, value_name = "SECONDS", default_value_t = 120, requires = "rounds",
           value_parser = clap::value_parser!(u64).range(..=86_400))]
     linger: u64,
