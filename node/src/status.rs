@@ -66,12 +66,13 @@ fn describe(s: &Status) -> String {
     };
     text.push_str(&format!(
         "peers       {}{behind}\nrounds      {} ended since start, {} in the last\n\
-         traffic     {} in, {} out\n",
+         traffic     {} in, {} out ({} from peers answered)\n",
         s.peers,
         s.rounds_done,
         crate::words::counted(s.last_contributions as u64, "contribution"),
         indicatif::HumanBytes(s.bytes_in),
-        indicatif::HumanBytes(s.bytes_out)
+        indicatif::HumanBytes(s.bytes_out),
+        crate::words::counted(s.answered, "request"),
     ));
     if !s.rejected.is_empty() {
         let dropped: Vec<String> = s.rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
@@ -107,9 +108,14 @@ mod tests {
             phase: Phase::Finished,
             peers: 3,
             peers_behind: 1,
+            answered: 1,
             ..Status::default()
         };
         let text = describe(&status);
+        assert!(
+            text.contains("out (1 request from peers answered)"),
+            "{text}"
+        );
         assert!(text.contains("round       6 (trained all its rounds; serving its peers)"));
         assert!(text.contains("peers       3 (1 not yet at round 6)"));
         assert!(status.prometheus().contains("\np2ptrain_peers_behind 1\n"));

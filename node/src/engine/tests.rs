@@ -233,6 +233,11 @@ fn honest_peers_end_every_round_on_the_same_checkpoint() {
     assert!(swarm.finalized[0].iter().all(|(_, _, ids)| ids.len() == 4));
     assert_eq!(swarm.heads()[0].chain_tokens, 3 * 4 * 1_000);
     assert!(swarm.rejected.is_empty());
+    // Each saw the others' commits of the last round: nobody is behind.
+    for engine in &swarm.engines {
+        assert_eq!(engine.members_behind(3), 0);
+        assert_eq!(engine.members_behind(4), 3);
+    }
 }
 
 #[test]
@@ -248,8 +253,14 @@ fn a_straggler_past_the_deadline_is_left_out_and_contributes_next_round() {
     assert_eq!(swarm.finalized[0][0].2.len(), 2);
     // The straggler closed the round with the others and holds the result.
     assert!(swarm.all_agree());
-    // Its late update is announced for round 1.
+    // It contributed nothing, so it committed nothing: to the others it
+    // is behind until its late update, for round 1, is announced.
+    let behind = |swarm: &Swarm| -> Vec<usize> {
+        swarm.engines.iter().map(|e| e.members_behind(1)).collect()
+    };
+    assert_eq!(behind(&swarm), [1, 1, 0]);
     swarm.train(&[2], |_| 1.0);
+    assert_eq!(behind(&swarm), [0, 0, 0]);
     swarm.train(&[0, 1], |_| 1.0);
     swarm.advance(100);
     swarm.advance(1);
