@@ -298,27 +298,28 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     let _ = commands.send(Command::Shutdown).await;
     let socket = data.root().join(control::STATUS_SOCKET);
     let stopped = if asked_to_stop {
-        // On a large model an inner step on the CPU takes minutes.
-        report.note(
-            "stopping",
-            "stopping: an inner step under way ends first (a step trained in passes, \
-             at the end of its pass), then head.ckpt and the residual are written \
-             (Ctrl-C again stops at once: that step's training is lost, nothing on disk is)",
-        );
         let mut running = std::pin::pin!(running);
-        tokio::select! {
-            stopped = &mut running => stopped,
-            () = stop_requested() => {
-                let _ = std::fs::remove_file(&socket);
-                report.note(
-                    "stopped_at_once",
-                    &format!(
-                        "stopped at once: {} holds what was on disk; the same command \
-                         resumes from there",
-                        args.dir.display()
-                    ),
-                );
-                std::process::exit(130);
+        // A request to stop that comes at once is the same one, sent twice:
+        // `timeout` sends its signal to the process, then to its group.
+        // Only after this moment, and the line that says so, does another
+        // stop the node at once.
+        let quick = tokio::select! {
+            stopped = &mut running => Some(stopped),
+            () = tokio::time::sleep(SAME_REQUEST) => None,
+        };
+        if let Some(stopped) = quick {
+            stopped
+        } else {
+            // On a large model an inner step on the CPU takes minutes.
+            report.note(
+                "stopping",
+                "stopping: an inner step under way ends first (a step trained in passes, \
+                 at the end of its pass), then head.ckpt and the residual are written \
+                 (Ctrl-C again stops at once: that step's training is lost, nothing on disk is)",
+            );
+            tokio::select! {
+                stopped = &mut running => stopped,
+                () = stop_requested() => stop_at_once(&socket, &report, &args.dir),
             }
         }
     } else {
@@ -343,6 +344,23 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Stops the process now, on a second request to stop: what is on disk
+/// is whole, the inner step under way is lost.
+fn stop_at_once(socket: &Path, report: &Report, dir: &Path) -> ! {
+    let _ = std::fs::remove_file(socket);
+    report.note(
+        "stopped_at_once",
+        &format!(
+            "stopped at once: {} holds what was on disk; the same command resumes from there",
+            dir.display()
+        ),
+    );
+    std::process::exit(130);
+}
+
+/// How soon after a request to stop another is taken as the same one.
+const SAME_REQUEST: Duration = Duration::from_millis(150);
 
 /// Resolves at `at`; never when there is none.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {

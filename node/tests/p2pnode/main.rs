@@ -425,6 +425,21 @@ fn sigterm_stops_a_node_cleanly_and_it_resumes_with_its_residual() {
 }
 
 #[test]
+fn a_sigterm_sent_twice_at_once_is_one_request_to_stop() -> Result<(), std::io::Error> {
+    let _machine = exclusive();
+    let (root, dir, key) = solo("double-sigterm");
+    let mut node = Node::join("node", &dir, &key, &[]);
+    node.round(0);
+    // As `timeout` does: to the process, then to its process group.
+    node.terminate();
+    node.terminate();
+    assert!(node.exit().success());
+    assert!(node.said(&format!("stopped: {} holds", dir.display())));
+    assert!(!node.said("stopped at once"));
+    std::fs::remove_dir_all(root)
+}
+
+#[test]
 fn a_second_sigterm_stops_a_node_at_once_and_it_resumes_from_disk() {
     let _machine = exclusive();
     let root = scratch("second-sigterm");
