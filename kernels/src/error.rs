@@ -5,7 +5,7 @@ use p2ptrain_protocol::{Digest, InvalidSettings};
 /// Why a kernel refused its input.
 ///
 /// Every check happens before any output is written: a call that returns an
-/// error has left its buffers (the residual of [`compress`](crate::compress),
+/// error has left its buffers (the residual of [`compress`](crate::compress()),
 /// the dense buffer of [`decompress_into`](crate::decompress_into)) as they
 /// were.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

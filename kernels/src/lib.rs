@@ -2,7 +2,7 @@
 //! before sending it, and what everyone does with the payloads received.
 //!
 //! Everything works on one flat `f32` buffer — the model's parameters laid end
-//! to end in sorted-name order. [`compress`] cuts it into chunks
+//! to end in sorted-name order. [`compress()`] cuts it into chunks
 //! (`CompressionSettings::chunk_len`, 4096 by default), keeps the top
 //! `density` fraction of each chunk by magnitude (1% by default), packs the
 //! kept positions in as few bits as the chunk needs (12 for 4096) and
@@ -20,7 +20,7 @@
 //!
 //! # Layout
 //!
-//! - `compress` — [`compress`]: residual + delta → [`Payload`], residual
+//! - `compress` — [`compress()`]: residual + delta → [`Payload`], residual
 //!   updated in place.
 //! - `decompress` — [`decompress_into`]: `dense += weight × payload`;
 //!   [`aggregate`], [`aggregate_into`], [`AggregateInput`]: the weighted mean

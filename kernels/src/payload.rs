@@ -11,7 +11,7 @@ use crate::quant::Quantizer;
 /// A compressed flat buffer: per chunk, the top-k entries by magnitude, their
 /// positions bit-packed and their values quantized against one scale.
 ///
-/// Made only by [`compress`](crate::compress) or by [`Payload::decode`], so it
+/// Made only by [`compress`](crate::compress()) or by [`Payload::decode`], so it
 /// always satisfies the rules of the format below.
 ///
 /// # Format
@@ -37,7 +37,7 @@ use crate::quant::Quantizer;
 ///   packed the same way; all zero when the scale is zero.
 ///
 /// Code `q` of a chunk with scale `s` stands for `(q − half) × s` with
-/// `half = (2^value_bits − 1) / 2` (see [`compress`](crate::compress) for how
+/// `half = (2^value_bits − 1) / 2` (see [`compress`](crate::compress()) for how
 /// codes are chosen). Every length is fixed by `len` and `settings`, and
 /// decoding refuses anything that breaks a rule above, so a payload has exactly
 /// one encoding and the blake3 of that encoding names it.

@@ -144,7 +144,7 @@ pub async fn bind_metrics(address: SocketAddr) -> Result<TcpListener, ControlErr
 /// Serves `GET /metrics` (Prometheus text format) on `listener`, and 404
 /// for any other path, until the status' sender is dropped.
 ///
-/// A client has [`REQUEST_TIMEOUT`] to send its request.
+/// A client has 5 s to send its request.
 pub async fn serve_metrics(listener: TcpListener, status: watch::Receiver<Status>) {
     serve_metrics_within(listener, status, REQUEST_TIMEOUT).await;
 }

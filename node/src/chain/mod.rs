@@ -1,8 +1,8 @@
 //! The chain of rounds as a node keeps it: the shared checkpoint
 //! ([`ChainState`]) and the outer step that moves it, the data directory
 //! that holds the records ([`DataDir`]), and the replay that checks them
-//! ([`replay`]) — what `p2pnode verify` runs — [`resume`], where a
-//! restarted node picks up, and [`history`], the records as JSON.
+//! ([`replay`]) — what `p2pnode verify` runs — [`resume()`], where a
+//! restarted node picks up, and [`history()`], the records as JSON.
 
 mod datadir;
 mod history;

@@ -59,7 +59,7 @@ impl<C: Checker> Engine<C> {
         self.on_announced(now, signed, Some(update.payload), out);
     }
 
-    /// [`Input::Reannounce`]: this peer's contribution from before a
+    /// [`Input::Reannounce`](super::Input::Reannounce): this peer's contribution from before a
     /// restart, if it is for the current round and base.
     pub(super) fn reannounce(
         &mut self,

@@ -77,8 +77,8 @@ impl Default for NetConfig {
 /// Everything a node speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    /// At most [`MAX_CONNECTIONS_PER_PEER`] connections with a peer, and
-    /// [`MAX_PENDING_INCOMING`] incoming ones in their handshake.
+    /// At most `MAX_CONNECTIONS_PER_PEER` connections with a peer, and
+    /// `MAX_PENDING_INCOMING` incoming ones in their handshake.
     pub limits: connection_limits::Behaviour,
     /// Connections only with the allow-list's peers, when there is one.
     pub allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,

@@ -50,7 +50,7 @@ impl Node {
     /// model's head is written every round (in line) and a large one's
     /// every few (in the background).
     /// The records are written every round, and a restarted node replays
-    /// those after head.ckpt (see [`chain::resume`]).
+    /// those after head.ckpt (see [`chain::resume()`](crate::chain::resume())).
     pub(super) async fn set_state(
         &mut self,
         state: Arc<ChainState>,
