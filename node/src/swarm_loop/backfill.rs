@@ -119,7 +119,7 @@ impl Node {
     /// have stopped ending, once a commit window (a second at least) has
     /// passed — a peer writes a round's record when its window closes.
     pub(super) fn backfill_retry_at(&self) -> Option<Instant> {
-        if !self.finished {
+        if !self.finished() {
             return None;
         }
         let parked = self.backfill.as_ref()?.parked?;

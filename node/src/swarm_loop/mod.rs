@@ -171,8 +171,6 @@ pub struct Node {
     stop_training: Arc<std::sync::atomic::AtomicBool>,
     /// The first round it does not train (see [`Node::train_until`]).
     train_until: Option<u64>,
-    /// Whether it has reached that round, and trains no more.
-    finished: bool,
 }
 
 impl Node {
@@ -306,7 +304,6 @@ impl Node {
             last_commit: None,
             stop_training: Arc::default(),
             train_until: None,
-            finished: false,
         })
     }
 
@@ -340,6 +337,13 @@ impl Node {
     /// up can then reach the last checkpoint after the others stop.
     pub fn train_until(&mut self, rounds: u64) {
         self.train_until = Some(rounds);
+    }
+
+    /// Whether the chain holds the rounds of [`train_until`](Self::train_until),
+    /// so the node trains no more.
+    fn finished(&self) -> bool {
+        self.train_until
+            .is_some_and(|end| self.engine.head().round >= end)
     }
 
     /// A live view of what the node is doing.
@@ -448,7 +452,6 @@ impl Node {
     async fn output(&mut self, output: Output) -> Result<Option<Input>, NodeError> {
         match output {
             Output::StartTraining { round } if self.train_until.is_some_and(|end| round >= end) => {
-                self.finished = true;
                 self.status.send_modify(|s| s.phase = Phase::Finished);
             }
             Output::StartTraining { round } => {
