@@ -654,7 +654,9 @@ fn input_id(input: &Input) -> Option<Digest> {
         Input::FetchFailed { id } => Some(*id),
         Input::CheckpointAdopted(head) => Some(head.base),
         Input::CheckpointUnavailable { result, .. } => Some(*result),
-        Input::PeerSeen(k) | Input::PeerGone(k) => Some(Digest::from_bytes(*k.as_bytes())),
+        Input::PeerSeen(k) | Input::PeerGone(k) | Input::HoldsHead { peer: k, .. } => {
+            Some(Digest::from_bytes(*k.as_bytes()))
+        }
         Input::Trained(u) => Some(Digest::of(&u.payload)),
         Input::Applied { result, .. } => Some(*result),
         Input::Tick => None,

@@ -100,7 +100,8 @@ impl<C: Checker> Engine<C> {
             return true;
         }
         let me = self.me;
-        let me_expected = self.eligible(&me);
+        // (`eligible` also computes the round's set, read below.)
+        let me_expected = self.eligible(&me) && self.contributes_to(self.round.number);
         let me_settled = self.round.mine.is_some() || self.round.sat_out || !me_expected;
         let (round, members) = (&self.round, &self.members);
         me_settled

@@ -27,7 +27,7 @@ impl<C: Checker> Engine<C> {
 
     pub(super) fn contribute(&mut self, now: Millis, update: LocalUpdate, out: &mut Vec<Output>) {
         let me = self.me;
-        if !self.eligible(&me) {
+        if !self.contributes_to(self.round.number) || !self.eligible(&me) {
             self.round.sat_out = true;
             out.push(Output::ReturnToResidual {
                 payload: update.payload,

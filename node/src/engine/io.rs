@@ -184,6 +184,18 @@ pub enum Input {
     },
     /// A commit was received (gossip).
     CommitReceived(Signed<Commit>),
+    /// A connected peer holds this peer's head, of `round`: asked, it sent
+    /// its record of the round before, whose result is the head's base.
+    /// The peer is then no longer behind (see
+    /// [`Engine::members_behind`](super::Engine::members_behind)), although
+    /// it reached the head by adopting a checkpoint and signed nothing
+    /// since.
+    HoldsHead {
+        /// The peer.
+        peer: PeerKey,
+        /// The head's round.
+        round: u64,
+    },
     /// The outer step asked for with [`Output::ApplyOuterStep`] is done.
     Applied {
         /// The round.

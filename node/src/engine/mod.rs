@@ -97,6 +97,9 @@ pub struct Engine<C: Checker = Verify> {
     future: Vec<Signed<Contribution>>,
     training: bool,
     pending: Option<LocalUpdate>,
+    /// The first round this peer contributes nothing to, if any (see
+    /// [`contribute_until`](Self::contribute_until)).
+    contribute_until: Option<u64>,
     /// This peer's update applied in the last finalized round, should a
     /// heavier chain replace that round.
     last_applied_mine: Option<(u64, Digest, Arc<[u8]>)>,
@@ -171,6 +174,7 @@ impl<C: Checker> Engine<C> {
             last_applied_mine: None,
             commit_results: BTreeMap::new(),
             adopting: None,
+            contribute_until: None,
             eligible: None,
             deferred: Vec::new(),
             known_checkpoints: HashSet::from([head.base]),
@@ -182,6 +186,21 @@ impl<C: Checker> Engine<C> {
     /// This peer's key.
     pub fn me(&self) -> PeerKey {
         self.me
+    }
+
+    /// Contributes to no round from `round` on: an update for a later
+    /// round goes back into the residual ([`Output::ReturnToResidual`]).
+    /// For a node asked to train `round` rounds, whose last session, trained
+    /// for an earlier round and held for the next one open, would otherwise
+    /// be contributed past the end.
+    pub fn contribute_until(&mut self, round: u64) {
+        self.contribute_until = Some(round);
+    }
+
+    /// Whether this peer contributes to `round` (see
+    /// [`contribute_until`](Self::contribute_until)).
+    fn contributes_to(&self, round: u64) -> bool {
+        self.contribute_until.is_none_or(|end| round < end)
     }
 
     /// The run id.
@@ -334,6 +353,7 @@ impl<C: Checker> Engine<C> {
             } => self.on_announced(now, contribution, Some(bytes), &mut out),
             Input::FetchFailed { id } => self.on_fetch_failed(&id, &mut out),
             Input::CommitReceived(signed) => self.on_commit(now, signed, &mut out),
+            Input::HoldsHead { peer, round } => self.saw_at(peer, round),
             Input::Applied { round, result } => self.on_applied(now, round, result, &mut out),
             Input::CheckpointAdopted(head) => self.on_adopted(now, head, &mut out),
             Input::CheckpointUnavailable { result, from } => {

@@ -55,7 +55,7 @@ impl Node {
 
     /// Takes the answer to one of this node's requests: a payload for the
     /// engine, a checkpoint slice for the download, or a record for the
-    /// backfill.
+    /// backfill or a probe.
     pub(super) async fn on_fetch_answer(&mut self, answer: FetchAnswer) -> Result<(), NodeError> {
         let response = answer.result.ok();
         if let Some(FetchResponse::Found { header, body }) = &response {
@@ -78,7 +78,9 @@ impl Node {
             Some(FetchResponse::Found { body, .. }) => Some(&body[..]),
             Some(FetchResponse::Missing) | None => None,
         };
-        if self.backfill_asks.contains_key(&answer.id) {
+        if self.is_probe(&answer.id) {
+            self.on_probe(answer.id, body).await
+        } else if self.backfill_asks.contains_key(&answer.id) {
             self.on_backfill(answer.id, body).await
         } else {
             self.on_slice(answer.id, body).await

@@ -14,6 +14,7 @@ mod fetch;
 mod gossip;
 mod outer;
 mod persist;
+mod probe;
 mod repeat;
 mod replica;
 mod slicing;
@@ -140,6 +141,9 @@ pub struct Node {
     backfill_asks: HashMap<FetchId, PeerId>,
     /// Whether the directory was checked for missing records since start.
     backfill_checked: bool,
+    /// Asks, once the node trains no more, whether the peers it counts as
+    /// behind hold its head after all.
+    probes: probe::Probes,
     /// Peers that relay, with their public addresses.
     relays: discovery::Relays,
     /// Whether this node listens through a relay.
@@ -289,6 +293,7 @@ impl Node {
             download: None,
             backfill: None,
             backfill_asks: HashMap::new(),
+            probes: probe::Probes::default(),
             backfill_checked: false,
             relays: discovery::Relays::new(),
             relayed: false,
@@ -334,9 +339,12 @@ impl Node {
     /// many rounds, the node stays in the swarm only to serve its peers
     /// (checkpoints, payloads, records and commits), its status in
     /// [`Phase::Finished`], until it is shut down. A peer still catching
-    /// up can then reach the last checkpoint after the others stop.
+    /// up can then reach the last checkpoint after the others stop. An
+    /// update trained for an earlier round and still waiting for a round
+    /// to take it goes back into the residual.
     pub fn train_until(&mut self, rounds: u64) {
         self.train_until = Some(rounds);
+        self.engine.contribute_until(rounds);
     }
 
     /// Whether the chain holds the rounds of [`train_until`](Self::train_until),
@@ -383,6 +391,7 @@ impl Node {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let repeat_at = self.repeats.map(|r| r.due());
             let backfill_at = self.backfill_retry_at();
+            let probe_at = self.probe_at();
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Dial(address)) => {
@@ -418,6 +427,9 @@ impl Node {
                 () = tokio::time::sleep_until(backfill_at.unwrap_or(wake)), if backfill_at.is_some() => {
                     self.wake_backfill();
                 }
+                () = tokio::time::sleep_until(probe_at.unwrap_or(wake)), if probe_at.is_some() => {
+                    self.probe_behind();
+                }
             }
         }
     }
@@ -429,7 +441,7 @@ impl Node {
         // peers follows it (a relay, or a peer of another run, is
         // connected but not counted).
         let members = self.engine.members().len();
-        let behind = self.engine.members_behind(self.engine.head().round);
+        let behind = self.engine.members_behind(self.engine.head().round).count();
         self.status.send_if_modified(|s| {
             let changed = (s.peers, s.peers_behind) != (members, behind);
             s.peers = members;
@@ -572,7 +584,7 @@ impl Node {
     /// Notes in the status that a round ended on `head` (`contributions`
     /// applied, when this node finalized it).
     fn round_done(&self, head: Head, contributions: Option<usize>) {
-        let behind = self.engine.members_behind(head.round);
+        let behind = self.engine.members_behind(head.round).count();
         self.status.send_modify(|s| {
             s.rounds_done += 1;
             s.round = head.round;

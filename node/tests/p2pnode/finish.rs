@@ -29,17 +29,17 @@ fn init_quick(dir: &Path) -> Result<(), String> {
 }
 
 #[test]
-fn finished_nodes_stay_up_until_a_frozen_peer_has_caught_up(
+fn finished_nodes_stay_up_until_frozen_peers_have_caught_up(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let _machine = exclusive();
     let root = scratch("linger");
-    for name in ["a", "b", "d"] {
+    for name in ["a", "b", "d", "e"] {
         init_quick(&root.join(name))?;
     }
     // Each dials those started before it: a and b meet directly, as
-    // they must to go on while d is frozen.
+    // they must to go on while d and e are frozen.
     let join = |name: &str, bootstrap: &[&str]| {
-        let mut args = vec!["--rounds", "4"];
+        let mut args = vec!["--rounds", "4", "--linger", "40"];
         for address in bootstrap {
             args.extend(["--bootstrap", address]);
         }
@@ -52,43 +52,60 @@ fn finished_nodes_stay_up_until_a_frozen_peer_has_caught_up(
     };
     let mut d = join("d", &[]);
     let d_address = d.address();
-    let mut a = join("a", &[&d_address]);
+    let mut e = join("e", &[&d_address]);
+    let e_address = e.address();
+    let mut a = join("a", &[&d_address, &e_address]);
     let a_address = a.address();
-    let mut b = join("b", &[&d_address, &a_address]);
-    // The three close round 0 together; then d freezes, seen at round 1
-    // at most.
-    d.round(0);
+    let mut b = join("b", &[&d_address, &e_address, &a_address]);
+    // The four close round 0 together; then e freezes, seen at round 1
+    // at most. a, b and d close round 1 (three of round 0's four, the
+    // quorum); then d freezes too, seen at round 2 at most.
+    e.round(0);
+    e.pause();
+    d.round(1);
     d.pause();
-    // a and b close rounds 1 to 3 without d (each round waits out its
-    // deadline for it), and then stay up for it.
+    // a and b close rounds 2 and 3 without them (each round waits out its
+    // deadline for them), and then stay up for them.
     let staying = |s: Stream, line: &str| {
         (s == Stream::Err && line.starts_with("trained every round asked for; staying up"))
             .then(|| line.to_owned())
     };
     // (b too, should b's last commit reach a after a closed the round.)
-    let a_stays = a.wait_for("a staying up for d", staying);
+    let a_stays = a.wait_for("a staying up for d and e", staying);
     assert!(
         a_stays.contains("of the run, not yet seen at round 4"),
         "{a_stays}"
     );
-    b.wait_for("b staying up for d", staying);
-    // d goes on: it takes a checkpoint of theirs (and may close round 3
-    // itself from it), fetches the records of the rounds it missed from
-    // them, and stops, its directory whole.
+    b.wait_for("b staying up for d and e", staying);
+    // d and e go on: each takes a checkpoint of theirs (and may close
+    // round 3 itself from it), fetches the records of the rounds it
+    // missed, and stops, its directory whole. Neither signs anything at
+    // round 4, so each learns that the other holds it by asking for its
+    // record of round 3, rather than staying up for it until `--linger`
+    // runs out.
     d.resume();
-    assert!(d.exit().success());
-    assert!(d.rounds().iter().any(|(_, _, adopted)| *adopted));
-    let d_dir = root.join("d");
-    let verified = run_ok(&["verify", d_dir.to_str().ok_or("path")?]);
-    assert!(verified.starts_with("ok: 4 rounds"), "{verified}");
-    // Then a and b stop too, having trained nothing past round 3.
+    e.resume();
+    for node in [&mut d, &mut e] {
+        assert!(node.exit().success());
+        assert!(node.rounds().iter().any(|(_, _, adopted)| *adopted));
+        assert!(
+            node.said("every peer of the run still connected is at round 4"),
+            "{}",
+            node.log()
+        );
+    }
+    for name in ["d", "e"] {
+        let verified = run_ok(&["verify", root.join(name).to_str().ok_or("path")?]);
+        assert!(verified.starts_with("ok: 4 rounds"), "{name}: {verified}");
+    }
+    // a and b stop too, having trained nothing past round 3.
     for node in [&mut a, &mut b] {
         assert!(node.exit().success());
         assert!(node.said("every peer of the run still connected is at round 4"));
         let last = node.rounds().into_iter().map(|(round, _, _)| round).max();
         assert_eq!(last, Some(3));
     }
-    let hashes: Vec<Option<String>> = [&a, &b, &d]
+    let hashes: Vec<Option<String>> = [&a, &b, &d, &e]
         .iter()
         .map(|node| {
             let rounds = node.rounds();
@@ -102,7 +119,7 @@ fn finished_nodes_stay_up_until_a_frozen_peer_has_caught_up(
         hashes.iter().all(|h| h.is_some() && *h == hashes[0]),
         "{hashes:?}"
     );
-    drop((a, b, d));
+    drop((a, b, d, e));
     std::fs::remove_dir_all(root)?;
     Ok(())
 }

@@ -260,7 +260,8 @@ impl Node {
         self.child.wait().unwrap();
     }
 
-    fn log(&self) -> String {
+    /// Every line seen so far.
+    pub fn log(&self) -> String {
         let lines: Vec<&str> = self.seen.iter().map(|(_, l)| l.as_str()).collect();
         lines.join("\n")
     }
