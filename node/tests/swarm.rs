@@ -49,6 +49,7 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
     let mut commands = Vec::new();
     let mut running = Vec::new();
     let mut dirs = Vec::new();
+    let mut statuses = Vec::new();
     for i in 0..3u8 {
         let dir = DataDir::new(root.join(format!("node{i}")));
         dir.write_manifest(&manifest).unwrap();
@@ -58,6 +59,7 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
         let setup = cpu_node(dir, i + 1, loopback_net(), tokens);
         let (node_events, mut from_node) = mpsc::channel(64);
         let node = Node::new(setup, node_events).unwrap();
+        statuses.push(node.status());
         let (command_tx, command_rx) = mpsc::channel(8);
         commands.push(command_tx);
         running.push(tokio::spawn(node.run(command_rx)));
@@ -115,6 +117,16 @@ async fn three_nodes_agree_on_every_round_and_the_record_replays() {
     }
     for node in running {
         node.await.unwrap().unwrap();
+    }
+    // Each served the others its payloads, and counted them.
+    for (i, status) in statuses.iter().enumerate() {
+        let status = status.borrow();
+        assert!(
+            status.served >= 1 && status.answered >= status.served,
+            "node {i}: {} served of {} answered",
+            status.served,
+            status.answered
+        );
     }
     for r in 0..rounds {
         let hashes: Vec<&Digest> = finalized[&r].values().collect();

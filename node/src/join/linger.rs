@@ -5,8 +5,11 @@
 //!   checkpoint had stopped),
 //! - it is still fetching the records of rounds it adopted rather than
 //!   closed, without which `p2pnode verify` cannot replay its directory, or
-//! - once it stays, a peer still asks it for something: a peer that has
-//!   caught up may still be fetching the records of the rounds it adopted.
+//! - once it stays, it still serves a peer what the peer asks for: a peer
+//!   that has caught up may still be fetching the records of the rounds it
+//!   adopted. (A request it can only answer with "not held here", such as
+//!   a finished peer's question about a round this node never reached,
+//!   keeps nobody up.)
 
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use tokio::time::Instant;
 use super::report::Report;
 use crate::words::counted;
 
-/// How long after answering a peer's last request a staying node waits for
+/// How long after serving a peer's last request a staying node waits for
 /// the next: more than the gap between one request and the next of a peer
 /// fetching records (a round trip), and than the second a peer waits before
 /// asking again for a record not yet written.
@@ -28,10 +31,10 @@ pub(super) struct Linger {
     limit: Duration,
     /// When it gives up, once it stays.
     until: Option<Instant>,
-    /// Requests from peers answered, as last seen in the status.
-    answered: u64,
+    /// Requests from peers served, as last seen in the status.
+    served: u64,
     /// When that count last changed (or the node began to stay).
-    last_answer: Instant,
+    last_served: Instant,
 }
 
 impl Linger {
@@ -40,8 +43,8 @@ impl Linger {
         Self {
             limit,
             until: None,
-            answered: 0,
-            last_answer: Instant::now(),
+            served: 0,
+            last_served: Instant::now(),
         }
     }
 
@@ -58,8 +61,8 @@ impl Linger {
         }
         let now = Instant::now();
         self.until = Some(now + self.limit);
-        self.answered = status.answered;
-        self.last_answer = now;
+        self.served = status.served;
+        self.last_served = now;
         report.note(
             "lingering",
             &format!(
@@ -73,24 +76,24 @@ impl Linger {
     }
 
     /// Whether the node stays no longer: it was staying, nothing is left
-    /// to stay for, and no peer has asked it for anything for a while.
+    /// to stay for, and it has served no peer for a while.
     pub(super) fn nothing_left(&mut self, status: &Status, report: &Report) -> bool {
         if self.until.is_none() {
             return false;
         }
         let now = Instant::now();
-        if status.answered != self.answered {
-            self.answered = status.answered;
-            self.last_answer = now;
+        if status.served != self.served {
+            self.served = status.served;
+            self.last_served = now;
         }
-        if !waiting_for(status).is_empty() || now < self.last_answer + QUIET {
+        if !waiting_for(status).is_empty() || now < self.last_served + QUIET {
             return false;
         }
         report.note(
             "lingered",
             &format!(
-                "every peer of the run still connected is at round {}, none has asked \
-                 this node for anything for {} s, and it holds every record",
+                "every peer of the run still connected is at round {}, this node has \
+                 served no peer for {} s, and it holds every record",
                 status.round,
                 QUIET.as_secs()
             ),
@@ -99,11 +102,11 @@ impl Linger {
     }
 
     /// When to look again, while staying: at the end of the quiet spell
-    /// after the last answer, then when the node has stayed as long as it
+    /// after the last request served, then when the node has stayed as long as it
     /// may.
     pub(super) fn next_look(&self) -> Option<Instant> {
         let until = self.until?;
-        let quiet = self.last_answer + QUIET;
+        let quiet = self.last_served + QUIET;
         Some(if quiet > Instant::now() {
             quiet.min(until)
         } else {
@@ -155,7 +158,40 @@ fn waiting_for(status: &Status) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use p2ptrain_protocol::{PeerKey, SigningKey};
+
     use super::*;
+    use crate::join::report::LogFormat;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_quiet_spell_counts_from_the_last_request_served() {
+        let me = PeerKey::from(&SigningKey::from_bytes(&[1; 32]));
+        let report = Report::new(LogFormat::Json, me);
+        let mut linger = Linger::new(Duration::from_secs(60));
+        let mut status = Status {
+            round: 4,
+            peers_behind: 1,
+            ..Status::default()
+        };
+        assert!(
+            !linger.done_training(&status, &report),
+            "stays for the peer"
+        );
+        // The peer caught up, and fetches records: one served at 2 s.
+        status.peers_behind = 0;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        status.answered += 1;
+        status.served += 1;
+        assert!(!linger.nothing_left(&status, &report));
+        // At 4 s, a request for something this node does not hold.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        status.answered += 1;
+        assert!(!linger.nothing_left(&status, &report));
+        // 3 s after the last request served, it stops.
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        assert!(linger.nothing_left(&status, &report));
+        assert!(!linger.expired(&status, &report));
+    }
 
     #[test]
     fn a_node_stays_for_peers_behind_and_for_missing_records() {

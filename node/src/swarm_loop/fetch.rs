@@ -46,8 +46,10 @@ impl Node {
             FetchResponse::Found { header, body } => header.len() + body.len(),
             FetchResponse::Missing => 0,
         };
+        let found = matches!(response, FetchResponse::Found { .. });
         self.status.send_modify(|s| {
             s.answered += 1;
+            s.served += u64::from(found);
             s.bytes_out += sent as u64;
         });
         inbound.respond(response);

@@ -78,6 +78,10 @@ pub struct Status {
     /// found or not).
     #[serde(default)]
     pub answered: u64,
+    /// Of those, the ones answered with what was asked for: a peer that
+    /// is still served, not one told that this node holds nothing for it.
+    #[serde(default)]
+    pub served: u64,
     /// Whether the records of rounds it adopted rather than closed are
     /// being fetched (`p2pnode verify` replays the directory once they are
     /// in).
