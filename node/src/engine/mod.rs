@@ -199,7 +199,7 @@ impl<C: Checker> Engine<C> {
 
     /// Whether this peer contributes to `round` (see
     /// [`contribute_until`](Self::contribute_until)).
-    fn contributes_to(&self, round: u64) -> bool {
+    pub fn contributes_to(&self, round: u64) -> bool {
         self.contribute_until.is_none_or(|end| round < end)
     }
 

@@ -39,19 +39,19 @@ pub(super) struct Linger {
 
 impl Linger {
     /// Staying up to `limit` after the last round (zero: not at all).
-    pub(super) fn new(limit: Duration) -> Self {
+    pub(super) fn new(limit: Duration, now: Instant) -> Self {
         Self {
             limit,
             until: None,
             served: 0,
-            last_served: Instant::now(),
+            last_served: now,
         }
     }
 
     /// The node holds every round asked of it: whether to stop now
     /// (nothing to stay for, or no staying asked for). Otherwise it says
-    /// why it stays, and starts the clock.
-    pub(super) fn done_training(&mut self, status: &Status, report: &Report) -> bool {
+    /// why it stays, and starts the clock at `now`.
+    pub(super) fn done_training(&mut self, status: &Status, report: &Report, now: Instant) -> bool {
         if self.until.is_some() {
             return false;
         }
@@ -59,7 +59,6 @@ impl Linger {
         if reasons.is_empty() || self.limit.is_zero() {
             return true;
         }
-        let now = Instant::now();
         self.until = Some(now + self.limit);
         self.served = status.served;
         self.last_served = now;
@@ -76,12 +75,11 @@ impl Linger {
     }
 
     /// Whether the node stays no longer: it was staying, nothing is left
-    /// to stay for, and it has served no peer for a while.
-    pub(super) fn nothing_left(&mut self, status: &Status, report: &Report) -> bool {
+    /// to stay for, and it has served no peer for a while (as of `now`).
+    pub(super) fn nothing_left(&mut self, status: &Status, report: &Report, now: Instant) -> bool {
         if self.until.is_none() {
             return false;
         }
-        let now = Instant::now();
         if status.served != self.served {
             self.served = status.served;
             self.last_served = now;
@@ -104,20 +102,16 @@ impl Linger {
     /// When to look again, while staying: at the end of the quiet spell
     /// after the last request served, then when the node has stayed as long as it
     /// may.
-    pub(super) fn next_look(&self) -> Option<Instant> {
+    pub(super) fn next_look(&self, now: Instant) -> Option<Instant> {
         let until = self.until?;
         let quiet = self.last_served + QUIET;
-        Some(if quiet > Instant::now() {
-            quiet.min(until)
-        } else {
-            until
-        })
+        Some(if quiet > now { quiet.min(until) } else { until })
     }
 
     /// Whether the node has stayed as long as it may; if so, says that it
     /// stops with something still to stay for.
-    pub(super) fn expired(&self, status: &Status, report: &Report) -> bool {
-        if self.until.is_none_or(|until| Instant::now() < until) {
+    pub(super) fn expired(&self, status: &Status, report: &Report, now: Instant) -> bool {
+        if self.until.is_none_or(|until| now < until) {
             return false;
         }
         let reasons = waiting_for(status);
@@ -163,34 +157,35 @@ mod tests {
     use super::*;
     use crate::join::report::LogFormat;
 
-    #[tokio::test(start_paused = true)]
-    async fn the_quiet_spell_counts_from_the_last_request_served() {
+    #[test]
+    fn the_quiet_spell_counts_from_the_last_request_served() {
         let me = PeerKey::from(&SigningKey::from_bytes(&[1; 32]));
         let report = Report::new(LogFormat::Json, me);
-        let mut linger = Linger::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut linger = Linger::new(Duration::from_secs(60), start);
         let mut status = Status {
             round: 4,
             peers_behind: 1,
             ..Status::default()
         };
         assert!(
-            !linger.done_training(&status, &report),
+            !linger.done_training(&status, &report, at(0)),
             "stays for the peer"
         );
         // The peer caught up, and fetches records: one served at 2 s.
         status.peers_behind = 0;
-        tokio::time::advance(Duration::from_secs(2)).await;
         status.answered += 1;
         status.served += 1;
-        assert!(!linger.nothing_left(&status, &report));
+        assert!(!linger.nothing_left(&status, &report, at(2_000)));
         // At 4 s, a request for something this node does not hold.
-        tokio::time::advance(Duration::from_secs(2)).await;
         status.answered += 1;
-        assert!(!linger.nothing_left(&status, &report));
+        assert!(!linger.nothing_left(&status, &report, at(4_000)));
+        assert_eq!(linger.next_look(at(4_000)), Some(at(5_000)));
         // 3 s after the last request served, it stops.
-        tokio::time::advance(Duration::from_millis(1_100)).await;
-        assert!(linger.nothing_left(&status, &report));
-        assert!(!linger.expired(&status, &report));
+        assert!(linger.nothing_left(&status, &report, at(5_100)));
+        assert!(!linger.expired(&status, &report, at(5_100)));
+        assert!(linger.expired(&status, &report, at(60_000)));
     }
 
     #[test]

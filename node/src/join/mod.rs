@@ -28,6 +28,7 @@ use p2ptrain_protocol::{Digest, ModelConfig, PeerKey, RunManifest};
 use p2ptrain_trainer::device::RESIDUAL_DECAY;
 use p2ptrain_trainer::{Corpus, Sampler};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use linger::Linger;
 pub use report::LogFormat;
@@ -259,14 +260,14 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
     );
     let mut stop = std::pin::pin!(stop_requested());
     let mut asked_to_stop = false;
-    let mut linger = Linger::new(Duration::from_secs(args.linger));
+    let mut linger = Linger::new(Duration::from_secs(args.linger), Instant::now());
     loop {
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
                 if let Some(round) = report.event(event) {
                     if args.rounds > 0 && round + 1 >= args.rounds
-                        && linger.done_training(&status.borrow(), &report)
+                        && linger.done_training(&status.borrow(), &report, Instant::now())
                     {
                         break;
                     }
@@ -276,15 +277,17 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
                 if changed.is_err() {
                     break;
                 }
-                let now = status.borrow_and_update();
-                report.refresh(&now);
-                if linger.nothing_left(&now, &report) {
+                let current = status.borrow_and_update();
+                report.refresh(&current);
+                if linger.nothing_left(&current, &report, Instant::now()) {
                     break;
                 }
             }
-            () = sleep_until_some(linger.next_look()) => {
-                let now = status.borrow();
-                if linger.nothing_left(&now, &report) || linger.expired(&now, &report) {
+            () = sleep_until_some(linger.next_look(Instant::now())) => {
+                let (current, now) = (status.borrow(), Instant::now());
+                if linger.nothing_left(&current, &report, now)
+                    || linger.expired(&current, &report, now)
+                {
                     break;
                 }
             }
@@ -363,7 +366,7 @@ fn stop_at_once(socket: &Path, report: &Report, dir: &Path) -> ! {
 const SAME_REQUEST: Duration = Duration::from_millis(150);
 
 /// Resolves at `at`; never when there is none.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

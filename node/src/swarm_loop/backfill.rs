@@ -297,7 +297,7 @@ fn base_of(data: &DataDir, round: u64) -> Option<Digest> {
 /// Whether `commit` is round `round` of `run` and sits between `before` (the
 /// result of the round before) and `after` (the base of the round after),
 /// each where known.
-fn links(
+pub(super) fn links(
     commit: &Commit,
     run: Digest,
     round: u64,

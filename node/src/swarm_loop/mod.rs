@@ -173,8 +173,6 @@ pub struct Node {
     last_commit: Option<Signed<Commit>>,
     /// Set when the node stops: a session under way ends after its step.
     stop_training: Arc<std::sync::atomic::AtomicBool>,
-    /// The first round it does not train (see [`Node::train_until`]).
-    train_until: Option<u64>,
 }
 
 impl Node {
@@ -308,7 +306,6 @@ impl Node {
             repeats: None,
             last_commit: None,
             stop_training: Arc::default(),
-            train_until: None,
         })
     }
 
@@ -343,15 +340,13 @@ impl Node {
     /// update trained for an earlier round and still waiting for a round
     /// to take it goes back into the residual.
     pub fn train_until(&mut self, rounds: u64) {
-        self.train_until = Some(rounds);
         self.engine.contribute_until(rounds);
     }
 
     /// Whether the chain holds the rounds of [`train_until`](Self::train_until),
     /// so the node trains no more.
     fn finished(&self) -> bool {
-        self.train_until
-            .is_some_and(|end| self.engine.head().round >= end)
+        !self.engine.contributes_to(self.engine.head().round)
     }
 
     /// A live view of what the node is doing.
@@ -463,7 +458,7 @@ impl Node {
 
     async fn output(&mut self, output: Output) -> Result<Option<Input>, NodeError> {
         match output {
-            Output::StartTraining { round } if self.train_until.is_some_and(|end| round >= end) => {
+            Output::StartTraining { round } if !self.engine.contributes_to(round) => {
                 self.status.send_modify(|s| s.phase = Phase::Finished);
             }
             Output::StartTraining { round } => {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use p2ptrain_protocol::{codec, Digest, PeerKey, RoundRecord};
 use tokio::time::Instant;
 
+use super::backfill::links;
 use super::{Node, NodeError};
 use crate::engine::{Head, Input};
 use crate::net::codec::FetchRequest;
@@ -107,7 +108,8 @@ fn leads_to(bytes: &[u8], run: Digest, head: Head) -> bool {
     let Ok((commit, _)) = record.verify() else {
         return false;
     };
-    commit.run == run && commit.round + 1 == head.round && commit.result == head.base
+    let before_head = head.round.checked_sub(1);
+    before_head.is_some_and(|round| links(&commit, run, round, None, Some(head.base)))
 }
 
 #[cfg(test)]
